@@ -1,0 +1,189 @@
+"""Supervised fine-tuning: cross-entropy on response tokens only (the paper's IFT and EFT seed data)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from self_rewarding_lm_pytorch.data import SFTCollate, validate_sft_dataset
+from self_rewarding_lm_pytorch.logprobs import response_mask, token_logprobs
+from self_rewarding_lm_pytorch.model_contract import forward_logits
+from self_rewarding_lm_pytorch.model_utils import set_dropout
+from self_rewarding_lm_pytorch.optim import adamw_with_schedule
+
+
+@dataclass
+class SFTConfig:
+    """Settings of a supervised fine-tuning stage. Learning rates follow the paper (5.5e-6 decayed to 1.1e-6)."""
+
+    train_dataset: Dataset
+    valid_dataset: Dataset | None = None
+    batch_size: int = 16
+    grad_accum_steps: int = 2
+    num_epochs: int = 1
+    num_train_steps: int | None = None  # optimizer steps; caps num_epochs when given
+    learning_rate: float = 5.5e-6
+    end_learning_rate: float = 1.1e-6
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    adam_kwargs: dict = field(default_factory=dict)
+    dropout: float = 0.1
+    valid_every: int | None = None  # steps between validation losses; None: only at the end
+    valid_batch_size: int | None = None
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum_steps", "num_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_train_steps is not None and self.num_train_steps < 1:
+            raise ValueError(f"SFTConfig.num_train_steps must be >= 1 or None, got {self.num_train_steps}")
+        if not 0 < self.end_learning_rate <= self.learning_rate:
+            raise ValueError(
+                f"SFTConfig needs 0 < end_learning_rate <= learning_rate, got {self.end_learning_rate} and {self.learning_rate}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"SFTConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.valid_every is not None and self.valid_dataset is None:
+            raise ValueError("SFTConfig.valid_every is set but there is no valid_dataset to evaluate on")
+        if self.valid_every is not None and self.valid_every < 1:
+            raise ValueError(f"SFTConfig.valid_every must be >= 1 or None, got {self.valid_every}")
+
+
+def sft_nll(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Summed negative log-likelihood of the response tokens of `batch`, and their count."""
+    seq = batch["seq"]
+    mask = response_mask(seq, batch["prompt_len"], batch["is_padding"])
+    logits = forward_logits(model, seq.clamp(min=0))
+    scored = mask[:, 1:]  # token t is predicted at t - 1: the mask shifts with the labels
+    nll = -(token_logprobs(logits, seq) * scored).sum()
+    return nll, scored.sum()
+
+
+class SFTTrainer:
+    """Fine-tune `model` on `(seq, prompt_len)` examples; `trainer()` trains and returns the logged rows.
+
+    Pass an `SFTConfig`, or its fields as keyword arguments.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: SFTConfig | None = None,
+        *,
+        pad_id: int = -1,
+        accelerator: Accelerator | None = None,
+        accelerate_kwargs: dict | None = None,
+        **config_kwargs,
+    ):
+        if config is not None and config_kwargs:
+            raise TypeError(f"pass either an SFTConfig or its fields, not both (got {sorted(config_kwargs)})")
+        self.config = config = config or SFTConfig(**config_kwargs)
+        self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
+        self.pad_id = pad_id
+
+        validate_sft_dataset(config.train_dataset, pad_id, "SFT train_dataset")
+        if config.valid_dataset is not None:
+            validate_sft_dataset(config.valid_dataset, pad_id, "SFT valid_dataset")
+
+        collate = SFTCollate(pad_id)
+        train_loader = DataLoader(config.train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, collate_fn=collate)
+        self.valid_loader = None
+        if config.valid_dataset is not None:
+            self.valid_loader = DataLoader(
+                config.valid_dataset, batch_size=config.valid_batch_size or config.batch_size, collate_fn=collate
+            )
+
+        # optimizer steps: one per grad_accum_steps micro-batches of each process
+        batches_per_epoch = math.ceil(len(config.train_dataset) / (config.batch_size * self.accelerator.num_processes))
+        steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum_steps)
+        self.num_train_steps = config.num_train_steps or steps_per_epoch * config.num_epochs
+
+        set_dropout(model, config.dropout)
+        optimizer, self.scheduler = adamw_with_schedule(
+            model,
+            learning_rate=config.learning_rate,
+            end_learning_rate=config.end_learning_rate,
+            warmup_steps=config.warmup_steps,
+            total_steps=self.num_train_steps,
+            weight_decay=config.weight_decay,
+            adam_kwargs=config.adam_kwargs,
+        )
+        # the scheduler is stepped by hand once per optimizer step: Accelerate's wrapper would step it once per process
+        self.model, self.optimizer, self.train_loader = self.accelerator.prepare(model, optimizer, train_loader)
+        if self.valid_loader is not None:
+            self.valid_loader = self.accelerator.prepare(self.valid_loader)
+
+        self.history: list[dict] = []
+
+    @torch.no_grad()
+    def valid_loss(self) -> float:
+        """Mean response-token NLL over the whole validation set (all processes)."""
+        self.model.eval()
+        total_nll = total_tokens = 0.0
+        for batch in self.valid_loader:
+            nll, tokens = sft_nll(self.model, batch)
+            total_nll += self.accelerator.reduce(nll.detach(), "sum").item()
+            total_tokens += self.accelerator.reduce(tokens, "sum").item()
+        self.model.train()
+        return total_nll / max(total_tokens, 1)
+
+    def log(self, row: dict):
+        self.history.append(row)
+        self.accelerator.log({f"sft/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def train(self) -> list[dict]:
+        accelerator, config = self.accelerator, self.config
+        accelerator.gradient_accumulation_steps = config.grad_accum_steps
+        self.model.train()
+
+        progress = tqdm(total=self.num_train_steps, desc="sft", disable=not accelerator.is_local_main_process)
+        step = 0
+        micro_losses = []
+
+        while step < self.num_train_steps:
+            for batch in self.train_loader:
+                # 1) forward and backward one micro-batch; Accelerate syncs and divides by grad_accum_steps
+                with accelerator.accumulate(self.model):
+                    nll, tokens = sft_nll(self.model, batch)
+                    loss = nll / tokens.clamp(min=1)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.max_grad_norm is not None:
+                        accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                micro_losses.append(loss.detach())
+
+                if not accelerator.sync_gradients:
+                    continue
+
+                # 2) an optimizer step happened
+                step += 1
+                self.scheduler.step()
+                row = dict(step=step, loss=accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item(),
+                           lr=self.scheduler.get_last_lr()[0])
+                micro_losses = []
+
+                # 3) validation every valid_every steps, and at the end
+                if self.valid_loader is not None and (
+                    step == self.num_train_steps or (config.valid_every and step % config.valid_every == 0)
+                ):
+                    row["valid_loss"] = self.valid_loss()
+
+                self.log(row)
+                progress.update(1)
+                progress.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "step"})
+
+                if step >= self.num_train_steps:
+                    break
+
+        progress.close()
+        return self.history
+
+    __call__ = train

@@ -1,0 +1,22 @@
+import pytest
+import torch
+from x_transformers import Decoder, TransformerWrapper
+
+torch.set_num_threads(2)
+
+
+def tiny_transformer(num_tokens: int = 32, max_seq_len: int = 64, dim: int = 32, depth: int = 1, **decoder_kwargs):
+    return TransformerWrapper(
+        num_tokens=num_tokens,
+        max_seq_len=max_seq_len,
+        attn_layers=Decoder(dim=dim, depth=depth, heads=2, **decoder_kwargs),
+    )
+
+
+@pytest.fixture
+def make_transformer():
+    def make(seed: int = 0, **kwargs):
+        torch.manual_seed(seed)
+        return tiny_transformer(**kwargs)
+
+    return make
