@@ -1,0 +1,1 @@
+"""Small verifiable tasks bundled with the library: offline data for the quickstart and the learning tests."""
