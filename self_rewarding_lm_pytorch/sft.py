@@ -57,13 +57,13 @@ class SFTConfig:
 
 
 def sft_nll(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Summed negative log-likelihood of the response tokens of `batch`, and their count."""
+    """Per row: summed negative log-likelihood of the response tokens, and their count."""
     seq = batch["seq"]
     mask = response_mask(seq, batch["prompt_len"], batch["is_padding"])
     logits = forward_logits(model, seq.clamp(min=0))
     scored = mask[:, 1:]  # token t is predicted at t - 1: the mask shifts with the labels
-    nll = -(token_logprobs(logits, seq) * scored).sum()
-    return nll, scored.sum()
+    nll = -(token_logprobs(logits, seq) * scored).sum(dim=-1)
+    return nll, scored.sum(dim=-1)
 
 
 class SFTTrainer:
@@ -124,13 +124,14 @@ class SFTTrainer:
 
     @torch.no_grad()
     def valid_loss(self) -> float:
-        """Mean response-token NLL over the whole validation set (all processes)."""
+        """Mean response-token NLL over the whole validation set, each example counted once across processes
+        (`gather_for_metrics` drops the samples Accelerate repeats to even out the last batch)."""
         self.model.eval()
         total_nll = total_tokens = 0.0
         for batch in self.valid_loader:
-            nll, tokens = sft_nll(self.model, batch)
-            total_nll += self.accelerator.reduce(nll.detach(), "sum").item()
-            total_tokens += self.accelerator.reduce(tokens, "sum").item()
+            nll, tokens = self.accelerator.gather_for_metrics(sft_nll(self.model, batch))
+            total_nll += nll.sum().item()
+            total_tokens += tokens.sum().item()
         self.model.train()
         return total_nll / max(total_tokens, 1)
 
@@ -152,7 +153,7 @@ class SFTTrainer:
                 # 1) forward and backward one micro-batch; Accelerate syncs and divides by grad_accum_steps
                 with accelerator.accumulate(self.model):
                     nll, tokens = sft_nll(self.model, batch)
-                    loss = nll / tokens.clamp(min=1)
+                    loss = nll.sum() / tokens.sum().clamp(min=1)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm is not None:
                         accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)

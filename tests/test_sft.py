@@ -22,8 +22,9 @@ def loss_and_grad(model, seq, prompt_len):
     model.zero_grad()
     batch = SFTCollate(pad_id=-1)([(seq, prompt_len)])
     nll, tokens = sft_nll(model, batch)
-    (nll / tokens).backward()
-    return (nll / tokens).item(), model.embed.weight.grad.clone()
+    loss = nll.sum() / tokens.sum()
+    loss.backward()
+    return loss.item(), model.embed.weight.grad.clone()
 
 
 def test_prompt_tokens_do_not_contribute_to_loss_or_gradients():
