@@ -97,6 +97,11 @@ class PreferenceDataWriter:
         return self.meta["num_pairs"]
 
     @property
+    def progress(self) -> dict:
+        """What the producer committed with the last pairs (empty for a new folder)."""
+        return self.meta.get("progress", {})
+
+    @property
     def remaining(self) -> int:
         return self.meta["capacity"] - self.num_pairs
 
@@ -111,11 +116,17 @@ class PreferenceDataWriter:
         records: list[dict],
         chosen_ref_logp: list[float] | None = None,
         rejected_ref_logp: list[float] | None = None,
+        progress: dict | None = None,
     ) -> int:
-        """Write pairs (full prompt + response token sequences) and commit them; returns how many were
+        """Write pairs (full prompt + response token sequences) and commit them, together with the writer's
+        `progress` (e.g. how many prompts were consumed), in one atomic step; returns how many pairs were
         written (fewer than given when capacity is reached)."""
         count = min(len(chosen), self.remaining)
+        if progress is not None:
+            self.meta["progress"] = progress
         if count == 0:
+            if progress is not None:
+                _write_json_atomic(self.folder / META, self.meta)
             return 0
         start, max_len, pad_id = self.num_pairs, self.meta["max_len"], self.meta["pad_id"]
 

@@ -1,0 +1,219 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from self_rewarding_lm_pytorch.sampling import make_decoder, min_p, sample, top_k, top_p
+
+from conftest import tiny_transformer
+
+POSITION_SCHEMES = {
+    "absolute": dict(),
+    "rotary": dict(rotary_pos_emb=True),
+    "alibi": dict(alibi_pos_bias=True),
+    "relative_bias": dict(rel_pos_bias=True),
+}
+
+
+def random_prompts(lengths, num_tokens=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, num_tokens, (n,), generator=generator) for n in lengths]
+
+
+@pytest.mark.parametrize("scheme", POSITION_SCHEMES)
+def test_cached_equals_recomputed_and_batch_equals_alone(make_transformer, scheme):
+    net = make_transformer(seed=1, max_seq_len=40, depth=2, **POSITION_SCHEMES[scheme])
+    prompts = random_prompts((3, 9, 5, 12))
+
+    cached = sample(net, prompts, seq_len=40, temperature=0.0)
+    recomputed = sample(net, prompts, seq_len=40, temperature=0.0, cache_kv=False)
+    assert torch.equal(cached, recomputed)
+
+    for i, prompt in enumerate(prompts):
+        alone = sample(net, [prompt], seq_len=40, temperature=0.0)[0]
+        # each row's total length is capped at seq_len: longer prompts get fewer new tokens
+        assert len(alone) == 40 - len(prompt)
+        assert torch.equal(cached[i, : len(alone)], alone) and (cached[i, len(alone) :] == -1).all()
+
+
+def test_greedy_matches_a_hand_rolled_argmax_loop(make_transformer):
+    """The next token comes from the logits at the last position (the original read the wrong one)."""
+    net = make_transformer(seed=2).eval()
+    prompt = random_prompts((6,))[0]
+    seq = prompt.clone()
+    for _ in range(5):
+        seq = torch.cat([seq, net(seq[None])[0, -1].argmax()[None]])
+    assert torch.equal(sample(net, [prompt], max_new_tokens=5, temperature=0.0)[0], seq[6:])
+
+
+class Bigram(nn.Module):
+    """Not an x-transformers model: goes through the full-recompute decoder."""
+
+    def __init__(self, num_tokens=16):
+        super().__init__()
+        torch.manual_seed(3)
+        self.logits = nn.Embedding(num_tokens, num_tokens)
+
+    def forward(self, ids):
+        return self.logits(ids)
+
+
+def test_any_module_works_through_recompute_and_padding_does_not_leak():
+    net = Bigram()
+    prompts = random_prompts((2, 7), num_tokens=16)
+    assert type(make_decoder(net)).__name__ == "RecomputeDecoder"
+    batch = sample(net, prompts, max_new_tokens=6, temperature=0.0)
+    for i, prompt in enumerate(prompts):
+        token, expected = prompt[-1], []
+        for _ in range(6):
+            token = net.logits.weight[token].argmax()
+            expected.append(int(token))
+        assert batch[i].tolist() == expected
+
+
+class Scripted(nn.Module):
+    """Emits `script[row][t]` at generation step t, whatever the input: for EOS and padding tests."""
+
+    def __init__(self, script, num_tokens=8):
+        super().__init__()
+        self.script, self.num_tokens = script, num_tokens
+        self.dummy = nn.Parameter(torch.zeros(()))
+        self.prompt_len = None
+
+    def forward(self, ids):
+        step = ids.shape[1] - self.prompt_len
+        logits = torch.zeros(*ids.shape, self.num_tokens)
+        for row, script in enumerate(self.script):
+            token = script[min(step, len(script) - 1)]
+            logits[row, :, token] = 10.0
+        return logits
+
+
+def test_each_row_stops_at_its_own_eos_and_is_padded_after():
+    eos = 7
+    net = Scripted([[1, 2, eos, 3, 3, 3], [4, eos, 5, 5, 5, 5], [1, 1, 1, 1, 1, 1]])
+    net.prompt_len = 2
+    out = sample(net, torch.ones(3, 2, dtype=torch.long), max_new_tokens=6, temperature=0.0, eos_id=eos)
+    assert out.tolist() == [[1, 2, eos, -1, -1, -1], [4, eos, -1, -1, -1, -1], [1, 1, 1, 1, 1, 1]]
+
+    # every row done early: the loop ends there
+    net.script = net.script[:2]
+    out = sample(net, torch.ones(2, 2, dtype=torch.long), max_new_tokens=6, temperature=0.0, eos_id=eos)
+    assert out.tolist() == [[1, 2, eos], [4, eos, -1]]
+
+
+def test_output_keep_prompt(make_transformer):
+    net = make_transformer(seed=4)
+    prompts = random_prompts((2, 5))
+    responses = sample(net, prompts, max_new_tokens=4, temperature=0.0)
+    with_prompt = sample(net, prompts, max_new_tokens=4, temperature=0.0, output_keep_prompt=True)
+    for i, prompt in enumerate(prompts):
+        assert torch.equal(with_prompt[i, : len(prompt) + 4], torch.cat([prompt, responses[i]]))
+
+
+def test_right_padded_2d_prompts_and_float_token_ids(make_transformer):
+    net = make_transformer(seed=5)
+    prompts = random_prompts((3, 5))
+    padded = torch.full((2, 5), -1)
+    padded[0, :3], padded[1] = prompts[0], prompts[1]
+    expected = sample(net, prompts, max_new_tokens=4, temperature=0.0)
+    assert torch.equal(sample(net, padded, max_new_tokens=4, temperature=0.0), expected)
+    assert torch.equal(sample(net, [p.float() for p in prompts], max_new_tokens=4, temperature=0.0), expected)
+
+
+def test_generator_makes_sampling_reproducible(make_transformer):
+    net = make_transformer(seed=6)
+    prompts = random_prompts((4, 6))
+    a = sample(net, prompts, max_new_tokens=12, generator=123)
+    b = sample(net, prompts, max_new_tokens=12, generator=torch.Generator().manual_seed(123))
+    c = sample(net, prompts, max_new_tokens=12, generator=124)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+class CountingDecoder:
+    def __init__(self, decoder):
+        self.decoder, self.prefill_rows, self.repeats = decoder, [], []
+
+    def prefill(self, ids, seq_start_pos):
+        self.prefill_rows.append(len(ids))
+        return self.decoder.prefill(ids, seq_start_pos)
+
+    def step(self, new_ids):
+        return self.decoder.step(new_ids)
+
+    def repeat(self, n):
+        self.repeats.append(n)
+        self.decoder.repeat(n)
+
+
+def test_num_samples_prefills_each_prompt_once_and_is_prompt_major(make_transformer, monkeypatch):
+    import self_rewarding_lm_pytorch.sampling as sampling
+
+    net = make_transformer(seed=7)
+    prompts = random_prompts((3, 6))
+    spies = []
+
+    def spying_make_decoder(net, cache_kv=True):
+        spies.append(CountingDecoder(make_decoder(net, cache_kv)))
+        return spies[-1]
+
+    monkeypatch.setattr(sampling, "make_decoder", spying_make_decoder)
+    greedy = sample(net, prompts, max_new_tokens=5, temperature=0.0, num_samples=3)
+    assert spies[-1].prefill_rows == [2] and spies[-1].repeats == [3]
+    single = sample(net, prompts, max_new_tokens=5, temperature=0.0)
+    assert torch.equal(greedy, single.repeat_interleave(3, dim=0))
+
+    sampled = sample(net, prompts, max_new_tokens=8, num_samples=4, generator=0)
+    assert sampled.shape == (8, 8) and len({tuple(r.tolist()) for r in sampled}) > 2
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = lambda thres: (top_p(logits, thres) > -math.inf)[0].tolist()
+    assert kept(0.5) == [True, False, False, False]  # 0.5 alone reaches 0.5
+    assert kept(0.6) == [True, True, False, False]
+    assert kept(0.9) == [True, True, True, False]  # 0.5 + 0.3 + 0.15 = 0.95 >= 0.9
+    assert kept(0.01) == [True, False, False, False]  # the most likely token always stays
+    shuffled = logits[:, [2, 0, 3, 1]]
+    assert (top_p(shuffled, 0.6) > -math.inf)[0].tolist() == [False, True, False, True]
+
+
+def test_top_k_and_min_p():
+    logits = torch.tensor([[1.0, 4.0, 3.0, 2.0, 0.0]])
+    assert (top_k(logits, k=2) > -math.inf)[0].tolist() == [False, True, True, False, False]
+    assert (top_k(logits, frac_num_tokens=0.6) > -math.inf).sum() == 3
+    probs = torch.tensor([[0.6, 0.3, 0.07, 0.03]])  # threshold 0.1 * 0.6 = 0.06
+    assert (min_p(probs.log(), 0.1) > -math.inf)[0].tolist() == [True, True, True, False]
+
+
+def test_length_errors_name_the_lengths(make_transformer):
+    net = make_transformer(seed=8, max_seq_len=16)
+    with pytest.raises(ValueError, match="8 tokens: no room .* seq_len=8"):
+        sample(net, random_prompts((8,)), seq_len=8)
+    with pytest.raises(ValueError, match="exceeds the model's max_seq_len 16"):
+        sample(net, random_prompts((8,)), max_new_tokens=10)
+    with pytest.raises(ValueError, match="needs seq_len .* or max_new_tokens"):
+        sample(net, random_prompts((8,)))
+    with pytest.raises(ValueError, match="no prompts"):
+        sample(net, [], max_new_tokens=2)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        sample(net, [torch.tensor([1]), torch.tensor([], dtype=torch.long)], max_new_tokens=2)
+
+
+def test_absolute_positions_with_mixed_prompt_lengths_up_to_max_seq_len(make_transformer):
+    """Rows finish at different times; finished rows must not push positions past the embedding table."""
+    net = make_transformer(seed=9, max_seq_len=20)
+    prompts = random_prompts((2, 15))
+    for cache_kv in (True, False):
+        out = sample(net, prompts, seq_len=20, temperature=0.0, cache_kv=cache_kv)
+        assert (out[0] != -1).sum() == 18 and (out[1] != -1).sum() == 5
+
+
+def test_training_flag_is_restored(make_transformer):
+    net = make_transformer(seed=10).train()
+    sample(net, random_prompts((3,)), max_new_tokens=2)
+    assert net.training
+    net.eval()
+    sample(net, random_prompts((3,)), max_new_tokens=2)
+    assert not net.training
