@@ -50,6 +50,16 @@ def min_p(logits: Tensor, min_p: float = 0.1) -> Tensor:
     return logits.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), -math.inf)
 
 
+def check_sampling_settings(config, temperature_field: str, top_p_field: str):
+    """Validate a config's sampling fields at construction: temperature >= 0, top_p in (0, 1] or None."""
+    name = type(config).__name__
+    if getattr(config, temperature_field) < 0:
+        raise ValueError(f"{name}.{temperature_field} must be >= 0 (0 is greedy), got {getattr(config, temperature_field)}")
+    value = getattr(config, top_p_field)
+    if value is not None and not 0 < value <= 1:
+        raise ValueError(f"{name}.{top_p_field} must be in (0, 1] or None, got {value}")
+
+
 # decoders: how a model produces next-token logits
 
 

@@ -1,0 +1,190 @@
+"""Judges score (prompt, response) candidates for pair generation.
+
+A judge returns a float tensor of scores, NaN where it produced no usable score; it never returns a
+sentinel number. Three kinds:
+- `SelfJudge`: the policy itself as LLM-as-a-judge (Yuan et al. 2024, section 2.2): the judge prompt of a
+  `RewardConfig` is rendered per candidate, sampled K times in one batched call with its own token budget
+  (the original counted the ~1.8k-character judge prompt against the response cap and never answered),
+  and each answer is parsed.
+- `RewardModelJudge`: a Module scoring token ids.
+- `RewardFnJudge`: a callable on the decoded prompt and response, e.g. an exact checker.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from self_rewarding_lm_pytorch.data import as_token_tensor, pad_right
+from self_rewarding_lm_pytorch.reward import RewardConfig
+from self_rewarding_lm_pytorch.sampling import sample, top_p
+
+
+@dataclass
+class Candidates:
+    """A batch of candidate responses to judge: row i answers `prompts[i]`."""
+
+    prompts: list[str]
+    prompt_ids: list[Tensor]
+    responses: list[str]
+    response_ids: list[Tensor]  # without padding; may end in EOS
+
+
+@dataclass
+class Judgements:
+    scores: Tensor  # (num_candidates, num_judgements) float, NaN where no score was produced
+    raw_outputs: list[list[str]] | None = None  # the judge's text per candidate, for people to read
+
+
+class Judge(Protocol):
+    num_judgements: int
+
+    def __call__(self, candidates: Candidates, generator: torch.Generator | None = None) -> Judgements: ...
+
+    def is_valid_score(self, score: float) -> bool:
+        """Whether a score is on the judge's scale (e.g. 0-5 for the paper's prompt)."""
+
+
+class SelfJudge:
+    """The model judges its own candidates with the LLM-as-a-judge prompt of `reward_config`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        reward_config: RewardConfig,
+        *,
+        tokenizer_encode: Callable[[str], Tensor],
+        tokenizer_decode: Callable[[Tensor], str],
+        num_judgements: int = 3,
+        max_new_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float | None = 0.9,
+        pad_id: int = -1,
+        eos_id: int | None = None,
+    ):
+        self.model = model
+        self.reward_config = reward_config
+        self.encode, self.decode = tokenizer_encode, tokenizer_decode
+        self.num_judgements = num_judgements
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.pad_id, self.eos_id = pad_id, eos_id
+
+    def __call__(self, candidates: Candidates, generator: torch.Generator | None = None) -> Judgements:
+        judge_prompts = [
+            as_token_tensor(self.encode(self.reward_config.render(prompt, response)), "encoded judge prompt")
+            for prompt, response in zip(candidates.prompts, candidates.responses)
+        ]
+        # K judgements of every candidate in one batched call: each judge prompt is prefilled once
+        answers = sample(
+            self.model,
+            judge_prompts,
+            temperature=self.temperature,
+            filter_fn=top_p if self.top_p is not None else None,
+            filter_kwargs=dict(thres=self.top_p) if self.top_p is not None else None,
+            pad_id=self.pad_id,
+            eos_id=self.eos_id,
+            max_new_tokens=self.max_new_tokens,
+            num_samples=self.num_judgements,
+            generator=generator,
+        )
+        texts = [self.decode(strip_response(answer, self.pad_id, self.eos_id)) for answer in answers]
+        raw = [texts[i : i + self.num_judgements] for i in range(0, len(texts), self.num_judgements)]
+        scores = torch.tensor(
+            [[_score_or_nan(self.reward_config.parse(text)) for text in row] for row in raw], dtype=torch.float
+        )
+        return Judgements(scores, raw)
+
+    def is_valid_score(self, score: float) -> bool:
+        return self.reward_config.is_in_range(score)
+
+
+class RewardFnJudge:
+    """Scores from `reward_fn(prompt, response) -> float | bool | None` on decoded text (None: no score)."""
+
+    num_judgements = 1
+
+    def __init__(self, reward_fn: Callable[[str, str], float | bool | None]):
+        self.reward_fn = reward_fn
+
+    def __call__(self, candidates: Candidates, generator: torch.Generator | None = None) -> Judgements:
+        scores = [_score_or_nan(self.reward_fn(p, r)) for p, r in zip(candidates.prompts, candidates.responses)]
+        return Judgements(torch.tensor(scores, dtype=torch.float)[:, None])
+
+    def is_valid_score(self, score: float) -> bool:
+        return True
+
+
+class RewardModelJudge:
+    """Scores from a Module over prompt + response token ids, right-padded.
+
+    The output may be (b,) or (b, 1) scores, or (b, classes) logits, scored as the expected class index
+    (a classifier of ratings 0..C-1). If the module's forward takes a `mask` argument (x-transformers does),
+    it receives the non-padding mask; otherwise it sees padding as token 0 after the sequence."""
+
+    num_judgements = 1
+
+    def __init__(self, reward_model: nn.Module, pad_id: int = -1, batch_size: int = 32):
+        self.reward_model = reward_model
+        self.pad_id = pad_id
+        self.batch_size = batch_size
+        self.takes_mask = "mask" in inspect.signature(reward_model.forward).parameters
+
+    @torch.no_grad()
+    def __call__(self, candidates: Candidates, generator: torch.Generator | None = None) -> Judgements:
+        device = next(self.reward_model.parameters(), torch.empty(0)).device
+        seqs = [torch.cat([p, r]) for p, r in zip(candidates.prompt_ids, candidates.response_ids)]
+        was_training = self.reward_model.training
+        self.reward_model.eval()
+        scores = []
+        for start in range(0, len(seqs), self.batch_size):
+            ids, is_padding = pad_right(seqs[start : start + self.batch_size], self.pad_id)
+            ids, is_padding = ids.to(device), is_padding.to(device)
+            kwargs = dict(mask=~is_padding) if self.takes_mask else {}
+            scores.append(reward_model_scores(self.reward_model(ids.clamp(min=0), **kwargs), len(ids)))
+        self.reward_model.train(was_training)
+        return Judgements(torch.cat(scores).float().cpu()[:, None])
+
+    def is_valid_score(self, score: float) -> bool:
+        return True
+
+
+def reward_model_scores(output, batch: int) -> Tensor:
+    if not torch.is_tensor(output):
+        raise TypeError(
+            f"the reward model returned {type(output).__name__}; it must return a tensor of scores (b,), (b, 1) "
+            f"or class logits (b, classes)"
+        )
+    if output.shape == (batch,):
+        return output
+    if output.ndim == 2 and output.shape[0] == batch:
+        if output.shape[1] == 1:
+            return output[:, 0]
+        classes = torch.arange(output.shape[1], device=output.device, dtype=torch.float)
+        return (output.float().softmax(dim=-1) * classes).sum(dim=-1)
+    raise ValueError(
+        f"the reward model returned shape {tuple(output.shape)} for {batch} sequences; expected ({batch},), "
+        f"({batch}, 1) or ({batch}, classes). A language model's (b, n, vocab) logits are not a reward: pool them "
+        f"into one score per sequence, or use a reward_fn"
+    )
+
+
+def strip_response(tokens: Tensor, pad_id: int, eos_id: int | None) -> Tensor:
+    """The generated text tokens: padding dropped, cut before the first EOS."""
+    tokens = tokens[tokens != pad_id]
+    if eos_id is not None:
+        is_eos = (tokens == eos_id).nonzero()
+        if len(is_eos):
+            tokens = tokens[: is_eos[0, 0]]
+    return tokens
+
+
+def _score_or_nan(score) -> float:
+    if score is None:
+        return float("nan")
+    return float(score)

@@ -1,0 +1,429 @@
+"""Preference-pair generation: the paper's self-instruction creation (Yuan et al. 2024, section 2.2).
+
+For each batch of prompts:
+  1) sample N candidate responses per prompt in one batched sampler call,
+  2) judge every candidate (K judgements each for the model's own judge) in one batched call,
+  3) average each candidate's valid scores, pick a (chosen, rejected) pair per prompt (best vs worst by
+     default; equal scores give no pair, as in the paper), apply the pair rule,
+  4) compute log p_ref of both responses with the generating model (it is the DPO reference),
+  5) commit the pairs to the stage's folder, together with how many prompts were consumed.
+
+Bounded: prompts are never reused and the budget is finite, so a judge that never answers ends in a
+`PairGenerationError` that gives the counts and the likely fix, never in an endless retry.
+Resumable: the folder's commit holds the prompt cursor and the counts, so a killed run goes on where it
+stopped, with no duplicate and nothing lost. Several processes take different prompts of each batch; the
+main process writes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from self_rewarding_lm_pytorch.data import as_token_tensor, check_non_empty
+from self_rewarding_lm_pytorch.judges import Candidates, Judge, strip_response
+from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
+from self_rewarding_lm_pytorch.preference_data import PreferenceDataWriter, read_meta
+from self_rewarding_lm_pytorch.sampling import check_sampling_settings, sample, top_p
+
+
+def is_finite_reward(reward: float) -> bool:
+    return math.isfinite(reward)
+
+
+def reward_within(low: float, high: float) -> Callable[[float], bool]:
+    """A validity rule for scores on a known scale, e.g. `reward_within(0, 5)` for the paper's judge prompt."""
+
+    def is_valid(reward: float) -> bool:
+        return low <= reward <= high
+
+    is_valid.__name__ = f"reward_within({low}, {high})"
+    return is_valid
+
+
+def best_and_worst(rewards: Tensor) -> Tensor:
+    """(b, n) mean scores, NaN where a candidate has none -> (b, 2) indices of (chosen, rejected), -1 for no pair.
+
+    The best and the worst scored candidates form the pair (the paper's choice); a prompt with fewer than two
+    scored candidates, or whose best and worst scores are equal, gives no pair."""
+    scored = ~rewards.isnan()
+    best = rewards.masked_fill(~scored, -math.inf).argmax(dim=-1)
+    worst = rewards.masked_fill(~scored, math.inf).argmin(dim=-1)
+    best_score = rewards.gather(-1, best[:, None])[:, 0]
+    worst_score = rewards.gather(-1, worst[:, None])[:, 0]
+    has_pair = (scored.sum(dim=-1) >= 2) & (best_score > worst_score)
+    pairs = torch.stack([best, worst], dim=-1)
+    return pairs.masked_fill(~has_pair[:, None], -1)
+
+
+@dataclass(kw_only=True)
+class PairGenerationConfig:
+    """How a stage makes its preference pairs, whoever judges. Defaults follow the paper: N = 4 candidates
+    sampled at temperature 0.7 and top-p 0.9, best vs worst. (The judge's own settings live with the judge.)"""
+
+    num_preference_pairs: int
+    num_candidate_responses: int = 4
+    prompt_batch_size: int = 16
+    response_max_new_tokens: int = 128
+    max_seq_len: int | None = None  # prompt + response cap; None: the model's `max_seq_len`
+    temperature: float = 0.7
+    top_p: float | None = 0.9
+    is_valid_reward: Callable[[float], bool] = is_finite_reward
+    is_valid_reward_pair: Callable[[float, float], bool] | None = None  # (chosen, rejected) -> keep?
+    pick_paired_rewards: Callable[[Tensor], Tensor] = best_and_worst
+    max_prompts: int | None = None  # prompts to try at most; None: every prompt of the dataset, once
+    fail_fast_after_prompts: int = 64  # stop early when no judgement at all was usable after this many prompts
+    accept_fewer_pairs: bool = False  # out of prompts with fewer pairs than asked: keep them instead of an error
+    verifier: Callable[[str, str], float | bool] | None = None  # diagnostics only: how often the judge agrees
+
+    def __post_init__(self):
+        positive = ("num_preference_pairs", "num_candidate_responses", "prompt_batch_size", "response_max_new_tokens",
+                    "fail_fast_after_prompts")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_candidate_responses < 2:
+            raise ValueError(
+                f"{type(self).__name__}.num_candidate_responses must be >= 2 to form a pair, got {self.num_candidate_responses}"
+            )
+        check_sampling_settings(self, "temperature", "top_p")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ValueError(f"{type(self).__name__}.max_prompts must be >= 1 or None, got {self.max_prompts}")
+        if self.max_seq_len is not None and self.max_seq_len < 2:
+            raise ValueError(f"{type(self).__name__}.max_seq_len must be >= 2 or None, got {self.max_seq_len}")
+        for name in ("is_valid_reward", "pick_paired_rewards"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"{type(self).__name__}.{name} must be callable")
+
+
+@dataclass
+class PairGenerationStats:
+    """Counts over every prompt tried (cumulative across resumed runs)."""
+
+    prompts_tried: int = 0
+    candidates: int = 0
+    judgements: int = 0
+    judgements_parsed: int = 0  # the judge produced a number
+    judgements_valid: int = 0  # ... that `is_valid_reward` accepted
+    prompts_scored: int = 0  # prompts with at least two scored candidates
+    prompts_tied: int = 0  # ... whose candidates all scored the same: no pair (paper)
+    pairs_rejected: int = 0  # pairs that `is_valid_reward_pair` refused
+    pairs_made: int = 0
+    verifier_comparisons: int = 0  # candidate pairs the verifier ranks differently
+    verifier_agreements: int = 0  # ... that the judge ranks the same way (strictly)
+    pairs_verified_better: int = 0  # chosen strictly better than rejected by the verifier
+    pairs_verified_worse: int = 0
+
+    @property
+    def parse_rate(self) -> float:
+        return self.judgements_parsed / max(self.judgements, 1)
+
+    @property
+    def tie_rate(self) -> float:
+        return self.prompts_tied / max(self.prompts_scored, 1)
+
+    def add(self, other: PairGenerationStats):
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def summary(self) -> dict:
+        row = asdict(self)
+        row.update(parse_rate=self.parse_rate, tie_rate=self.tie_rate)
+        if self.verifier_comparisons:
+            row["judge_verifier_agreement"] = self.verifier_agreements / self.verifier_comparisons
+        if self.pairs_made and (self.pairs_verified_better or self.pairs_verified_worse):
+            row["pairs_chosen_verified_better"] = self.pairs_verified_better / self.pairs_made
+            row["pairs_chosen_verified_worse"] = self.pairs_verified_worse / self.pairs_made
+        return row
+
+
+class PairGenerationError(RuntimeError):
+    """Fewer pairs than requested after the prompt budget; `stats` holds the counts."""
+
+    def __init__(self, message: str, stats: PairGenerationStats, num_pairs: int):
+        super().__init__(message)
+        self.stats = stats
+        self.num_pairs = num_pairs
+
+
+@dataclass
+class _PromptResult:
+    """What one prompt produced, sent from its process to the writer."""
+
+    stats: PairGenerationStats
+    pair: dict | None = None
+    example_judge_output: str | None = None
+
+
+def generate_preference_pairs(
+    model: nn.Module,
+    prompt_dataset: Dataset,
+    judge: Judge,
+    config: PairGenerationConfig,
+    *,
+    folder: str | Path,
+    tokenizer_encode: Callable[[str], Tensor],
+    tokenizer_decode: Callable[[Tensor], str],
+    accelerator: Accelerator,
+    pad_id: int = -1,
+    eos_id: int | None = None,
+    logp_reduction: Reduction = "sum",
+    seed: int = 0,
+) -> PairGenerationStats:
+    """Fill `folder` with `config.num_preference_pairs` pairs (resuming what is there) and return the counts.
+
+    `model` is the policy at the start of the stage: it samples, its log-probs of the chosen and rejected
+    responses are stored as the DPO reference (`logp_reduction` must match the DPO stage's)."""
+    check_non_empty(prompt_dataset, "prompt dataset")
+    model = accelerator.unwrap_model(model)
+    max_seq_len = config.max_seq_len or getattr(model, "max_seq_len", None)
+    if max_seq_len is None:
+        raise ValueError("pair generation needs max_seq_len (prompt + response cap): set it in the stage config")
+    budget = config.max_prompts or len(prompt_dataset)
+    if budget > len(prompt_dataset):
+        raise ValueError(
+            f"max_prompts={budget} exceeds the {len(prompt_dataset)} prompts of the dataset; prompts are never reused: "
+            f"add prompts or lower max_prompts"
+        )
+
+    writer = None
+    if accelerator.is_main_process:
+        writer = PreferenceDataWriter(
+            folder, capacity=config.num_preference_pairs, max_len=max_seq_len, pad_id=pad_id, with_ref_logps=True
+        )
+    accelerator.wait_for_everyone()
+    meta = read_meta(folder)  # every process starts from the same commit
+    num_pairs = meta["num_pairs"]
+    cursor = meta.get("progress", {}).get("prompts_consumed", 0)
+    stats = PairGenerationStats(**meta.get("progress", {}).get("stats", {}))
+    if meta["complete"]:
+        return stats
+
+    # a fixed prompt order per seed, so a resumed run continues the same sequence of prompts
+    order = torch.randperm(len(prompt_dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    global_batch = config.prompt_batch_size * accelerator.num_processes
+    example_outputs: list[str] = []
+
+    while num_pairs < config.num_preference_pairs and cursor < budget:
+        if stats.judgements_valid == 0 and cursor >= config.fail_fast_after_prompts:
+            break
+        indices = order[cursor : min(cursor + global_batch, budget)]
+        mine = indices[accelerator.process_index :: accelerator.num_processes]
+        batch_seed = seed * 1_000_003 + cursor * 31 + accelerator.process_index
+        results = _judge_prompts(
+            model, [prompt_dataset[i] for i in mine], judge, config,
+            encode=tokenizer_encode, decode=tokenizer_decode, pad_id=pad_id, eos_id=eos_id,
+            max_seq_len=max_seq_len, logp_reduction=logp_reduction, seed=batch_seed,
+        )
+        results = gather_object(results) if accelerator.num_processes > 1 else results
+        cursor += len(indices)
+
+        pairs = [r.pair for r in results if r.pair is not None]
+        kept = pairs[: config.num_preference_pairs - num_pairs]
+        for result in results:
+            stats.add(result.stats)
+        stats.pairs_made += len(kept)
+        example_outputs += [r.example_judge_output for r in results if r.example_judge_output][:2]
+        num_pairs += len(kept)
+
+        progress = dict(prompts_consumed=cursor, stats=asdict(stats))
+        if writer is not None:
+            writer.append(
+                chosen=[p["chosen"] for p in kept],
+                rejected=[p["rejected"] for p in kept],
+                prompt_len=[p["prompt_len"] for p in kept],
+                chosen_reward=[p["record"]["chosen_score"] for p in kept],
+                rejected_reward=[p["record"]["rejected_score"] for p in kept],
+                chosen_ref_logp=[p["chosen_ref_logp"] for p in kept],
+                rejected_ref_logp=[p["rejected_ref_logp"] for p in kept],
+                records=[p["record"] for p in kept],
+                progress=progress,
+            )
+        accelerator.wait_for_everyone()
+
+    accelerator.log({f"pairs/{k}": v for k, v in stats.summary().items()})
+
+    if num_pairs < config.num_preference_pairs and not (config.accept_fewer_pairs and num_pairs > 0):
+        raise PairGenerationError(
+            _shortfall_message(stats, num_pairs, config, judge, cursor, budget, example_outputs), stats, num_pairs
+        )
+    if writer is not None:
+        writer.mark_complete()
+    accelerator.wait_for_everyone()
+    return stats
+
+
+@torch.no_grad()
+def _judge_prompts(
+    model: nn.Module,
+    prompts: list,
+    judge: Judge,
+    config: PairGenerationConfig,
+    *,
+    encode,
+    decode,
+    pad_id: int,
+    eos_id: int | None,
+    max_seq_len: int,
+    logp_reduction: Reduction,
+    seed: int,
+) -> list[_PromptResult]:
+    if not prompts:
+        return []
+    for prompt in prompts:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt datasets hold strings (they are encoded with tokenizer_encode), got {type(prompt).__name__}")
+    prompt_ids = [as_token_tensor(encode(p), "encoded prompt") for p in prompts]
+    for prompt, ids in zip(prompts, prompt_ids):
+        if len(ids) >= max_seq_len:
+            raise ValueError(
+                f"prompt {prompt[:60]!r} is {len(ids)} tokens, leaving no room for a response under "
+                f"max_seq_len={max_seq_len}: shorten the prompt or raise max_seq_len"
+            )
+
+    # 1) N candidates per prompt in one call; rows are prompt-major
+    n = config.num_candidate_responses
+    responses = sample(
+        model, prompt_ids, max_seq_len,
+        temperature=config.temperature,
+        filter_fn=top_p if config.top_p is not None else None,
+        filter_kwargs=dict(thres=config.top_p) if config.top_p is not None else None,
+        pad_id=pad_id, eos_id=eos_id,
+        max_new_tokens=config.response_max_new_tokens,
+        num_samples=n,
+        generator=seed,
+    )
+    response_ids = [r[r != pad_id].cpu() for r in responses]
+    texts = [decode(strip_response(r, pad_id, eos_id)) for r in response_ids]
+    repeated_prompts = [p for p in prompts for _ in range(n)]
+    repeated_ids = [ids for ids in prompt_ids for _ in range(n)]
+
+    # 2) judge every candidate; 3) average its valid scores
+    judgements = judge(Candidates(repeated_prompts, repeated_ids, texts, response_ids), generator=seed + 7919)
+    scores = judgements.scores
+    parsed = ~scores.isnan()
+    valid = parsed.clone()
+    valid[parsed] = torch.tensor(
+        [judge.is_valid_score(float(s)) and bool(config.is_valid_reward(float(s))) for s in scores[parsed]], dtype=torch.bool
+    )
+    mean_scores = scores.masked_fill(~valid, 0).sum(-1) / valid.sum(-1)  # NaN where no valid score
+    mean_scores = mean_scores.view(len(prompts), n)
+    pair_indices = config.pick_paired_rewards(mean_scores)
+
+    verified = None
+    if config.verifier is not None:
+        verified = torch.tensor([float(config.verifier(p, t)) for p, t in zip(repeated_prompts, texts)]).view(len(prompts), n)
+
+    results = []
+    for i, prompt in enumerate(prompts):
+        rows = slice(i * n, (i + 1) * n)
+        row_stats = PairGenerationStats(
+            prompts_tried=1, candidates=n, judgements=scores[rows].numel(),
+            judgements_parsed=int(parsed[rows].sum()), judgements_valid=int(valid[rows].sum()),
+        )
+        scored = ~mean_scores[i].isnan()
+        if scored.sum() >= 2:
+            row_stats.prompts_scored = 1
+            row_stats.prompts_tied = int(mean_scores[i][scored].unique().numel() == 1)
+        if verified is not None:
+            _count_verifier_agreement(row_stats, mean_scores[i], verified[i])
+        result = _PromptResult(row_stats)
+        if judgements.raw_outputs is not None and not parsed[rows].any():
+            result.example_judge_output = judgements.raw_outputs[i * n][0]
+
+        chosen, rejected = pair_indices[i].tolist()
+        if chosen >= 0 and rejected >= 0:
+            chosen_score, rejected_score = float(mean_scores[i, chosen]), float(mean_scores[i, rejected])
+            if config.is_valid_reward_pair is not None and not config.is_valid_reward_pair(chosen_score, rejected_score):
+                row_stats.pairs_rejected = 1
+            else:
+                record = dict(
+                    prompt=prompt, chosen=texts[i * n + chosen], rejected=texts[i * n + rejected],
+                    chosen_score=chosen_score, rejected_score=rejected_score,
+                    candidate_scores=[None if math.isnan(s) else s for s in mean_scores[i].tolist()],
+                )
+                if judgements.raw_outputs is not None:
+                    record["chosen_judge_outputs"] = judgements.raw_outputs[i * n + chosen]
+                    record["rejected_judge_outputs"] = judgements.raw_outputs[i * n + rejected]
+                if verified is not None:
+                    record["chosen_verified"], record["rejected_verified"] = float(verified[i, chosen]), float(verified[i, rejected])
+                    row_stats.pairs_verified_better = int(verified[i, chosen] > verified[i, rejected])
+                    row_stats.pairs_verified_worse = int(verified[i, chosen] < verified[i, rejected])
+                result.pair = dict(
+                    chosen=torch.cat([prompt_ids[i], response_ids[i * n + chosen]]),
+                    rejected=torch.cat([prompt_ids[i], response_ids[i * n + rejected]]),
+                    prompt_len=len(prompt_ids[i]),
+                    record=record,
+                )
+        results.append(result)
+
+    # 4) log p_ref of every kept pair's responses, from the generating model, in one batched forward
+    pairs = [r.pair for r in results if r.pair is not None]
+    if pairs:
+        seqs = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+        prompt_len = torch.tensor([p["prompt_len"] for p in pairs] * 2)
+        logps = reference_logprobs(model, seqs, prompt_len, pad_id, logp_reduction)
+        for j, pair in enumerate(pairs):
+            pair["chosen_ref_logp"], pair["rejected_ref_logp"] = float(logps[j]), float(logps[len(pairs) + j])
+    return results
+
+
+def _count_verifier_agreement(stats: PairGenerationStats, scores: Tensor, verified: Tensor):
+    """Over candidate pairs the verifier ranks differently: does the judge rank them the same way?"""
+    scored = ~scores.isnan()
+    for a in range(len(scores)):
+        for b in range(a + 1, len(scores)):
+            if verified[a] == verified[b]:
+                continue
+            stats.verifier_comparisons += 1
+            if scored[a] and scored[b] and (scores[a] - scores[b]) * (verified[a] - verified[b]) > 0:
+                stats.verifier_agreements += 1
+
+
+def _shortfall_message(
+    stats: PairGenerationStats,
+    num_pairs: int,
+    config: PairGenerationConfig,
+    judge: Judge,
+    cursor: int,
+    budget: int,
+    example_outputs: list[str],
+) -> str:
+    counts = (
+        f"made {num_pairs} of {config.num_preference_pairs} preference pairs after trying {stats.prompts_tried} prompts "
+        f"(budget {budget}): {stats.judgements} judgements, {stats.judgements_parsed} parsed, "
+        f"{stats.judgements_valid} valid, {stats.prompts_tied} prompts tied, {stats.pairs_rejected} pairs refused by "
+        f"is_valid_reward_pair."
+    )
+    self_judge = getattr(judge, "reward_config", None)
+    if stats.judgements_parsed == 0:
+        if self_judge is not None:
+            shown = "; ".join(repr(text[:80]) for text in example_outputs[:2]) or "(none)"
+            cause = (
+                f"The judge never produced a score its RewardConfig can parse (e.g. 'Score: <n>'); its outputs look like: "
+                f"{shown}. Fine-tune the model on judge-format examples first (the paper's EFT data, e.g. an SFT stage "
+                f"with SortDigitsTask.judge_examples), or pass a RewardConfig whose reward_regex_template matches its output."
+            )
+        else:
+            cause = "The reward function or model returned no score for any candidate: check it returns numbers."
+    elif stats.judgements_valid == 0:
+        cause = (
+            "Every parsed score was refused, by is_valid_reward or by the RewardConfig's score_range: check both match "
+            "the scale the judge answers on."
+        )
+    elif stats.prompts_tied > stats.prompts_scored / 2:
+        cause = (
+            "Most prompts' candidates scored equal (ties give no pair, as in the paper): raise num_candidate_responses, "
+            "num_judgements or the sampling temperature, or use a finer score scale."
+        )
+    else:
+        cause = "The prompts ran out first: add prompts, raise max_prompts, or lower num_preference_pairs."
+    return f"{counts} {cause} To keep the pairs made so far instead, pass accept_fewer_pairs=True."

@@ -1,0 +1,71 @@
+"""The preference loss shared by DPO and SPIN: pure maths over per-sequence log-probabilities.
+
+With h = (log π(y_c|x) - log π_ref(y_c|x)) - (log π(y_r|x) - log π_ref(y_r|x)), the log-ratio margin of the
+chosen over the rejected response:
+
+    sigmoid   -log σ(β h)                  DPO, Rafailov et al. 2023, eq. 7
+              with label smoothing ε:  -(1 - ε) log σ(β h) - ε log σ(-β h)   (conservative DPO, cDPO)
+    ipo       (h - 1 / (2β))²              IPO, Azar et al. 2023
+    hinge     max(0, 1 - β h)              SLiC, Zhao et al. 2023
+
+SPIN (Chen et al. 2024) is the sigmoid loss with (real, generated) as (chosen, rejected) and β = λ.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn.functional as F
+from beartype import beartype
+from jaxtyping import Float, jaxtyped
+from torch import Tensor
+
+LossType = Literal["sigmoid", "ipo", "hinge"]
+
+
+def check_preference_loss_settings(beta: float, loss_type: str, label_smoothing: float, owner: str = "preference_loss"):
+    """Raise ValueError for settings the loss cannot use; shared by the loss, `DPO` and `DPOConfig`."""
+    if loss_type not in ("sigmoid", "ipo", "hinge"):
+        raise ValueError(f"{owner}: loss_type must be 'sigmoid', 'ipo' or 'hinge', got {loss_type!r}")
+    if not beta > 0:
+        raise ValueError(f"{owner}: beta must be > 0, got {beta}")
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"{owner}: label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if label_smoothing > 0 and loss_type != "sigmoid":
+        raise ValueError(f"{owner}: label_smoothing applies to loss_type 'sigmoid' only (cDPO), got loss_type {loss_type!r}")
+
+
+@jaxtyped(typechecker=beartype)
+def preference_loss(
+    policy_chosen_logps: Float[Tensor, " b"],
+    policy_rejected_logps: Float[Tensor, " b"],
+    ref_chosen_logps: Float[Tensor, " b"],
+    ref_rejected_logps: Float[Tensor, " b"],
+    *,
+    beta: float | int = 0.1,
+    loss_type: LossType = "sigmoid",
+    label_smoothing: float | int = 0.0,
+) -> tuple[Float[Tensor, " b"], Float[Tensor, " b"], Float[Tensor, " b"]]:
+    """Per-pair losses, and the implicit rewards β (log π - log π_ref) of the chosen and rejected responses
+    (detached: they are metrics).
+
+    `label_smoothing` ε assumes a fraction ε of the preference labels are flipped (cDPO); sigmoid loss only.
+    """
+    check_preference_loss_settings(beta, loss_type, label_smoothing)
+
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    h = chosen_logratios - rejected_logratios
+
+    if loss_type == "sigmoid":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        # h uses whatever reduction the caller chose for the log-probs; IPO's paper uses average log-probs
+        # (`logp_reduction='mean'` in DPOConfig), with sums the target margin 1/(2β) is per sequence
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:
+        losses = F.relu(1 - beta * h)
+
+    chosen_rewards = beta * chosen_logratios.detach()
+    rejected_rewards = beta * rejected_logratios.detach()
+    return losses, chosen_rewards, rejected_rewards

@@ -1,0 +1,231 @@
+"""SPIN: self-play fine-tuning (Chen et al. 2024, arXiv 2401.01335, Algorithm 1).
+
+Each iteration t:
+  1) the model as it is at the start of the iteration, θt, answers every SFT prompt (batched sampler; the
+     prompts are split across processes),
+  2) θt's log-probs of the real and of the generated responses are computed once and stored: θt is SPIN's
+     reference, so no frozen copy of the model is kept,
+  3) θt+1 is trained with the shared preference loss, real as chosen and generated as rejected, β = λ
+     (SPIN's logistic loss ℓ(t) = log(1 + e^-t) is DPO's sigmoid loss).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from self_rewarding_lm_pytorch.data import PromptResponse, normalize_sft_item, validate_sft_dataset
+from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer
+from self_rewarding_lm_pytorch.logprobs import reference_logprobs
+from self_rewarding_lm_pytorch.sampling import check_sampling_settings, sample, top_p
+
+
+class SPIN(DPO):
+    """The SPIN loss on a policy: `SPIN(model, λ=0.1)`. Real responses are chosen, generated ones rejected,
+    and the reference is θt (stored log-probs), so no reference copy is held."""
+
+    def __init__(self, model: nn.Module, λ: float = 0.1, **dpo_kwargs):
+        super().__init__(model, beta=λ, precomputed_reference=True, **dpo_kwargs)
+        self.λ = λ
+
+
+def spin_loss_options() -> set[str]:
+    """The keyword arguments `spin_kwargs` may hold: λ and SPIN's (that is, DPO's) loss settings."""
+    names = set(inspect.signature(SPIN.__init__).parameters) | set(inspect.signature(DPO.__init__).parameters)
+    return (names - {"self", "model", "dpo_kwargs", "beta", "precomputed_reference", "ref_model", "pad_id"}) | {"λ"}
+
+
+@dataclass(kw_only=True)
+class SelfPlayConfig:
+    """A SPIN stage. `max_seq_len` caps prompt + generated response. Each of `num_iterations` iterations trains
+    `num_train_steps` optimizer steps (or `num_epochs` over the SFT data when None) on fresh opponent answers.
+    Learning rate as in SPIN (5e-7, constant unless end_learning_rate is lower); generation samples θt's own
+    distribution (temperature 1, no filter) as in SPIN's y' ~ p_θt(·|x)."""
+
+    train_sft_dataset: Dataset
+    max_seq_len: int
+    valid_sft_dataset: Dataset | None = None
+    num_iterations: int = 1
+    spin_kwargs: dict = field(default_factory=dict)  # λ and loss settings, e.g. dict(λ=0.1)
+    batch_size: int = 16
+    grad_accum_steps: int = 1
+    num_train_steps: int | None = None
+    num_epochs: int = 2
+    learning_rate: float = 5e-7
+    end_learning_rate: float | None = None  # None: constant learning rate
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    adam_kwargs: dict = field(default_factory=dict)
+    dropout: float = 0.1
+    valid_every: int | None = None
+    checkpoint_every: int | None = None  # optimizer steps within an iteration
+    temperature: float = 1.0
+    top_p: float | None = None
+    generation_batch_size: int = 16
+
+    def __post_init__(self):
+        validate_sft_dataset(self.train_sft_dataset, pad_id=-1, name="SelfPlayConfig.train_sft_dataset")
+        unknown = set(self.spin_kwargs) - spin_loss_options()
+        if unknown:
+            raise ValueError(
+                f"SelfPlayConfig.spin_kwargs has unknown settings {sorted(unknown)}; known: {sorted(spin_loss_options())}"
+            )
+        for name in ("max_seq_len", "num_iterations", "generation_batch_size", "num_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SelfPlayConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"SelfPlayConfig.checkpoint_every must be >= 1 or None, got {self.checkpoint_every}")
+        check_sampling_settings(self, "temperature", "top_p")
+        self.dpo_config()  # the training settings are checked by DPOConfig itself, now
+
+    def dpo_config(self) -> DPOConfig:
+        loss = dict(self.spin_kwargs)
+        beta = loss.pop("λ", 0.1)
+        return DPOConfig(
+            beta=beta,
+            **loss,
+            batch_size=self.batch_size,
+            grad_accum_steps=self.grad_accum_steps,
+            num_train_steps=self.num_train_steps,
+            num_epochs=None if self.num_train_steps else self.num_epochs,
+            learning_rate=self.learning_rate,
+            end_learning_rate=self.end_learning_rate or self.learning_rate,
+            warmup_steps=self.warmup_steps,
+            weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm,
+            adam_kwargs=self.adam_kwargs,
+            dropout=self.dropout,
+            valid_every=self.valid_every,
+            checkpoint_every=self.checkpoint_every,
+        )
+
+
+class SPINTrainer:
+    """`SPINTrainer(model, train_sft_dataset=..., max_seq_len=..., spin_kwargs=dict(λ=0.1))()` runs SPIN.
+
+    Pass a `SelfPlayConfig` or its fields. Checkpoints (every `checkpoint_every` steps) go to
+    `checkpoint_folder/iteration-{t}-step-{n}.pt`; the returned history has one row per optimizer step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: SelfPlayConfig | None = None,
+        *,
+        pad_id: int = -1,
+        eos_id: int | None = None,
+        accelerator: Accelerator | None = None,
+        accelerate_kwargs: dict | None = None,
+        checkpoint_folder: str | Path = "./checkpoints/spin",
+        seed: int = 0,
+        **config_kwargs,
+    ):
+        if config is not None and config_kwargs:
+            raise TypeError(f"pass either a SelfPlayConfig or its fields, not both (got {sorted(config_kwargs)})")
+        self.config = config or SelfPlayConfig(**config_kwargs)
+        # every prompt must leave room to generate: checked now, not after an iteration of training
+        spin_items(self.config.train_sft_dataset, pad_id, self.config.max_seq_len)
+        if self.config.valid_sft_dataset is not None:
+            spin_items(self.config.valid_sft_dataset, pad_id, self.config.max_seq_len)
+        self.model = model
+        self.pad_id, self.eos_id = pad_id, eos_id
+        self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
+        self.checkpoint_folder = Path(checkpoint_folder)
+        self.seed = seed
+        self.history: list[dict] = []
+
+    def opponent_pairs(self, dataset: Dataset, iteration: int) -> list[dict]:
+        """(real, generated) pairs for every item of `dataset`, generated and scored by the model as it is now (θt)."""
+        accelerator, config = self.accelerator, self.config
+        model = accelerator.unwrap_model(self.model)
+        items = spin_items(dataset, self.pad_id, config.max_seq_len)
+
+        mine = list(range(len(items)))[accelerator.process_index :: accelerator.num_processes]
+        pairs = []
+        for start in range(0, len(mine), config.generation_batch_size):
+            indices = mine[start : start + config.generation_batch_size]
+            prompts = [items[i].prompt for i in indices]
+            generated = sample(
+                model, prompts, config.max_seq_len,
+                temperature=config.temperature,
+                filter_fn=top_p if config.top_p is not None else None,
+                filter_kwargs=dict(thres=config.top_p) if config.top_p is not None else None,
+                pad_id=self.pad_id, eos_id=self.eos_id,
+                generator=self.seed * 1_000_003 + iteration * 10_007 + indices[0],
+            )
+            real = [items[i].tokens for i in indices]
+            fake = [torch.cat([items[i].prompt, g[g != self.pad_id].cpu()]) for i, g in zip(indices, generated)]
+            prompt_len = torch.tensor([items[i].prompt_len for i in indices])
+            logps = reference_logprobs(model, real + fake, torch.cat([prompt_len, prompt_len]), self.pad_id,
+                                       config.dpo_config().logp_reduction).tolist()
+            for j, index in enumerate(indices):
+                pairs.append(dict(
+                    index=index, chosen=real[j], rejected=fake[j], prompt_len=int(prompt_len[j]),
+                    chosen_ref_logp=logps[j], rejected_ref_logp=logps[len(indices) + j],
+                ))
+        if accelerator.num_processes > 1:
+            pairs = gather_object(pairs)
+        return sorted(pairs, key=lambda pair: pair["index"])
+
+    def train(self) -> list[dict]:
+        config = self.config
+        for iteration in range(config.num_iterations):
+            # 1) θt answers every prompt; 2) its log-probs are the reference
+            train_pairs = PairList(self.opponent_pairs(config.train_sft_dataset, iteration), self.pad_id)
+            valid_pairs = None
+            if config.valid_sft_dataset is not None:
+                valid_pairs = PairList(self.opponent_pairs(config.valid_sft_dataset, iteration), self.pad_id)
+
+            # 3) θt+1 learns to prefer the real answers over θt's
+            trainer = DPOTrainer(
+                self.model, train_pairs, config.dpo_config(), valid_dataset=valid_pairs, pad_id=self.pad_id,
+                accelerator=self.accelerator, checkpoint_folder=self.checkpoint_folder,
+                checkpoint_prefix=f"iteration-{iteration}", metric_prefix="spin",
+            )
+            for row in trainer.train():
+                self.history.append(dict(row, iteration=iteration))
+            self.accelerator.free_memory()
+        return self.history
+
+    __call__ = train
+
+
+def spin_items(dataset: Dataset, pad_id: int, max_seq_len: int) -> list[PromptResponse]:
+    """The SFT examples as (tokens, prompt_len), each with a prompt that leaves room to generate."""
+    validate_sft_dataset(dataset, pad_id, "SPIN sft dataset")
+    items = [normalize_sft_item(dataset[i], pad_id, i) for i in range(len(dataset))]
+    for index, item in enumerate(items):
+        if item.prompt_len == 0:
+            raise ValueError(f"SPIN item {index} has no prompt (prompt_len 0): SPIN generates answers to prompts")
+        if item.prompt_len >= max_seq_len:
+            raise ValueError(
+                f"SPIN item {index}: the prompt is {item.prompt_len} tokens, leaving no room to generate under "
+                f"max_seq_len={max_seq_len}: raise max_seq_len"
+            )
+    return items
+
+
+class PairList(Dataset):
+    """In-memory (chosen, rejected) pairs with stored reference log-probs, padded per batch by DPO's collate."""
+
+    def __init__(self, pairs: list[dict], pad_id: int):
+        self.pairs = pairs
+        self.pad_id = pad_id
+        self.has_ref_logps = True
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        pair = self.pairs[index]
+        return dict(
+            chosen=pair["chosen"], rejected=pair["rejected"], prompt_len=torch.tensor(pair["prompt_len"]),
+            chosen_ref_logp=torch.tensor(pair["chosen_ref_logp"]), rejected_ref_logp=torch.tensor(pair["rejected_ref_logp"]),
+        )

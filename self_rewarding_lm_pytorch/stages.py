@@ -1,0 +1,109 @@
+"""Stage configs of the orchestrator, beyond `SFTConfig` (sft.py) and `SelfPlayConfig` (spin.py).
+
+A preference stage makes its pairs, then trains DPO on them, so its config is a `PairGenerationConfig` and a
+`DPOConfig` in one flat dataclass, plus what says who judges: the model itself (`SelfRewardDPOConfig`) or a
+reward model / function (`ExternalRewardDPOConfig`). Everything is validated at construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from self_rewarding_lm_pytorch.data import check_non_empty
+from self_rewarding_lm_pytorch.dpo import DPOConfig
+from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig
+from self_rewarding_lm_pytorch.reward import RewardConfig
+from self_rewarding_lm_pytorch.sampling import check_sampling_settings
+from self_rewarding_lm_pytorch.sft import SFTConfig
+from self_rewarding_lm_pytorch.spin import SelfPlayConfig
+
+
+@dataclass(kw_only=True)
+class SelfRewardDPOConfig(PairGenerationConfig, DPOConfig):
+    """One self-rewarding iteration (Yuan et al. 2024, section 2): the model answers `prompt_dataset`, judges its
+    own answers `num_judgements` times each with the LLM-as-a-judge prompt, and is trained by DPO on best-vs-worst
+    pairs. `reward_config` None uses the trainer's `self_reward_prompt_config` (the paper's prompt by default)."""
+
+    prompt_dataset: Dataset
+    reward_config: RewardConfig | None = None
+    num_judgements: int = 3
+    judge_max_new_tokens: int = 256  # the judge's answer budget, on top of its (long) prompt
+    judge_temperature: float = 0.7
+    judge_top_p: float | None = 0.9
+
+    def __post_init__(self):
+        check_non_empty(self.prompt_dataset, f"{type(self).__name__}.prompt_dataset")
+        PairGenerationConfig.__post_init__(self)
+        DPOConfig.__post_init__(self)
+        for name in ("num_judgements", "judge_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
+        check_sampling_settings(self, "judge_temperature", "judge_top_p")
+
+
+@dataclass(kw_only=True)
+class ExternalRewardDPOConfig(PairGenerationConfig, DPOConfig):
+    """A DPO iteration whose pairs are judged by `reward_model` (a Module scoring token ids) or `reward_fn`
+    (a callable on decoded prompt and response, e.g. an exact checker): exactly one of the two."""
+
+    prompt_dataset: Dataset
+    reward_model: nn.Module | None = None
+    reward_fn: Callable[[str, str], float | bool | None] | None = None
+    reward_model_batch_size: int = 32
+
+    def __post_init__(self):
+        check_non_empty(self.prompt_dataset, f"{type(self).__name__}.prompt_dataset")
+        PairGenerationConfig.__post_init__(self)
+        DPOConfig.__post_init__(self)
+        if (self.reward_model is None) == (self.reward_fn is None):
+            raise ValueError("ExternalRewardDPOConfig needs exactly one of reward_model and reward_fn")
+        if self.reward_fn is None and self.reward_model_batch_size < 1:
+            raise ValueError(f"ExternalRewardDPOConfig.reward_model_batch_size must be >= 1, got {self.reward_model_batch_size}")
+        if self.reward_fn is not None and self.reward_model_batch_size != 32:
+            raise ValueError("ExternalRewardDPOConfig.reward_model_batch_size applies to reward_model only")
+
+
+FinetuneConfig = SFTConfig | SelfPlayConfig | SelfRewardDPOConfig | ExternalRewardDPOConfig
+
+
+def create_default_paper_config(
+    *,
+    train_sft_dataset: Dataset,
+    self_reward_prompt_dataset: Dataset | tuple[Dataset, Dataset],
+    valid_sft_dataset: Dataset | None = None,
+    num_generated_preference_pairs: tuple[int, int] = (3964, 6942),
+    dpo_num_train_steps: int | None = None,
+    dpo_num_epochs: int = 1,
+    sft_config: dict | None = None,
+    self_reward_config: dict | None = None,
+    early_stopper=None,
+) -> list[FinetuneConfig]:
+    """The paper's plan (Yuan et al. 2024, section 3): SFT on the seed data (M1), then two self-rewarding
+    iterations (M2 with 3,964 pairs, M3 with 6,942), each judging with the 0-5 additive prompt.
+
+    `self_reward_prompt_dataset` is one dataset (both iterations draw from it; each uses its own prompt order)
+    or a pair of datasets, one per iteration. DPO runs `dpo_num_train_steps`, or `dpo_num_epochs` over the
+    pairs when no step count is given. Extra settings go in `sft_config` / `self_reward_config`."""
+    if len(num_generated_preference_pairs) != 2:
+        raise ValueError("num_generated_preference_pairs holds the pair counts of the two iterations, e.g. (3964, 6942)")
+    prompt_datasets = (
+        self_reward_prompt_dataset if isinstance(self_reward_prompt_dataset, tuple) else (self_reward_prompt_dataset,) * 2
+    )
+    dpo_length = dict(num_train_steps=dpo_num_train_steps) if dpo_num_train_steps else dict(num_epochs=dpo_num_epochs)
+    stages: list[FinetuneConfig] = [
+        SFTConfig(train_dataset=train_sft_dataset, valid_dataset=valid_sft_dataset, **(sft_config or {}))
+    ]
+    for num_pairs, prompts in zip(num_generated_preference_pairs, prompt_datasets):
+        stages.append(
+            SelfRewardDPOConfig(
+                prompt_dataset=prompts,
+                num_preference_pairs=num_pairs,
+                early_stopper=early_stopper,
+                **{**dpo_length, **(self_reward_config or {})},
+            )
+        )
+    return stages

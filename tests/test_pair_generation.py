@@ -1,0 +1,204 @@
+import math
+
+import pytest
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from self_rewarding_lm_pytorch.data import pad_right
+from self_rewarding_lm_pytorch.judges import RewardFnJudge, RewardModelJudge, SelfJudge
+from self_rewarding_lm_pytorch.logprobs import model_sequence_logprobs, response_mask
+from self_rewarding_lm_pytorch.pair_generation import (
+    PairGenerationConfig,
+    PairGenerationError,
+    best_and_worst,
+    generate_preference_pairs,
+)
+from self_rewarding_lm_pytorch.preference_data import DPODataset
+from self_rewarding_lm_pytorch.reward import RewardConfig
+from self_rewarding_lm_pytorch.sft import SFTTrainer
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, graded_score
+
+NAN = float("nan")
+TOKENIZER = CharTokenizer()
+
+
+def digit_count(prompt: str, response: str) -> float:
+    """A reward that separates an untrained model's random answers: how many digits they hold."""
+    return float(sum(c.isdigit() for c in response))
+
+
+@pytest.fixture
+def char_model(make_transformer):
+    return make_transformer(seed=0, num_tokens=CharTokenizer.num_tokens, max_seq_len=48, dim=32, depth=1)
+
+
+def generate(model, prompts, judge, folder, **config_kwargs):
+    config = PairGenerationConfig(**{**dict(num_preference_pairs=4, prompt_batch_size=4, response_max_new_tokens=6,
+                                             temperature=1.0, top_p=None), **config_kwargs})
+    return generate_preference_pairs(
+        model, prompts, judge, config, folder=folder, tokenizer_encode=TOKENIZER.encode,
+        tokenizer_decode=TOKENIZER.decode, accelerator=Accelerator(cpu=True), pad_id=-1, eos_id=TOKENIZER.eos_id,
+    )
+
+
+@pytest.mark.parametrize(
+    "rewards, expected",
+    [
+        ([1.0, 3.0, 2.0], [1, 0]),  # best vs worst
+        ([2.0, 2.0, 2.0], [-1, -1]),  # all tied: no pair (paper)
+        ([NAN, 4.0, NAN], [-1, -1]),  # one scored candidate: no pair
+        ([NAN, 4.0, 1.0], [1, 2]),  # unscored candidates are ignored
+        ([NAN, NAN, NAN], [-1, -1]),
+    ],
+)
+def test_best_and_worst(rewards, expected):
+    assert best_and_worst(torch.tensor([rewards])).tolist() == [expected]
+
+
+def test_reward_fn_pairs_on_disk_with_reference_logps(char_model, tmp_path):
+    prompts = SortDigitsTask(seed=1).prompts(16)
+    stats = generate(char_model, prompts, RewardFnJudge(digit_count), tmp_path / "pairs")
+
+    pairs = DPODataset(tmp_path / "pairs")
+    assert len(pairs) == 4 and stats.pairs_made == 4 and pairs.meta["complete"]
+    records = pairs.records()
+    assert len({r["prompt"] for r in records}) == 4  # one pair per prompt, no prompt twice
+    for index, record in enumerate(records):
+        item = pairs[index]
+        assert record["chosen_score"] > record["rejected_score"]
+        assert record["chosen_score"] == digit_count("", record["chosen"])
+        chosen = item["chosen"][item["chosen"] != -1]
+        assert TOKENIZER.decode(chosen[: item["prompt_len"]]) == record["prompt"]
+
+    # the stored reference log-probs are the generating model's own, recomputed here independently
+    seqs = [pairs[i][name][pairs[i][name] != -1] for i in range(len(pairs)) for name in ("chosen", "rejected")]
+    ids, is_padding = pad_right(seqs, -1)
+    prompt_len = torch.tensor([pairs[i]["prompt_len"] for i in range(len(pairs)) for _ in range(2)])
+    char_model.eval()
+    with torch.no_grad():
+        expected = model_sequence_logprobs(char_model, ids, response_mask(ids, prompt_len, is_padding))
+    stored = torch.stack([pairs[i][f"{name}_ref_logp"] for i in range(len(pairs)) for name in ("chosen", "rejected")])
+    torch.testing.assert_close(stored, expected, atol=1e-4, rtol=1e-4)
+
+
+class MeanTokenScorer(nn.Module):
+    """A reward model: mean token id of the non-padding part, with optional class-logit output."""
+
+    def __init__(self, classes: int | None = None):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.classes = classes
+
+    def forward(self, ids, mask):
+        mean = (ids * mask).sum(-1) / mask.sum(-1) * self.scale
+        if self.classes is None:
+            return mean
+        return torch.stack([-mean, mean], dim=-1) / 100  # class 1 more likely for larger ids
+
+
+@pytest.mark.parametrize("classes", [None, 2])
+def test_reward_model_judge(char_model, tmp_path, classes):
+    stats = generate(char_model, SortDigitsTask(seed=2).prompts(16), RewardModelJudge(MeanTokenScorer(classes)), tmp_path)
+    records = DPODataset(tmp_path).records()
+    assert stats.pairs_made == 4 and all(r["chosen_score"] > r["rejected_score"] for r in records)
+
+
+def test_reward_model_with_wrong_output_shape_is_explained(char_model, tmp_path):
+    class LanguageModel(nn.Module):
+        def forward(self, ids):
+            return torch.zeros(*ids.shape, 7)
+
+    with pytest.raises(ValueError, match=r"returned shape .* not a reward"):
+        generate(char_model, SortDigitsTask(seed=2).prompts(8), RewardModelJudge(LanguageModel()), tmp_path)
+
+
+def test_untrained_judge_gives_a_bounded_error_with_counts(char_model, tmp_path):
+    judge = SelfJudge(char_model, RewardConfig("{{ prompt }}|{{ response }}|"), tokenizer_encode=TOKENIZER.encode,
+                      tokenizer_decode=TOKENIZER.decode, num_judgements=2, max_new_tokens=8, eos_id=0)
+    with pytest.raises(PairGenerationError, match="never produced a score") as error:
+        generate(char_model, SortDigitsTask(seed=3).prompts(40), judge, tmp_path, fail_fast_after_prompts=8)
+    stats = error.value.stats
+    # it gave up after the fail-fast budget (two batches of 4), not after every prompt, and said so
+    assert stats.prompts_tried == 8 and stats.judgements == 8 * 4 * 2 and stats.judgements_parsed == 0
+    assert "trying 8 prompts" in str(error.value) and "accept_fewer_pairs" in str(error.value)
+
+
+def checksum(prompt: str, response: str) -> float:
+    """A reward under which random answers (almost) never tie."""
+    return float(sum(map(ord, response)))
+
+
+def test_out_of_prompts_is_an_error_unless_fewer_pairs_are_accepted(char_model, tmp_path):
+    prompts = SortDigitsTask(seed=4).prompts(3)
+    with pytest.raises(PairGenerationError, match="made 3 of 5 .* prompts ran out"):
+        generate(char_model, prompts, RewardFnJudge(checksum), tmp_path / "a", num_preference_pairs=5)
+
+    stats = generate(char_model, prompts, RewardFnJudge(checksum), tmp_path / "b", num_preference_pairs=5,
+                     accept_fewer_pairs=True)
+    assert stats.pairs_made == 3 and len(DPODataset(tmp_path / "b")) == 3
+
+
+def test_invalid_scores_and_pairs_are_counted_not_fatal_to_the_batch(char_model, tmp_path):
+    prompts = SortDigitsTask(seed=5).prompts(16)
+    stats = generate(
+        char_model, prompts, RewardFnJudge(digit_count), tmp_path, num_preference_pairs=2,
+        is_valid_reward=lambda r: r <= 3, is_valid_reward_pair=lambda c, r: c - r >= 2,
+    )
+    assert stats.pairs_made == 2
+    assert stats.judgements_valid < stats.judgements_parsed or stats.pairs_rejected > 0
+    assert all(r["chosen_score"] - r["rejected_score"] >= 2 for r in DPODataset(tmp_path).records())
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_the_same_pairs(char_model, tmp_path):
+    prompts = SortDigitsTask(seed=6).prompts(32)
+    generate(char_model, prompts, RewardFnJudge(digit_count), tmp_path / "whole", num_preference_pairs=10)
+
+    calls = 0
+
+    def dies_in_third_batch(prompt, response):
+        nonlocal calls
+        calls += 1
+        if calls > 2 * 4 * 4 + 5:  # two batches of 4 prompts x 4 candidates, then part of the third
+            raise Interrupt
+        return digit_count(prompt, response)
+
+    with pytest.raises(Interrupt):
+        generate(char_model, prompts, RewardFnJudge(dies_in_third_batch), tmp_path / "resumed", num_preference_pairs=10)
+    assert 0 < len(DPODataset(tmp_path / "resumed")) < 10
+    generate(char_model, prompts, RewardFnJudge(digit_count), tmp_path / "resumed", num_preference_pairs=10)
+
+    whole, resumed = DPODataset(tmp_path / "whole"), DPODataset(tmp_path / "resumed")
+    assert len(resumed) == 10 and resumed.records() == whole.records()
+    assert len({r["prompt"] for r in resumed.records()}) == 10
+
+
+def test_verifier_diagnostics(char_model, tmp_path):
+    stats = generate(char_model, SortDigitsTask(seed=7).prompts(16), RewardFnJudge(digit_count), tmp_path,
+                     verifier=lambda p, r: digit_count(p, r) >= 2)
+    summary = stats.summary()
+    # the judge is the verifier's own score: every strict comparison agrees, and chosen is never verified worse
+    assert stats.verifier_comparisons > 0 and summary["judge_verifier_agreement"] == 1.0
+    assert stats.pairs_verified_worse == 0
+
+
+def test_self_judge_after_judge_fine_tuning_makes_pairs(make_transformer, tmp_path):
+    """The paper's loop in miniature: EFT teaches the judge format, then the model judges its own answers."""
+    torch.manual_seed(0)
+    reward_config = RewardConfig("{{ prompt }}|{{ response }}|")
+    task = SortDigitsTask(length=3, seed=8)
+    model = make_transformer(seed=1, num_tokens=CharTokenizer.num_tokens, max_seq_len=64, dim=64, depth=2)
+    judge_data = task.judge_examples(512, reward_config.render, judge_answer=lambda s: f"Score: {round(s)}")
+    SFTTrainer(model, train_dataset=judge_data, batch_size=32, grad_accum_steps=1, num_epochs=3, learning_rate=3e-3,
+               end_learning_rate=3e-4, dropout=0.0, accelerate_kwargs=dict(cpu=True)).train()
+
+    judge = SelfJudge(model, reward_config, tokenizer_encode=TOKENIZER.encode, tokenizer_decode=TOKENIZER.decode,
+                      num_judgements=2, max_new_tokens=10, temperature=0.7, eos_id=0)
+    stats = generate(model, task.prompts(32), judge, tmp_path, num_preference_pairs=4, max_seq_len=64)
+    assert stats.parse_rate > 0.9 and stats.pairs_made == 4
+    record = DPODataset(tmp_path).records()[0]
+    assert len(record["chosen_judge_outputs"]) == 2 and record["chosen_judge_outputs"][0].startswith("Score: ")

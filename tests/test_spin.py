@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from self_rewarding_lm_pytorch.logprobs import reference_logprobs
+from self_rewarding_lm_pytorch.preference_loss import preference_loss
+from self_rewarding_lm_pytorch.spin import SPIN, SelfPlayConfig, SPINTrainer
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
+
+from conftest import tiny_transformer
+
+
+def char_model(seed=0):
+    torch.manual_seed(seed)
+    return tiny_transformer(num_tokens=CharTokenizer.num_tokens, max_seq_len=48, depth=2)
+
+
+def spin_trainer(model, tmp_path, **overrides):
+    task = SortDigitsTask(length=3, seed=0)
+    settings = dict(
+        train_sft_dataset=task.instruction_examples(48), valid_sft_dataset=task.instruction_examples(24),
+        max_seq_len=24, num_train_steps=12, batch_size=16, learning_rate=1e-3, dropout=0.0,
+        spin_kwargs=dict(λ=0.1), checkpoint_folder=tmp_path, eos_id=0, accelerate_kwargs=dict(cpu=True),
+    )
+    return SPINTrainer(model, **{**settings, **overrides})
+
+
+def test_spin_loss_is_the_sigmoid_preference_loss_with_beta_lambda():
+    model = char_model()
+    spin = SPIN(model, λ=0.5)
+    assert spin.ref_model is None  # θt's log-probs are stored: no reference copy
+    real = torch.tensor([[5, 6, 7, 8, 9, -1], [5, 6, 10, 11, 12, 13]])
+    fake = torch.tensor([[5, 6, 9, 9, -1, -1], [5, 6, 3, -1, -1, -1]])
+    prompt_len = torch.tensor([2, 2])
+    ref_real, ref_fake = torch.tensor([-20.0, -30.0]), torch.tensor([-10.0, -15.0])
+    loss, _ = spin(real, fake, prompt_len, chosen_ref_logp=ref_real, rejected_ref_logp=ref_fake)
+
+    policy = reference_logprobs(model, [real[0, :5], real[1], fake[0, :4], fake[1, :3]], torch.tensor([2, 2, 2, 2]), -1)
+    losses, _, _ = preference_loss(policy[:2], policy[2:], ref_real, ref_fake, beta=0.5)
+    torch.testing.assert_close(loss, losses.mean())
+
+
+def test_spin_raises_the_real_over_generated_margin_on_held_out_prompts(tmp_path):
+    history = spin_trainer(char_model(), tmp_path)()
+    # at step 0 the policy is θt itself, so every margin is exactly 0; training must open it on held-out pairs
+    final = history[-1]
+    assert final["valid_rewards/margins"] > 0.5 and final["valid_rewards/accuracies"] > 0.9
+
+
+def test_each_iteration_generates_with_the_model_at_its_start(tmp_path, monkeypatch):
+    model = char_model()
+    trainer = spin_trainer(model, tmp_path, num_iterations=2, num_train_steps=3, valid_sft_dataset=None)
+    seen = []
+    original = SPINTrainer.opponent_pairs
+
+    def spy(self, dataset, iteration):
+        pairs = original(self, dataset, iteration)
+        seen.append(({k: v.clone() for k, v in model.state_dict().items()}, pairs))
+        return pairs
+
+    monkeypatch.setattr(SPINTrainer, "opponent_pairs", spy)
+    trainer()
+
+    (first_state, _), (second_state, second_pairs) = seen
+    assert any(not torch.equal(first_state[k], second_state[k]) for k in first_state)  # θ1 != θ0
+    # iteration 1's stored reference log-probs are θ1's, the model as it was when iteration 1 began
+    theta_1 = char_model()
+    theta_1.load_state_dict(second_state)
+    pairs = second_pairs[:8]
+    recomputed = reference_logprobs(theta_1, [p["rejected"] for p in pairs], torch.tensor([p["prompt_len"] for p in pairs]), -1)
+    torch.testing.assert_close(torch.tensor([p["rejected_ref_logp"] for p in pairs]), recomputed, atol=1e-4, rtol=1e-4)
+
+
+def test_checkpoints_at_multiples_of_checkpoint_every(tmp_path):
+    spin_trainer(char_model(), tmp_path, num_train_steps=5, checkpoint_every=2, valid_sft_dataset=None)()
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["iteration-0-step-2.pt", "iteration-0-step-4.pt"]
+
+
+def test_bad_spin_settings_fail_at_construction():
+    data = SortDigitsTask(seed=1).instruction_examples(4)
+    with pytest.raises(ValueError, match="unknown settings \\['lambda'\\]"):
+        SelfPlayConfig(train_sft_dataset=data, max_seq_len=24, spin_kwargs=dict(**{"lambda": 0.1}))
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        SelfPlayConfig(train_sft_dataset=data, max_seq_len=24, spin_kwargs=dict(λ=0.0))
+    with pytest.raises(ValueError, match="no room to generate"):
+        SPINTrainer(char_model(), train_sft_dataset=data, max_seq_len=4, accelerate_kwargs=dict(cpu=True))
