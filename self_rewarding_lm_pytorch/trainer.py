@@ -142,7 +142,7 @@ class SelfRewardingTrainer:
         for index in range(done):
             extras = load_checkpoint(self.model, self.checkpoint_path(index)) if index == done - 1 else \
                 torch.load(self.checkpoint_path(index), map_location="cpu", weights_only=True)
-            self.summaries.append(dict(extras.get("summary", {}), resumed=True))
+            self.summaries.append(dict(extras.get("summary", {}), resumed=True, checkpoint=str(self.checkpoint_path(index))))
         if done:
             self.print(f"resuming after stage {done - 1}: loaded {self.checkpoint_path(done - 1)}")
 
@@ -214,6 +214,7 @@ def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config) -> dic
     history = DPOTrainer(trainer.model, pairs, config, accelerator=trainer.accelerator).train()
     summary = _last_numbers(history, ("loss", "rewards/accuracies", "rewards/margins"))
     summary.update(pairs=len(pairs), judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate)
+    summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen"))})
     return summary
 
 
