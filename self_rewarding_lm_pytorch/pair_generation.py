@@ -219,7 +219,7 @@ def generate_preference_pairs(
         mine = indices[accelerator.process_index :: accelerator.num_processes]
         batch_seed = seed * 1_000_003 + cursor * 31 + accelerator.process_index
         results = _judge_prompts(
-            model, [prompt_dataset[i] for i in mine], judge, config,
+            model, [prompt_dataset[i] for i in mine], mine, judge, config,
             encode=tokenizer_encode, decode=tokenizer_decode, pad_id=pad_id, eos_id=eos_id,
             max_seq_len=max_seq_len, logp_reduction=logp_reduction, seed=batch_seed,
         )
@@ -265,6 +265,7 @@ def generate_preference_pairs(
 def _judge_prompts(
     model: nn.Module,
     prompts: list,
+    prompt_indices: list[int],
     judge: Judge,
     config: PairGenerationConfig,
     *,
@@ -346,7 +347,8 @@ def _judge_prompts(
                 row_stats.pairs_rejected = 1
             else:
                 record = dict(
-                    prompt=prompt, chosen=texts[i * n + chosen], rejected=texts[i * n + rejected],
+                    prompt_index=prompt_indices[i], prompt=prompt,
+                    chosen=texts[i * n + chosen], rejected=texts[i * n + rejected],
                     chosen_score=chosen_score, rejected_score=rejected_score,
                     candidate_scores=[None if math.isnan(s) else s for s in mean_scores[i].tolist()],
                 )

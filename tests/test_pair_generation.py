@@ -63,7 +63,7 @@ def test_reward_fn_pairs_on_disk_with_reference_logps(char_model, tmp_path):
     pairs = DPODataset(tmp_path / "pairs")
     assert len(pairs) == 4 and stats.pairs_made == 4 and pairs.meta["complete"]
     records = pairs.records()
-    assert len({r["prompt"] for r in records}) == 4  # one pair per prompt, no prompt twice
+    assert len({r["prompt_index"] for r in records}) == 4  # one pair per prompt, no prompt twice
     for index, record in enumerate(records):
         item = pairs[index]
         assert record["chosen_score"] > record["rejected_score"]
@@ -174,7 +174,7 @@ def test_resume_after_interruption_gives_the_same_pairs(char_model, tmp_path):
 
     whole, resumed = DPODataset(tmp_path / "whole"), DPODataset(tmp_path / "resumed")
     assert len(resumed) == 10 and resumed.records() == whole.records()
-    assert len({r["prompt"] for r in resumed.records()}) == 10
+    assert len({r["prompt_index"] for r in resumed.records()}) == 10
 
 
 def test_verifier_diagnostics(char_model, tmp_path):
