@@ -231,6 +231,11 @@ def generate_preference_pairs(
         for result in results:
             stats.add(result.stats)
         stats.pairs_made += len(kept)
+        for pair in kept:  # verifier verdicts on the pairs kept (a last batch can make more than needed)
+            record = pair["record"]
+            if "chosen_verified" in record:
+                stats.pairs_verified_better += record["chosen_verified"] > record["rejected_verified"]
+                stats.pairs_verified_worse += record["chosen_verified"] < record["rejected_verified"]
         example_outputs += [r.example_judge_output for r in results if r.example_judge_output][:2]
         num_pairs += len(kept)
 
@@ -357,8 +362,6 @@ def _judge_prompts(
                     record["rejected_judge_outputs"] = judgements.raw_outputs[i * n + rejected]
                 if verified is not None:
                     record["chosen_verified"], record["rejected_verified"] = float(verified[i, chosen]), float(verified[i, rejected])
-                    row_stats.pairs_verified_better = int(verified[i, chosen] > verified[i, rejected])
-                    row_stats.pairs_verified_worse = int(verified[i, chosen] < verified[i, rejected])
                 result.pair = dict(
                     chosen=torch.cat([prompt_ids[i], response_ids[i * n + chosen]]),
                     rejected=torch.cat([prompt_ids[i], response_ids[i * n + rejected]]),

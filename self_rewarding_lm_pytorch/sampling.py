@@ -75,8 +75,12 @@ class Decoder(Protocol):
 
 
 def absolute_position_limit(net: nn.Module) -> int | None:
-    """The longest sequence an x-transformers model with learned absolute positions can embed, else None."""
+    """The longest sequence a model with learned absolute positions can embed (x-transformers, or a model
+    declaring `position_limit`, like the HF adapter), else None."""
     from x_transformers.x_transformers import AbsolutePositionalEmbedding
+
+    if hasattr(net, "position_limit"):
+        return net.position_limit
 
     pos_emb = getattr(net, "pos_emb", None)
     return pos_emb.max_seq_len if isinstance(pos_emb, AbsolutePositionalEmbedding) else None

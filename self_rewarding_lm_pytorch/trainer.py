@@ -157,6 +157,7 @@ class SelfRewardingTrainer:
             if self.evaluate is not None:
                 summary.update(self.evaluate(self.model))
 
+            self.save_pretrained(index)  # before the checkpoint: the .pt file is what marks the stage finished
             save_checkpoint(
                 self.accelerator, self.model, self.checkpoint_path(index),
                 stage_index=index, fingerprint=self.fingerprint(index), summary=summary,
@@ -169,6 +170,15 @@ class SelfRewardingTrainer:
         return self.summaries
 
     __call__ = train
+
+    def save_pretrained(self, index: int):
+        """Models with their own format (the HF adapter) are also saved in it, to `stage-{i:02d}-{kind}.hf/`."""
+        if not hasattr(self.model, "save_pretrained"):
+            return
+        state_dict = self.accelerator.get_state_dict(self.model)  # collective: every process takes part
+        if self.accelerator.is_main_process:
+            self.model.save_pretrained(self.folder / f"{self.stage_name(index)}.hf", state_dict=state_dict)
+        self.accelerator.wait_for_everyone()
 
     def print(self, *args):
         self.accelerator.print(*args)

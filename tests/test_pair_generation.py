@@ -184,6 +184,7 @@ def test_verifier_diagnostics(char_model, tmp_path):
     # the judge is the verifier's own score: every strict comparison agrees, and chosen is never verified worse
     assert stats.verifier_comparisons > 0 and summary["judge_verifier_agreement"] == 1.0
     assert stats.pairs_verified_worse == 0
+    assert stats.pairs_verified_better <= stats.pairs_made == 4  # counted over the pairs kept, not every pair made
 
 
 def test_self_judge_after_judge_fine_tuning_makes_pairs(make_transformer, tmp_path):
