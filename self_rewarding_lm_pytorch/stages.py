@@ -22,6 +22,19 @@ from self_rewarding_lm_pytorch.sft import SFTConfig
 from self_rewarding_lm_pytorch.spin import SelfPlayConfig
 
 
+def check_preference_stage(config):
+    """What both preference stages need beyond their two parents' own checks."""
+    name = type(config).__name__
+    check_non_empty(config.prompt_dataset, f"{name}.prompt_dataset")
+    PairGenerationConfig.__post_init__(config)
+    DPOConfig.__post_init__(config)
+    if config.valid_every is not None:
+        raise ValueError(
+            f"{name}.valid_every has nothing to validate on: a preference stage makes its own pairs. Judge held-out "
+            f"performance with an early_stopper, or the trainer's evaluate hook"
+        )
+
+
 @dataclass(kw_only=True)
 class SelfRewardDPOConfig(PairGenerationConfig, DPOConfig):
     """One self-rewarding iteration (Yuan et al. 2024, section 2): the model answers `prompt_dataset`, judges its
@@ -36,9 +49,7 @@ class SelfRewardDPOConfig(PairGenerationConfig, DPOConfig):
     judge_top_p: float | None = 0.9
 
     def __post_init__(self):
-        check_non_empty(self.prompt_dataset, f"{type(self).__name__}.prompt_dataset")
-        PairGenerationConfig.__post_init__(self)
-        DPOConfig.__post_init__(self)
+        check_preference_stage(self)
         for name in ("num_judgements", "judge_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
@@ -56,9 +67,7 @@ class ExternalRewardDPOConfig(PairGenerationConfig, DPOConfig):
     reward_model_batch_size: int = 32
 
     def __post_init__(self):
-        check_non_empty(self.prompt_dataset, f"{type(self).__name__}.prompt_dataset")
-        PairGenerationConfig.__post_init__(self)
-        DPOConfig.__post_init__(self)
+        check_preference_stage(self)
         if (self.reward_model is None) == (self.reward_fn is None):
             raise ValueError("ExternalRewardDPOConfig needs exactly one of reward_model and reward_fn")
         if self.reward_fn is None and self.reward_model_batch_size < 1:

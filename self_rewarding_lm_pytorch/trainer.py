@@ -221,7 +221,10 @@ def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config) -> dic
         logp_reduction=config.logp_reduction, seed=trainer.seed + index,
     )
     pairs = DPODataset(trainer.pairs_folder(index))
-    history = DPOTrainer(trainer.model, pairs, config, accelerator=trainer.accelerator).train()
+    history = DPOTrainer(
+        trainer.model, pairs, config, accelerator=trainer.accelerator,
+        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", checkpoint_prefix="dpo",
+    ).train()
     summary = _last_numbers(history, ("loss", "rewards/accuracies", "rewards/margins"))
     summary.update(pairs=len(pairs), judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate)
     summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen"))})

@@ -53,6 +53,11 @@ def test_pipeline_on_two_processes(tmp_path):
     # progress bars and prints come from the main process only
     assert run.stdout.count("stage 0: SFTConfig") == 1
 
+    # a second launch of the same run resumes: every stage is finished, nothing is trained again
+    again = launch(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("resuming after stage 3") == 1 and "stage 0: SFTConfig" not in again.stdout
+
 
 def test_a_failing_process_fails_the_run_without_hanging(tmp_path):
     run = launch(tmp_path, PIPELINE_FAIL_ON_RANK="1")

@@ -238,6 +238,8 @@ def test_config_errors_surface_before_any_training(tmp_path):
         ExternalRewardDPOConfig(prompt_dataset=prompts, **small_pairs(), **small_dpo())
     with pytest.raises(ValueError, match="prompt_dataset is empty"):
         SelfRewardDPOConfig(prompt_dataset=[], **small_pairs(), **small_dpo())
+    with pytest.raises(ValueError, match="valid_every has nothing to validate on"):
+        SelfRewardDPOConfig(prompt_dataset=prompts, valid_every=10, **small_pairs(), **small_dpo())
     with pytest.raises(ValueError, match="unknown settings"):
         SelfPlayConfig(train_sft_dataset=mock_sft_dataset(), max_seq_len=16, spin_kwargs=dict(lam=0.1))
     with pytest.raises(TypeError, match="finetune_configs\\[1\\] is a dict"):
