@@ -12,7 +12,6 @@ A pair is a dict: `chosen`, `rejected` (prompt + response token ids, 1-D, possib
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from self_rewarding_lm_pytorch.data import as_token_tensor, check_non_empty, pad
 from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
 from self_rewarding_lm_pytorch.logprobs import Reduction, model_sequence_logprobs, reference_logprobs, response_mask
 from self_rewarding_lm_pytorch.model_utils import frozen_copy, set_dropout
-from self_rewarding_lm_pytorch.optim import adamw_with_schedule
+from self_rewarding_lm_pytorch.optim import adamw_for_stage, steps_per_epoch
 from self_rewarding_lm_pytorch.preference_loss import LossType, check_preference_loss_settings, preference_loss
 
 __all__ = ["DPO", "DPOCollate", "DPOConfig", "DPOTrainer", "reference_logprobs"]
@@ -356,22 +355,14 @@ class DPOTrainer:
         if valid_dataset is not None:
             self.valid_loader = DataLoader(valid_dataset, batch_size=config.batch_size, collate_fn=collate)
 
-        # optimizer steps: one per grad_accum_steps micro-batches of each process; the shorter of the two caps
-        batches_per_epoch = math.ceil(len(train_dataset) / (config.batch_size * self.accelerator.num_processes))
-        steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum_steps)
-        caps = [config.num_train_steps, config.num_epochs and steps_per_epoch * config.num_epochs]
+        # the shorter of the two caps
+        epoch_steps = steps_per_epoch(len(train_dataset), batch_size=config.batch_size,
+                                      num_processes=self.accelerator.num_processes, grad_accum_steps=config.grad_accum_steps)
+        caps = [config.num_train_steps, config.num_epochs and epoch_steps * config.num_epochs]
         self.num_train_steps = min(c for c in caps if c)
 
         set_dropout(model, config.dropout)
-        optimizer, self.scheduler = adamw_with_schedule(
-            model,
-            learning_rate=config.learning_rate,
-            end_learning_rate=config.end_learning_rate,
-            warmup_steps=config.warmup_steps,
-            total_steps=self.num_train_steps,
-            weight_decay=config.weight_decay,
-            adam_kwargs=config.adam_kwargs,
-        )
+        optimizer, self.scheduler = adamw_for_stage(model, config, self.num_train_steps)
         # the scheduler is stepped by hand once per optimizer step: Accelerate's wrapper would step it once per process
         self.model, self.optimizer, self.train_loader = self.accelerator.prepare(model, optimizer, train_loader)
         if self.valid_loader is not None:

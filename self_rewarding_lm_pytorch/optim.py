@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
@@ -40,3 +42,23 @@ def adamw_with_schedule(
         ),
     )
     return optimizer, scheduler
+
+
+def steps_per_epoch(num_examples: int, *, batch_size: int, num_processes: int, grad_accum_steps: int) -> int:
+    """Optimizer steps in one pass over the data: one per `grad_accum_steps` micro-batches of each process."""
+    batches = math.ceil(num_examples / (batch_size * num_processes))
+    return math.ceil(batches / grad_accum_steps)
+
+
+def adamw_for_stage(model: nn.Module, config, total_steps: int) -> tuple[AdamW, LambdaLR]:
+    """`adamw_with_schedule` from a stage config's learning_rate, end_learning_rate, warmup_steps, weight_decay
+    and adam_kwargs."""
+    return adamw_with_schedule(
+        model,
+        learning_rate=config.learning_rate,
+        end_learning_rate=config.end_learning_rate,
+        warmup_steps=config.warmup_steps,
+        total_steps=total_steps,
+        weight_decay=config.weight_decay,
+        adam_kwargs=config.adam_kwargs,
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -15,7 +14,7 @@ from self_rewarding_lm_pytorch.data import SFTCollate, validate_sft_dataset
 from self_rewarding_lm_pytorch.logprobs import response_mask, token_logprobs
 from self_rewarding_lm_pytorch.model_contract import forward_logits
 from self_rewarding_lm_pytorch.model_utils import set_dropout
-from self_rewarding_lm_pytorch.optim import adamw_with_schedule
+from self_rewarding_lm_pytorch.optim import adamw_for_stage, steps_per_epoch
 
 
 @dataclass
@@ -27,7 +26,7 @@ class SFTConfig:
     batch_size: int = 16
     grad_accum_steps: int = 2
     num_epochs: int = 1
-    num_train_steps: int | None = None  # optimizer steps; caps num_epochs when given
+    num_train_steps: int | None = None  # optimizer steps; when given, used instead of num_epochs
     learning_rate: float = 5.5e-6
     end_learning_rate: float = 1.1e-6
     warmup_steps: int = 0
@@ -100,21 +99,12 @@ class SFTTrainer:
                 config.valid_dataset, batch_size=config.valid_batch_size or config.batch_size, collate_fn=collate
             )
 
-        # optimizer steps: one per grad_accum_steps micro-batches of each process
-        batches_per_epoch = math.ceil(len(config.train_dataset) / (config.batch_size * self.accelerator.num_processes))
-        steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum_steps)
-        self.num_train_steps = config.num_train_steps or steps_per_epoch * config.num_epochs
+        epoch_steps = steps_per_epoch(len(config.train_dataset), batch_size=config.batch_size,
+                                      num_processes=self.accelerator.num_processes, grad_accum_steps=config.grad_accum_steps)
+        self.num_train_steps = config.num_train_steps or epoch_steps * config.num_epochs
 
         set_dropout(model, config.dropout)
-        optimizer, self.scheduler = adamw_with_schedule(
-            model,
-            learning_rate=config.learning_rate,
-            end_learning_rate=config.end_learning_rate,
-            warmup_steps=config.warmup_steps,
-            total_steps=self.num_train_steps,
-            weight_decay=config.weight_decay,
-            adam_kwargs=config.adam_kwargs,
-        )
+        optimizer, self.scheduler = adamw_for_stage(model, config, self.num_train_steps)
         # the scheduler is stepped by hand once per optimizer step: Accelerate's wrapper would step it once per process
         self.model, self.optimizer, self.train_loader = self.accelerator.prepare(model, optimizer, train_loader)
         if self.valid_loader is not None:
