@@ -99,11 +99,14 @@ class XTransformersKVDecoder:
         return logits[:, -1]
 
     def prefill(self, ids: Tensor, seq_start_pos: Tensor) -> Tensor:
-        self.seq_start_pos, self.length = seq_start_pos, ids.shape[1]
+        # prompts of one length need no left-pad mask: attention then keeps its unmasked causal path. (Their rows also
+        # share one length cap, so no row can outrun the position table while another still generates.)
+        self.seq_start_pos = seq_start_pos if bool(seq_start_pos.any()) else None
+        self.length = ids.shape[1]
         return self._logits(ids)
 
     def step(self, new_ids: Tensor) -> Tensor:
-        if self.position_limit is not None:
+        if self.position_limit is not None and self.seq_start_pos is not None:
             # rows past their own cap are finished, and their output is discarded; moving their start keeps their
             # (unused) position inside the embedding table. A row still generating is never moved: its cap fits.
             self.seq_start_pos = self.seq_start_pos.clamp(min=self.length - self.position_limit + 1)
@@ -114,7 +117,8 @@ class XTransformersKVDecoder:
         from x_transformers.autoregressive_wrapper import modify_cached_kv
 
         modify_cached_kv(self.cache, lambda t: repeat(t, "b ... -> (b n) ...", n=n))
-        self.seq_start_pos = repeat(self.seq_start_pos, "b -> (b n)", n=n)
+        if self.seq_start_pos is not None:
+            self.seq_start_pos = repeat(self.seq_start_pos, "b -> (b n)", n=n)
 
 
 class RecomputeDecoder:
