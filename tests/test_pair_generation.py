@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from self_rewarding_lm_pytorch.pair_generation import (
 from self_rewarding_lm_pytorch.preference_data import DPODataset
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.sft import SFTTrainer
-from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, graded_score
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 NAN = float("nan")
 TOKENIZER = CharTokenizer()

@@ -6,8 +6,6 @@ from torch import nn
 
 from self_rewarding_lm_pytorch.sampling import make_decoder, min_p, sample, top_k, top_p
 
-from conftest import tiny_transformer
-
 POSITION_SCHEMES = {
     "absolute": dict(),
     "rotary": dict(rotary_pos_emb=True),

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from self_rewarding_lm_pytorch import SFTConfig, SFTTrainer, create_mock_dataset
+from self_rewarding_lm_pytorch import SFTTrainer, create_mock_dataset
 from self_rewarding_lm_pytorch.data import SFTCollate
 from self_rewarding_lm_pytorch.sft import sft_nll
 
