@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, pad_right
 from self_rewarding_lm_pytorch.reward import RewardConfig
-from self_rewarding_lm_pytorch.sampling import sample, top_p
+from self_rewarding_lm_pytorch.sampling import absolute_position_limit, sample, top_p
 
 
 @dataclass
@@ -80,6 +81,15 @@ class SelfJudge:
             as_token_tensor(self.encode(self.reward_config.render(prompt, response)), "encoded judge prompt")
             for prompt, response in zip(candidates.prompts, candidates.responses)
         ]
+        limit = absolute_position_limit(extract_model_from_parallel(self.model))
+        longest = max(len(ids) for ids in judge_prompts)
+        if limit is not None and longest + self.max_new_tokens > limit:
+            raise ValueError(
+                f"a judge prompt is {longest} tokens; with room for a {self.max_new_tokens}-token answer it needs "
+                f"{longest + self.max_new_tokens} positions, but the model has max_seq_len {limit}. Use a shorter "
+                f"RewardConfig prompt (the paper's is about 1,750 characters), a smaller judge_max_new_tokens or "
+                f"response_max_new_tokens, or a model with a longer max_seq_len"
+            )
         # K judgements of every candidate in one batched call: each judge prompt is prefilled once
         answers = sample(
             self.model,

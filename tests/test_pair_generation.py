@@ -202,3 +202,11 @@ def test_self_judge_after_judge_fine_tuning_makes_pairs(make_transformer, tmp_pa
     assert stats.parse_rate > 0.9 and stats.pairs_made == 4
     record = DPODataset(tmp_path).records()[0]
     assert len(record["chosen_judge_outputs"]) == 2 and record["chosen_judge_outputs"][0].startswith("Score: ")
+
+
+def test_a_judge_prompt_too_long_for_the_model_names_the_lengths_and_the_fixes(char_model, tmp_path):
+    judge = SelfJudge(char_model, RewardConfig("{{ prompt }} is rated here: {{ response }}|"),
+                      tokenizer_encode=TOKENIZER.encode, tokenizer_decode=TOKENIZER.decode, max_new_tokens=20, eos_id=0)
+    with pytest.raises(ValueError, match=r"judge prompt is \d+ tokens; .* needs \d+ positions, but the model has "
+                                         r"max_seq_len 48. Use a shorter RewardConfig prompt"):
+        generate(char_model, SortDigitsTask(seed=9).prompts(8), judge, tmp_path)
