@@ -44,7 +44,7 @@ class Judgements:
 class Judge(Protocol):
     num_judgements: int
 
-    def __call__(self, candidates: Candidates, generator: torch.Generator | None = None) -> Judgements: ...
+    def __call__(self, candidates: Candidates, seed: int | None = None) -> Judgements: ...
 
     def is_valid_score(self, score: float) -> bool:
         """Whether a score is on the judge's scale (e.g. 0-5 for the paper's prompt)."""
@@ -66,9 +66,11 @@ class SelfJudge:
         top_p: float | None = 0.9,
         pad_id: int = -1,
         eos_id: int | None = None,
+        batch_size: int = 16,
     ):
         self.model = model
         self.reward_config = reward_config
+        self.batch_size = batch_size
         self.encode, self.decode = tokenizer_encode, tokenizer_decode
         self.num_judgements = num_judgements
         self.max_new_tokens = max_new_tokens
@@ -76,7 +78,7 @@ class SelfJudge:
         self.top_p = top_p
         self.pad_id, self.eos_id = pad_id, eos_id
 
-    def __call__(self, candidates: Candidates, generator: torch.Generator | None = None) -> Judgements:
+    def __call__(self, candidates: Candidates, seed: int | None = None) -> Judgements:
         judge_prompts = [
             as_token_tensor(self.encode(self.reward_config.render(prompt, response)), "encoded judge prompt")
             for prompt, response in zip(candidates.prompts, candidates.responses)
@@ -90,19 +92,22 @@ class SelfJudge:
                 f"RewardConfig prompt (the paper's is about 1,750 characters), a smaller judge_max_new_tokens or "
                 f"response_max_new_tokens, or a model with a longer max_seq_len"
             )
-        # K judgements of every candidate in one batched call: each judge prompt is prefilled once
-        answers = sample(
-            self.model,
-            judge_prompts,
-            temperature=self.temperature,
-            filter_fn=top_p if self.top_p is not None else None,
-            filter_kwargs=dict(thres=self.top_p) if self.top_p is not None else None,
-            pad_id=self.pad_id,
-            eos_id=self.eos_id,
-            max_new_tokens=self.max_new_tokens,
-            num_samples=self.num_judgements,
-            generator=generator,
-        )
+        # K judgements per candidate, `batch_size` candidates per sampler call (each judge prompt is prefilled once):
+        # judge prompts are long, and their attention and cache grow with batch x length
+        answers = []
+        for start in range(0, len(judge_prompts), self.batch_size):
+            answers += list(sample(
+                self.model,
+                judge_prompts[start : start + self.batch_size],
+                temperature=self.temperature,
+                filter_fn=top_p if self.top_p is not None else None,
+                filter_kwargs=dict(thres=self.top_p) if self.top_p is not None else None,
+                pad_id=self.pad_id,
+                eos_id=self.eos_id,
+                max_new_tokens=self.max_new_tokens,
+                num_samples=self.num_judgements,
+                generator=None if seed is None else seed + start,
+            ))
         texts = [self.decode(strip_response(answer, self.pad_id, self.eos_id)) for answer in answers]
         raw = [texts[i : i + self.num_judgements] for i in range(0, len(texts), self.num_judgements)]
         scores = torch.tensor(
@@ -122,7 +127,7 @@ class RewardFnJudge:
     def __init__(self, reward_fn: Callable[[str, str], float | bool | None]):
         self.reward_fn = reward_fn
 
-    def __call__(self, candidates: Candidates, generator: torch.Generator | None = None) -> Judgements:
+    def __call__(self, candidates: Candidates, seed: int | None = None) -> Judgements:
         scores = [_score_or_nan(self.reward_fn(p, r)) for p, r in zip(candidates.prompts, candidates.responses)]
         return Judgements(torch.tensor(scores, dtype=torch.float)[:, None])
 
@@ -146,7 +151,7 @@ class RewardModelJudge:
         self.takes_mask = "mask" in inspect.signature(reward_model.forward).parameters
 
     @torch.no_grad()
-    def __call__(self, candidates: Candidates, generator: torch.Generator | None = None) -> Judgements:
+    def __call__(self, candidates: Candidates, seed: int | None = None) -> Judgements:
         device = next(self.reward_model.parameters(), torch.empty(0)).device
         seqs = [torch.cat([p, r]) for p, r in zip(candidates.prompt_ids, candidates.response_ids)]
         was_training = self.reward_model.training

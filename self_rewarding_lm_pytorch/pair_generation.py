@@ -313,7 +313,7 @@ def _judge_prompts(
     repeated_ids = [ids for ids in prompt_ids for _ in range(n)]
 
     # 2) judge every candidate; 3) average its valid scores
-    judgements = judge(Candidates(repeated_prompts, repeated_ids, texts, response_ids), generator=seed + 7919)
+    judgements = judge(Candidates(repeated_prompts, repeated_ids, texts, response_ids), seed=seed + 7919)
     scores = judgements.scores
     parsed = ~scores.isnan()
     valid = parsed.clone()

@@ -47,10 +47,11 @@ class SelfRewardDPOConfig(PairGenerationConfig, DPOConfig):
     judge_max_new_tokens: int = 256  # the judge's answer budget, on top of its (long) prompt
     judge_temperature: float = 0.7
     judge_top_p: float | None = 0.9
+    judge_batch_size: int = 16  # candidates judged per sampler call (x num_judgements rows): bounds memory
 
     def __post_init__(self):
         check_preference_stage(self)
-        for name in ("num_judgements", "judge_max_new_tokens"):
+        for name in ("num_judgements", "judge_max_new_tokens", "judge_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
         check_sampling_settings(self, "judge_temperature", "judge_top_p")

@@ -206,7 +206,7 @@ def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config) -> dic
             tokenizer_encode=trainer.encode, tokenizer_decode=trainer.decode,
             num_judgements=config.num_judgements, max_new_tokens=config.judge_max_new_tokens,
             temperature=config.judge_temperature, top_p=config.judge_top_p,
-            pad_id=trainer.pad_id, eos_id=trainer.eos_id,
+            pad_id=trainer.pad_id, eos_id=trainer.eos_id, batch_size=config.judge_batch_size,
         )
     elif config.reward_fn is not None:
         judge = RewardFnJudge(config.reward_fn)
