@@ -245,3 +245,16 @@ def test_config_errors_surface_before_any_training(tmp_path):
     with pytest.raises(TypeError, match="finetune_configs\\[1\\] is a dict"):
         SelfRewardingTrainer(tiny_transformer(), finetune_configs=[SFTConfig(train_dataset=mock_sft_dataset()), {}],
                              tokenizer_encode=encode_str, tokenizer_decode=decode_tokens, checkpoints_folder=tmp_path)
+
+
+def test_bf16_mixed_precision_pipeline(tmp_path):
+    """Accelerate's bf16 autocast (CPU here): sampling, judging, reference log-probs and training all run under it."""
+    task = SortDigitsTask(length=3, seed=4)
+    model = tiny_transformer(num_tokens=TOKENIZER.num_tokens, max_seq_len=48)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = resumable_plan(task)
+    SelfRewardingTrainer(model, finetune_configs=plan, tokenizer_encode=TOKENIZER.encode, tokenizer_decode=TOKENIZER.decode,
+                         eos_id=0, checkpoints_folder=tmp_path, accelerate_kwargs=dict(cpu=True, mixed_precision="bf16"))()
+    after = torch.load(tmp_path / "stage-02-spin.pt", weights_only=True)["model"]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in after.values())  # fp32 master weights
+    assert all(not torch.equal(before[k], after[k]) for k in before)
