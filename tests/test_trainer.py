@@ -247,14 +247,28 @@ def test_config_errors_surface_before_any_training(tmp_path):
                              tokenizer_encode=encode_str, tokenizer_decode=decode_tokens, checkpoints_folder=tmp_path)
 
 
-def test_bf16_mixed_precision_pipeline(tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state: the precision of the first Accelerator sticks, so start clean and
+    leave clean."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_mixed_precision_pipeline(tmp_path, fresh_accelerate_state):
     """Accelerate's bf16 autocast (CPU here): sampling, judging, reference log-probs and training all run under it."""
     task = SortDigitsTask(length=3, seed=4)
     model = tiny_transformer(num_tokens=TOKENIZER.num_tokens, max_seq_len=48)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plan = resumable_plan(task)
-    SelfRewardingTrainer(model, finetune_configs=plan, tokenizer_encode=TOKENIZER.encode, tokenizer_decode=TOKENIZER.decode,
-                         eos_id=0, checkpoints_folder=tmp_path, accelerate_kwargs=dict(cpu=True, mixed_precision="bf16"))()
+    trainer = SelfRewardingTrainer(model, finetune_configs=plan, tokenizer_encode=TOKENIZER.encode,
+                                   tokenizer_decode=TOKENIZER.decode, eos_id=0, checkpoints_folder=tmp_path,
+                                   accelerate_kwargs=dict(cpu=True, mixed_precision="bf16"))
+    assert trainer.accelerator.mixed_precision == "bf16"
+    trainer()
     after = torch.load(tmp_path / "stage-02-spin.pt", weights_only=True)["model"]
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in after.values())  # fp32 master weights
     assert all(not torch.equal(before[k], after[k]) for k in before)
