@@ -186,13 +186,15 @@ class DPO(nn.Module):
         prompt_lens = torch.cat([prompt_len, prompt_len])
         mask = response_mask(seq, prompt_lens, trailing_padding(seq, self.pad_id))
 
-        # 2) log π(response | prompt) under the policy, and under the reference
-        logps = model_sequence_logprobs(self.model, seq, mask, self.logp_reduction)
+        # 2) log π(response | prompt) under the reference, then the policy (the reference first: its activations
+        #    are freed before the policy's graph is built, so peak memory is one forward's, not two)
         if chosen_ref_logp is not None:
-            ref_logps = torch.cat([chosen_ref_logp, rejected_ref_logp]).to(logps)
+            ref_logps = torch.cat([chosen_ref_logp, rejected_ref_logp])
         else:
             with torch.no_grad():
-                ref_logps = model_sequence_logprobs(self.ref_model, seq, mask, self.logp_reduction).to(logps)
+                ref_logps = model_sequence_logprobs(self.ref_model, seq, mask, self.logp_reduction)
+        logps = model_sequence_logprobs(self.model, seq, mask, self.logp_reduction)
+        ref_logps = ref_logps.to(logps)
 
         # 3) the preference loss, plus the NLL of the chosen responses per token (RPO)
         losses, chosen_rewards, rejected_rewards = preference_loss(
