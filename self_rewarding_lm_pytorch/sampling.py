@@ -12,12 +12,14 @@ sequence each step.
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
-from einops import repeat
+from beartype import BeartypeConf, beartype
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, strip_right_padding
@@ -27,11 +29,12 @@ from self_rewarding_lm_pytorch.model_contract import forward_logits
 
 
 def top_k(logits: Tensor, frac_num_tokens: float = 0.1, k: int | None = None) -> Tensor:
-    """Keep the k most likely tokens (k given, or a fraction of the vocabulary)."""
+    """Keep exactly the k most likely tokens (k given, or a fraction of the vocabulary); ties at the k-th
+    value are broken by `topk`, so k tokens stay, never more."""
     k = k if k is not None else max(1, math.ceil(frac_num_tokens * logits.shape[-1]))
     k = min(k, logits.shape[-1])
-    kth_largest = logits.topk(k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth_largest, -math.inf)
+    kept = logits.topk(k, dim=-1)
+    return torch.full_like(logits, -math.inf).scatter(-1, kept.indices, kept.values)
 
 
 def top_p(logits: Tensor, thres: float = 0.9) -> Tensor:
@@ -64,6 +67,9 @@ def check_sampling_settings(config, temperature_field: str, top_p_field: str):
 
 
 class Decoder(Protocol):
+    """What `sample` needs from a model family. Rows stay aligned: every row takes one token per step (finished rows
+    too, their output is discarded), so a backend keeps one shared length and never loops over rows."""
+
     def prefill(self, ids: Tensor, seq_start_pos: Tensor) -> Tensor:
         """`ids` (b, n) left-padded, row i's real tokens from `seq_start_pos[i]`; returns next-token logits (b, vocab)."""
 
@@ -102,18 +108,20 @@ class XTransformersKVDecoder:
         # prompts of one length need no left-pad mask: attention then keeps its unmasked causal path. (Their rows also
         # share one length cap, so no row can outrun the position table while another still generates.)
         self.seq_start_pos = seq_start_pos if bool(seq_start_pos.any()) else None
-        self.length = ids.shape[1]
+        self.length = ids.shape[1]  # the cache's padded length, shared by all rows
         return self._logits(ids)
 
     def step(self, new_ids: Tensor) -> Tensor:
         if self.position_limit is not None and self.seq_start_pos is not None:
-            # rows past their own cap are finished, and their output is discarded; moving their start keeps their
-            # (unused) position inside the embedding table. A row still generating is never moved: its cap fits.
+            # the padded cache may be longer than the position table: each row's position is length - its start, and
+            # only a finished row (output discarded) can pass the table; moving its start keeps it inside. A row still
+            # generating is never moved: `sample` checked that its prompt + budget fits.
             self.seq_start_pos = self.seq_start_pos.clamp(min=self.length - self.position_limit + 1)
         self.length += 1
-        return self._logits(new_ids[:, None], cache=self.cache, input_not_include_cache=True)
+        return self._logits(rearrange(new_ids, "b -> b 1"), cache=self.cache, input_not_include_cache=True)
 
     def repeat(self, n: int):
+        # x-transformers' own helper for beam search / caches: apply fn to every layer's cached (k, v)
         from x_transformers.autoregressive_wrapper import modify_cached_kv
 
         modify_cached_kv(self.cache, lambda t: repeat(t, "b ... -> (b n) ...", n=n))
@@ -124,9 +132,9 @@ class XTransformersKVDecoder:
 class RecomputeDecoder:
     """Any causal Module, re-run on the whole sequence every step (no cache).
 
-    Rows are kept right-padded (each starts at position 0) and each row's logits are read at its own last
-    token: a causal model's output there cannot depend on the padding after it, so this is exact for any
-    model, whatever its position scheme, with no attention mask."""
+    Rows are kept left-aligned (each starts at position 0, padding after) and each row's logits are read at its own
+    last token: a causal model's output there cannot depend on the padding after it, so this is exact for any model,
+    whatever its position scheme, with no attention mask or `seq_start_pos`."""
 
     def __init__(self, net: nn.Module):
         self.net = net
@@ -135,22 +143,23 @@ class RecomputeDecoder:
     def prefill(self, ids: Tensor, seq_start_pos: Tensor) -> Tensor:
         width = ids.shape[1]
         self.lengths = width - seq_start_pos
-        # left-aligned copy: shift each row left by its start
-        columns = (torch.arange(width, device=ids.device)[None, :] + seq_start_pos[:, None]).clamp(max=width - 1)
+        self.width = width  # = max(lengths), tracked on the host so that steps never sync
+        # shift each row left by its start
+        columns = (torch.arange(width, device=ids.device) + rearrange(seq_start_pos, "b -> b 1")).clamp(max=width - 1)
         self.ids = ids.gather(1, columns)
         return self._logits()
 
     def _logits(self) -> Tensor:
-        width = int(self.lengths.max())
-        logits = forward_logits(self.net, self.ids[:, :width].clamp(min=0))
+        logits = forward_logits(self.net, self.ids[:, : self.width].clamp(min=0))
         return logits[torch.arange(len(logits), device=logits.device), self.lengths - 1]
 
     def step(self, new_ids: Tensor) -> Tensor:
-        position = self.lengths
+        position, self.width = self.lengths, self.width + 1
         if self.position_limit is not None:
             # only finished rows (output discarded) can reach the limit: they overwrite their last slot
             position = position.clamp(max=self.position_limit - 1)
-        if int(position.max()) >= self.ids.shape[1]:
+            self.width = min(self.width, self.position_limit)
+        if self.width > self.ids.shape[1]:
             self.ids = F.pad(self.ids, (0, 1), value=0)
         self.ids[torch.arange(len(self.ids), device=self.ids.device), position] = new_ids
         self.lengths = position + 1
@@ -163,14 +172,19 @@ class RecomputeDecoder:
 
 def make_decoder(net: nn.Module, cache_kv: bool = True) -> Decoder:
     """The decoder for `net`: its own `make_decoder()` if it has one, x-transformers' KV cache for a
-    `TransformerWrapper`, otherwise full recompute."""
+    `TransformerWrapper` that supports it, otherwise full recompute (`cache_kv=False` forces recompute)."""
     from x_transformers import TransformerWrapper
 
+    net = extract_model_from_parallel(net, keep_torch_compile=False)  # as in `sample`
     if cache_kv and hasattr(net, "make_decoder"):
         return net.make_decoder()
-    if cache_kv and isinstance(net, TransformerWrapper):
+    # memory tokens and recycling turn x-transformers' cache off (`can_cache_kv`)
+    if cache_kv and isinstance(net, TransformerWrapper) and net.can_cache_kv:
         return XTransformersKVDecoder(net)
     return RecomputeDecoder(net)
+
+
+# sampling
 
 
 def _as_prompt_list(prompts: Tensor | Sequence[Tensor], pad_id: int) -> list[Tensor]:
@@ -186,17 +200,22 @@ def _as_prompt_list(prompts: Tensor | Sequence[Tensor], pad_id: int) -> list[Ten
         raise ValueError("sample() got no prompts")
     for i, row in enumerate(rows):
         if len(row) == 0:
-            raise ValueError(f"prompt {i} is empty: every row needs at least one token to condition on")
+            raise ValueError(f"prompt {i} is empty (length 0): every row needs at least one token to condition on")
     return rows
 
 
 def _make_generator(generator: torch.Generator | int | None, device: torch.device) -> torch.Generator | None:
-    if generator is None or isinstance(generator, torch.Generator):
+    if generator is None:
+        return None
+    if isinstance(generator, torch.Generator):
+        if generator.device.type != device.type:
+            raise ValueError(f"generator is on {generator.device} but the model is on {device}; pass an int seed instead")
         return generator
     return torch.Generator(device=device).manual_seed(int(generator))
 
 
-@torch.no_grad()
+@torch.no_grad()  # not inference_mode: the tokens feed later training forwards, which cannot save inference tensors
+@beartype(conf=BeartypeConf(is_pep484_tower=True))  # once per call; an int temperature is a float
 def sample(
     net: nn.Module,
     prompts: Tensor | Sequence[Tensor],
@@ -215,27 +234,31 @@ def sample(
 ) -> Tensor:
     """Continue every prompt, all rows in one batch.
 
-    prompts: a list of 1-D token tensors (any lengths) or a 2-D tensor right-padded with `pad_id`.
-    seq_len: cap on each row's total length, prompt included; max_new_tokens: cap on new tokens; at least one.
-    temperature: 0 is greedy. filter_fn: e.g. `top_p`, `top_k`, `min_p`, called as filter_fn(logits, **filter_kwargs).
-    eos_id: a row stops after its EOS (kept in the output). num_samples: continuations per prompt; the prompt is
-    prefilled once. generator: a torch.Generator or an int seed, for reproducible sampling.
+    prompts: a list of 1-D token tensors (any lengths; integral floats are accepted) or a 2-D tensor right-padded
+    with `pad_id`. seq_len: cap on each row's total length, prompt included; max_new_tokens: cap on new tokens; at
+    least one is needed, both give the smaller. temperature: 0 is greedy. filter_fn: e.g. `top_p`, `top_k`, `min_p`,
+    called as filter_fn(logits, **filter_kwargs). eos_id: a row stops after its EOS (kept in the output).
+    num_samples: continuations per prompt; the prompt is prefilled once. generator: a torch.Generator on the model's
+    device or an int seed, for reproducible sampling. cache_kv: False re-runs the whole sequence every token.
 
     Returns (num_prompts * num_samples, L) token ids, prompt-major (row i * num_samples + j is prompt i's j-th
     sample), right-padded with `pad_id`: the responses, or each prompt followed by its response if
-    `output_keep_prompt`.
+    `output_keep_prompt`. The model is sampled in eval mode and its train/eval flag restored afterwards.
     """
     rows = _as_prompt_list(prompts, pad_id)
     if seq_len is None and max_new_tokens is None:
         raise ValueError("sample() needs seq_len (total length cap) or max_new_tokens (new-token cap)")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
 
-    net = extract_model_from_parallel(net)
+    # DDP and friends hide the model's type and methods; a compiled model would recompile at every new length
+    net = extract_model_from_parallel(net, keep_torch_compile=False)
     device = next(net.parameters()).device
-    prompt_lens = torch.tensor([len(r) for r in rows], device=device)
+    prompt_lens = torch.tensor([len(r) for r in rows])
 
     # 1) how many tokens each row may add
     budget = torch.full_like(prompt_lens, max_new_tokens if max_new_tokens is not None else torch.iinfo(torch.long).max)
@@ -249,43 +272,50 @@ def sample(
         )
     limit = absolute_position_limit(net)
     if limit is not None and int((prompt_lens + budget).max()) > limit:
+        # per row, not the padded batch width: each row's positions count from its own first token
         i = int((prompt_lens + budget).argmax())
         raise ValueError(
             f"prompt {i} ({len(rows[i])} tokens) plus up to {int(budget[i])} new tokens exceeds the model's max_seq_len "
             f"{limit} (learned absolute positions); pass seq_len <= {limit} or a smaller max_new_tokens"
         )
 
-    # 2) left-align the prompts, prefill once, then repeat the cache for each sample
+    # 2) left-pad the prompts into one batch (built on the host, moved once)
     width = int(prompt_lens.max())
-    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row.to(device)
+        ids[i, width - len(row):] = row
+    ids, prompt_lens, budget = ids.to(device), prompt_lens.to(device), budget.to(device)
     seq_start_pos = width - prompt_lens
 
     was_training = net.training
     net.eval()
     try:
+        # 3) prefill once, then repeat the cache for each sample
         decoder = make_decoder(net, cache_kv)
         logits = decoder.prefill(ids, seq_start_pos)
         if num_samples > 1:
             decoder.repeat(num_samples)
             logits = repeat(logits, "b v -> (b n) v", n=num_samples)
             budget = repeat(budget, "b -> (b n)", n=num_samples)
-        generated = _decode_loop(decoder, logits, budget, temperature, filter_fn, filter_kwargs or {}, pad_id, eos_id,
-                                 _make_generator(generator, device))
+        # 4) decode until every row has finished
+        generated, lengths = _decode_loop(decoder, logits, budget, temperature, filter_fn, filter_kwargs or {},
+                                          pad_id, eos_id, _make_generator(generator, device))
     finally:
         net.train(was_training)
 
     if not output_keep_prompt:
         return generated
-    # each prompt followed by its response, right-padded
-    lengths = (generated != pad_id).sum(-1)
-    prompts_rep = [row for row in rows for _ in range(num_samples)]
-    out = torch.full((len(prompts_rep), width + generated.shape[1]), pad_id, dtype=torch.long, device=device)
-    for i, row in enumerate(prompts_rep):
-        out[i, : len(row)] = row.to(device)
-        out[i, len(row) : len(row) + lengths[i]] = generated[i, : lengths[i]]
-    return out[:, : int((prompt_lens.repeat_interleave(num_samples) + lengths).max())]
+
+    # each prompt followed by its response: column j of row i reads the prompt before prompt_len[i], then the response
+    prompt_lens = repeat(prompt_lens, "b -> (b n)", n=num_samples)
+    prompts_right = repeat(ids, "b w -> (b n) w", n=num_samples).gather(
+        1, (torch.arange(width, device=device) + repeat(width - prompt_lens, "b -> b 1")).clamp(max=width - 1))
+    both = torch.cat([prompts_right, generated, torch.full_like(prompts_right, pad_id)], dim=-1)
+    columns = torch.arange(width + generated.shape[1], device=device)
+    in_prompt = columns < rearrange(prompt_lens, "b -> b 1")
+    source = torch.where(in_prompt, columns, width + columns - rearrange(prompt_lens, "b -> b 1"))
+    out = both.gather(1, source)
+    return out[:, : int((prompt_lens + lengths).max())]
 
 
 def _decode_loop(
@@ -298,23 +328,26 @@ def _decode_loop(
     pad_id: int,
     eos_id: int | None,
     generator: torch.Generator | None,
-) -> Tensor:
-    """Sample until every row has finished: its EOS emitted or its budget used. Returns (b, steps) right-padded."""
+) -> tuple[Tensor, Tensor]:
+    """Sample until every row has finished: its EOS emitted or its budget used.
+    Returns the tokens (b, steps), right-padded with `pad_id`, and each row's length (EOS included)."""
     batch, device = logits.shape[0], logits.device
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
     tokens = []
     max_steps = int(budget.max())
     for step in range(max_steps):
-        token = _pick(logits.float(), temperature, filter_fn, filter_kwargs, generator)
-        token = token.masked_fill(finished, pad_id)
-        tokens.append(token)
+        sampled = _pick(logits.float(), temperature, filter_fn, filter_kwargs, generator)
+        tokens.append(sampled.masked_fill(finished, pad_id))
+        lengths += ~finished
         finished |= budget <= step + 1
         if eos_id is not None:
-            finished |= token == eos_id
+            finished |= sampled == eos_id
         if step + 1 == max_steps or bool(finished.all()):  # the one host sync per token
             break
-        logits = decoder.step(token.clamp(min=0))
-    return torch.stack(tokens, dim=-1)
+        # finished rows are fed their (discarded) sample, always a valid id, unlike pad_id
+        logits = decoder.step(sampled)
+    return torch.stack(tokens, dim=-1), lengths
 
 
 def _pick(logits: Tensor, temperature: float, filter_fn, filter_kwargs: dict, generator) -> Tensor:

@@ -9,7 +9,8 @@ from self_rewarding_lm_pytorch.sampling import make_decoder, min_p, sample, top_
 POSITION_SCHEMES = {
     "absolute": dict(),
     "rotary": dict(rotary_pos_emb=True),
-    "alibi": dict(alibi_pos_bias=True),
+    "alibi": dict(alibi_pos_bias=True),  # keeps the absolute embedding too
+    "alibi_only": dict(alibi_pos_bias=True, disable_abs_pos_emb=True),
     "relative_bias": dict(rel_pos_bias=True),
 }
 
@@ -110,6 +111,23 @@ def test_output_keep_prompt(make_transformer):
         assert torch.equal(with_prompt[i, : len(prompt) + 4], torch.cat([prompt, responses[i]]))
 
 
+def lookup_model(next_token: dict[int, int], num_tokens: int = 8) -> nn.Module:
+    """A bigram model whose greedy next token after `t` is `next_token[t]`."""
+    net = nn.Embedding(num_tokens, num_tokens)
+    nn.init.zeros_(net.weight)
+    for token, following in next_token.items():
+        net.weight.data[token, following] = 10.0
+    return net
+
+
+def test_output_keep_prompt_with_mixed_lengths_eos_and_samples():
+    eos = 7
+    net = lookup_model({5: eos, 6: 3, 3: 3})
+    out = sample(net, [torch.tensor([5, 5, 5]), torch.tensor([6])], max_new_tokens=3, temperature=0.0, eos_id=eos,
+                 output_keep_prompt=True, num_samples=2)
+    assert out.tolist() == [[5, 5, 5, eos], [5, 5, 5, eos], [6, 3, 3, 3], [6, 3, 3, 3]]
+
+
 def test_right_padded_2d_prompts_and_float_token_ids(make_transformer):
     net = make_transformer(seed=5)
     prompts = random_prompts((3, 5))
@@ -181,6 +199,8 @@ def test_top_k_and_min_p():
     logits = torch.tensor([[1.0, 4.0, 3.0, 2.0, 0.0]])
     assert (top_k(logits, k=2) > -math.inf)[0].tolist() == [False, True, True, False, False]
     assert (top_k(logits, frac_num_tokens=0.6) > -math.inf).sum() == 3
+    ties = torch.tensor([[2.0, 1.0, 1.0, 1.0, 0.0]])
+    assert (top_k(ties, k=2) > -math.inf).sum() == 2  # exactly k, even when the k-th value is tied
     probs = torch.tensor([[0.6, 0.3, 0.07, 0.03]])  # threshold 0.1 * 0.6 = 0.06
     assert (min_p(probs.log(), 0.1) > -math.inf)[0].tolist() == [True, True, True, False]
 
@@ -195,23 +215,86 @@ def test_length_errors_name_the_lengths(make_transformer):
         sample(net, random_prompts((8,)))
     with pytest.raises(ValueError, match="no prompts"):
         sample(net, [], max_new_tokens=2)
-    with pytest.raises(ValueError, match="prompt 1 is empty"):
+    with pytest.raises(ValueError, match="prompt 1 is empty .length 0."):
         sample(net, [torch.tensor([1]), torch.tensor([], dtype=torch.long)], max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1, got 0"):
+        sample(net, random_prompts((3,)), max_new_tokens=0)
+    # the cap is per row: a long prompt with a short budget fits although the padded batch would not
+    assert sample(net, random_prompts((14, 2)), seq_len=16, temperature=0.0).shape == (2, 14)
 
 
 def test_absolute_positions_with_mixed_prompt_lengths_up_to_max_seq_len(make_transformer):
     """Rows finish at different times; finished rows must not push positions past the embedding table."""
     net = make_transformer(seed=9, max_seq_len=20)
     prompts = random_prompts((2, 15))
-    for cache_kv in (True, False):
-        out = sample(net, prompts, seq_len=20, temperature=0.0, cache_kv=cache_kv)
-        assert (out[0] != -1).sum() == 18 and (out[1] != -1).sum() == 5
+    pad = 1000  # outside the vocabulary: finished rows must never feed it back to the model
+    cached, recomputed = (sample(net, prompts, seq_len=20, temperature=0.0, pad_id=pad, cache_kv=c) for c in (True, False))
+    assert torch.equal(cached, recomputed)
+    assert (cached[0] != pad).sum() == 18 and (cached[1] != pad).sum() == 5
+    for i, prompt in enumerate(prompts):
+        alone = sample(net, [prompt], seq_len=20, temperature=0.0)[0]
+        assert torch.equal(cached[i, : len(alone)], alone)
 
 
-def test_training_flag_is_restored(make_transformer):
+class RecordsMode(nn.Module):
+    def __init__(self, fail: bool = False):
+        super().__init__()
+        self.net, self.fail, self.modes = Bigram(), fail, []
+
+    def forward(self, ids):
+        self.modes.append(self.training)
+        if self.fail:
+            raise RuntimeError("boom")
+        return self.net(ids)
+
+
+def test_samples_in_eval_mode_and_restores_the_training_flag(make_transformer):
     net = make_transformer(seed=10).train()
     sample(net, random_prompts((3,)), max_new_tokens=2)
     assert net.training
     net.eval()
     sample(net, random_prompts((3,)), max_new_tokens=2)
     assert not net.training
+
+    spy = RecordsMode().train()
+    sample(spy, random_prompts((3,), num_tokens=16), max_new_tokens=3)
+    assert spy.modes == [False] * 3 and spy.training  # no dropout while sampling
+    failing = RecordsMode(fail=True).train()
+    with pytest.raises(RuntimeError, match="boom"):
+        sample(failing, random_prompts((3,), num_tokens=16), max_new_tokens=3)
+    assert failing.training
+
+
+def test_seeded_sampling_is_the_same_with_and_without_the_cache(make_transformer):
+    net = make_transformer(seed=11, depth=2, rotary_pos_emb=True)
+    prompts = random_prompts((3, 9, 5))
+    kwargs = dict(seq_len=30, filter_fn=top_p, filter_kwargs=dict(thres=0.95), generator=5)
+    assert torch.equal(sample(net, prompts, **kwargs), sample(net, prompts, cache_kv=False, **kwargs))
+
+
+def test_models_without_a_usable_cache_fall_back_to_recompute():
+    from x_transformers import Decoder, TransformerWrapper
+
+    torch.manual_seed(12)
+    # memory tokens switch x-transformers' cache off (`can_cache_kv` is False)
+    net = TransformerWrapper(num_tokens=32, max_seq_len=64, num_memory_tokens=2, attn_layers=Decoder(dim=32, depth=1, heads=2))
+    assert type(make_decoder(net)).__name__ == "RecomputeDecoder"
+    prompts = random_prompts((3, 8))
+    batch = sample(net, prompts, seq_len=20, temperature=0.0)
+    for i, prompt in enumerate(prompts):
+        alone = sample(net, [prompt], seq_len=20, temperature=0.0)[0]
+        assert torch.equal(batch[i, : len(alone)], alone)
+
+
+def test_a_ddp_wrapped_model_keeps_its_kv_cache(make_transformer, tmp_path):
+    import torch.distributed as dist
+
+    net = make_transformer(seed=13)
+    prompts = random_prompts((3, 8))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(net)
+        assert type(make_decoder(ddp)).__name__ == "XTransformersKVDecoder"
+        assert torch.equal(sample(ddp, prompts, seq_len=20, temperature=0.0), sample(net, prompts, seq_len=20, temperature=0.0))
+    finally:
+        dist.destroy_process_group()
