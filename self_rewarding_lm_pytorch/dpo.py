@@ -1,18 +1,10 @@
-"""Direct Preference Optimization (Rafailov et al. 2023) on (chosen, rejected) pairs.
+"""A DPO stage (Rafailov et al. 2023): `DPOConfig` and `DPOTrainer`, the training loop over preference pairs.
 
-`DPO` turns a batch of pairs into the loss: one policy forward over chosen and rejected stacked along the
-batch, the reference log-probs either stored with the pairs (computed by the model that generated them) or
-from a frozen copy of the policy, then the shared preference loss (preference_loss.py). `DPOTrainer` is the
-training loop of a DPO stage, configured by `DPOConfig`.
-
-A pair is a dict: `chosen`, `rejected` (prompt + response token ids, 1-D, possibly right-padded with pad_id),
-`prompt_len`, and optionally `chosen_ref_logp`, `rejected_ref_logp` (log π_ref(response | prompt)), as
-`DPODataset` (preference_data.py) yields them.
+The objective is `DPO` (dpo_objective.py); pairs become batches in dpo_data.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,17 +16,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.checkpoint import save_checkpoint
-from self_rewarding_lm_pytorch.data import as_token_tensor, check_non_empty, pad_right, strip_right_padding
+from self_rewarding_lm_pytorch.dpo_data import DPOCollate, validate_pair_dataset
+from self_rewarding_lm_pytorch.dpo_objective import DPO
 from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
-from self_rewarding_lm_pytorch.logprobs import Reduction, model_sequence_logprobs, reference_logprobs, response_mask
+from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.model_utils import frozen_copy, set_dropout
 from self_rewarding_lm_pytorch.optim import adamw_for_stage, steps_per_epoch
-from self_rewarding_lm_pytorch.preference_loss import LossType, check_preference_loss_settings, preference_loss
+from self_rewarding_lm_pytorch.preference_loss import LossType, check_preference_loss_settings
 
 __all__ = ["DPO", "DPOCollate", "DPOConfig", "DPOTrainer", "reference_logprobs"]
-
-REF_KEYS = ("chosen_ref_logp", "rejected_ref_logp")
-
 
 @dataclass(kw_only=True)
 class DPOConfig:
@@ -109,202 +99,6 @@ class DPOConfig:
                 raise ValueError(f"{name}.early_stopper needs early_stop_every: the number of steps between its evaluations")
         elif self.early_stop_every is not None:
             raise ValueError(f"{name}.early_stop_every is set but there is no early_stopper")
-
-
-def trailing_padding(seq: Tensor, pad_id: int) -> Tensor:
-    """True at the run of `pad_id` that ends each row (the right padding); a pad id before a real token is a token."""
-    positions = torch.arange(seq.shape[-1], device=seq.device)
-    length = ((seq != pad_id) * (positions + 1)).amax(dim=-1)  # index of the last real token + 1
-    return positions[None, :] >= length[:, None]
-
-
-class DPO(nn.Module):
-    """The DPO loss of a policy `model` on (chosen, rejected) pairs.
-
-    The reference is a frozen copy of `model` made here (or `ref_model` when given); with
-    `precomputed_reference=True` no reference model is held and every call must pass the reference log-probs.
-    Sequences are prompt + response, right-padded with `pad_id`.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        beta: float = 0.1,
-        *,
-        ref_model: nn.Module | None = None,
-        precomputed_reference: bool = False,
-        loss_type: LossType = "sigmoid",
-        label_smoothing: float = 0.0,
-        logp_reduction: Reduction = "sum",
-        nll_weight: float = 0.0,
-        pad_id: int = -1,
-    ):
-        super().__init__()
-        check_preference_loss_settings(beta, loss_type, label_smoothing, type(self).__name__)
-        if logp_reduction not in ("sum", "mean"):
-            raise ValueError(f"{type(self).__name__}: logp_reduction must be 'sum' or 'mean', got {logp_reduction!r}")
-        if not nll_weight >= 0:
-            raise ValueError(f"{type(self).__name__}: nll_weight must be >= 0, got {nll_weight}")
-        self.model = model
-        self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
-        self.logp_reduction, self.nll_weight, self.pad_id = logp_reduction, nll_weight, pad_id
-
-        if precomputed_reference:
-            if ref_model is not None:
-                raise ValueError("DPO: precomputed_reference=True holds no reference model, so ref_model must be None")
-            self.ref_model = None
-        else:
-            self.ref_model = frozen_copy(model) if ref_model is None else ref_model.eval().requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.ref_model is not None:
-            self.ref_model.eval()  # the reference never drops out
-        return self
-
-    def pair_values(
-        self,
-        chosen: Tensor,
-        rejected: Tensor,
-        prompt_len: Tensor,
-        chosen_ref_logp: Tensor | None = None,
-        rejected_ref_logp: Tensor | None = None,
-    ) -> dict[str, Tensor]:
-        """Per pair (b,): `loss` (the preference loss plus the weighted NLL), `chosen_rewards`, `rejected_rewards`,
-        `chosen_logps`, `rejected_logps` (policy) and `nll` (per-token NLL of the chosen response)."""
-        if (chosen_ref_logp is None) != (rejected_ref_logp is None):
-            raise ValueError("DPO: pass both chosen_ref_logp and rejected_ref_logp, or neither")
-        if chosen_ref_logp is None and self.ref_model is None:
-            raise ValueError(
-                "DPO holds no reference model (precomputed_reference=True): pass chosen_ref_logp and rejected_ref_logp"
-            )
-        batch = chosen.shape[0]
-
-        # 1) chosen rows then rejected rows, right-padded to one length: one forward of the policy for both
-        length = max(chosen.shape[-1], rejected.shape[-1])
-        seq = torch.cat([nn.functional.pad(s, (0, length - s.shape[-1]), value=self.pad_id) for s in (chosen, rejected)])
-        prompt_lens = torch.cat([prompt_len, prompt_len])
-        mask = response_mask(seq, prompt_lens, trailing_padding(seq, self.pad_id))
-
-        # 2) log π(response | prompt) under the reference, then the policy (the reference first: its activations
-        #    are freed before the policy's graph is built, so peak memory is one forward's, not two)
-        if chosen_ref_logp is not None:
-            ref_logps = torch.cat([chosen_ref_logp, rejected_ref_logp])
-        else:
-            with torch.no_grad():
-                ref_logps = model_sequence_logprobs(self.ref_model, seq, mask, self.logp_reduction)
-        logps = model_sequence_logprobs(self.model, seq, mask, self.logp_reduction)
-        ref_logps = ref_logps.to(logps)
-
-        # 3) the preference loss, plus the NLL of the chosen responses per token (RPO)
-        losses, chosen_rewards, rejected_rewards = preference_loss(
-            logps[:batch], logps[batch:], ref_logps[:batch], ref_logps[batch:],
-            beta=self.beta, loss_type=self.loss_type, label_smoothing=self.label_smoothing,
-        )
-        chosen_logps = logps[:batch]
-        if self.logp_reduction == "sum":
-            nll = -chosen_logps / mask[:batch, 1:].sum(dim=-1).clamp(min=1)
-        else:
-            nll = -chosen_logps
-        if self.nll_weight > 0:
-            losses = losses + self.nll_weight * nll
-
-        return dict(
-            loss=losses, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
-            chosen_logps=chosen_logps.detach(), rejected_logps=logps[batch:].detach(), nll=nll.detach(),
-        )
-
-    def summarize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Batch metrics (detached 0-d tensors) from `pair_values`."""
-        chosen, rejected = values["chosen_rewards"], values["rejected_rewards"]
-        metrics = {
-            "loss": values["loss"].detach().mean(),
-            "rewards/chosen": chosen.mean(),
-            "rewards/rejected": rejected.mean(),
-            "rewards/accuracies": (chosen > rejected).float().mean(),
-            "rewards/margins": (chosen - rejected).mean(),
-            "logps/chosen": values["chosen_logps"].mean(),
-            "logps/rejected": values["rejected_logps"].mean(),
-        }
-        if self.nll_weight > 0:
-            metrics["nll"] = values["nll"].mean()
-        return metrics
-
-    def forward(
-        self,
-        chosen: Tensor,
-        rejected: Tensor,
-        prompt_len: Tensor,
-        chosen_ref_logp: Tensor | None = None,
-        rejected_ref_logp: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """(loss, metrics) of a batch: chosen, rejected (b, n), prompt_len (b,), optional reference log-probs (b,)."""
-        values = self.pair_values(chosen, rejected, prompt_len, chosen_ref_logp, rejected_ref_logp)
-        return values["loss"].mean(), self.summarize(values)
-
-
-# data: pairs as dicts, checked once at construction and padded per batch
-
-def normalize_pair(item, pad_id: int, what: str) -> dict:
-    """`item` with `chosen`, `rejected` as 1-D token tensors without padding and `prompt_len` an int; raise if malformed."""
-    if not isinstance(item, Mapping):
-        raise ValueError(f"{what} must be a dict with chosen, rejected and prompt_len, got {type(item).__name__}")
-    missing = [k for k in ("chosen", "rejected", "prompt_len") if k not in item]
-    if missing:
-        raise ValueError(f"{what} lacks {missing}; a pair has chosen, rejected, prompt_len (and optionally {list(REF_KEYS)})")
-    pair = {k: strip_right_padding(as_token_tensor(item[k], f"{what} {k}"), pad_id, f"{what} {k}") for k in ("chosen", "rejected")}
-    prompt_len = int(torch.as_tensor(item["prompt_len"]).item())
-    for name in ("chosen", "rejected"):
-        if not 0 <= prompt_len < len(pair[name]):
-            raise ValueError(
-                f"{what}: prompt_len {prompt_len} leaves no response tokens in the {name} sequence of {len(pair[name])} tokens"
-            )
-    if not torch.equal(pair["chosen"][:prompt_len], pair["rejected"][:prompt_len]):
-        raise ValueError(f"{what}: chosen and rejected must start with the same prompt (their first prompt_len tokens differ)")
-    pair["prompt_len"] = prompt_len
-
-    present = [k in item and item[k] is not None for k in REF_KEYS]
-    if any(present) and not all(present):
-        raise ValueError(f"{what} has only one of {list(REF_KEYS)}")
-    if all(present):
-        for k in REF_KEYS:
-            pair[k] = float(torch.as_tensor(item[k]).item())
-    return pair
-
-
-def validate_pair_dataset(dataset, pad_id: int, name: str, max_checked: int = 64) -> bool:
-    """Fail at construction, not mid-training: non-empty, first items well formed; returns whether it stores
-    reference log-probs."""
-    check_non_empty(dataset, name)
-    pairs = [normalize_pair(dataset[i], pad_id, f"{name} item {i}") for i in range(min(len(dataset), max_checked))]
-    stored = getattr(dataset, "has_ref_logps", None)
-    if stored is None:
-        stored = REF_KEYS[0] in pairs[0]
-    if any((REF_KEYS[0] in pair) != stored for pair in pairs):
-        raise ValueError(f"{name}: some pairs carry reference log-probs and some do not")
-    return bool(stored)
-
-
-class DPOCollate:
-    """Collate pair dicts into DPO's arguments: chosen and rejected (b, n) right-padded with `pad_id` to one
-    length (the longest sequence of the batch, not the folder's max_len), prompt_len (b,), and the reference
-    log-probs (b,) when the pairs carry them."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, items) -> dict[str, Tensor]:
-        pairs = [normalize_pair(item, self.pad_id, "DPO pair") for item in items]
-        batch = len(pairs)
-        seq, _ = pad_right([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], self.pad_id)
-        out = dict(chosen=seq[:batch], rejected=seq[batch:], prompt_len=torch.tensor([p["prompt_len"] for p in pairs]))
-        with_ref = [REF_KEYS[0] in p for p in pairs]
-        if any(with_ref) and not all(with_ref):
-            raise ValueError("a DPO batch mixes pairs with and without reference log-probs")
-        if all(with_ref):
-            for k in REF_KEYS:
-                out[k] = torch.tensor([p[k] for p in pairs], dtype=torch.float32)
-        return out
 
 
 class DPOTrainer:

@@ -18,7 +18,7 @@ main process writes.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -31,37 +31,19 @@ from torch.utils.data import Dataset
 from self_rewarding_lm_pytorch.data import as_token_tensor, check_non_empty
 from self_rewarding_lm_pytorch.judges import Candidates, Judge, strip_response
 from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
+from self_rewarding_lm_pytorch.pair_selection import (  # noqa: F401  (public here too)
+    best_and_worst,
+    is_finite_reward,
+    reward_within,
+)
+from self_rewarding_lm_pytorch.pair_stats import (
+    PairGenerationError,
+    PairGenerationStats,
+    count_verifier_agreement,
+    shortfall_message,
+)
 from self_rewarding_lm_pytorch.preference_data import PreferenceDataWriter, read_meta
 from self_rewarding_lm_pytorch.sampling import check_sampling_settings, sample, top_p
-
-
-def is_finite_reward(reward: float) -> bool:
-    return math.isfinite(reward)
-
-
-def reward_within(low: float, high: float) -> Callable[[float], bool]:
-    """A validity rule for scores on a known scale, e.g. `reward_within(0, 5)` for the paper's judge prompt."""
-
-    def is_valid(reward: float) -> bool:
-        return low <= reward <= high
-
-    is_valid.__name__ = f"reward_within({low}, {high})"
-    return is_valid
-
-
-def best_and_worst(rewards: Tensor) -> Tensor:
-    """(b, n) mean scores, NaN where a candidate has none -> (b, 2) indices of (chosen, rejected), -1 for no pair.
-
-    The best and the worst scored candidates form the pair (the paper's choice); a prompt with fewer than two
-    scored candidates, or whose best and worst scores are equal, gives no pair."""
-    scored = ~rewards.isnan()
-    best = rewards.masked_fill(~scored, -math.inf).argmax(dim=-1)
-    worst = rewards.masked_fill(~scored, math.inf).argmin(dim=-1)
-    best_score = rewards.gather(-1, best[:, None])[:, 0]
-    worst_score = rewards.gather(-1, worst[:, None])[:, 0]
-    has_pair = (scored.sum(dim=-1) >= 2) & (best_score > worst_score)
-    pairs = torch.stack([best, worst], dim=-1)
-    return pairs.masked_fill(~has_pair[:, None], -1)
 
 
 @dataclass(kw_only=True)
@@ -102,56 +84,6 @@ class PairGenerationConfig:
         for name in ("is_valid_reward", "pick_paired_rewards"):
             if not callable(getattr(self, name)):
                 raise TypeError(f"{type(self).__name__}.{name} must be callable")
-
-
-@dataclass
-class PairGenerationStats:
-    """Counts over every prompt tried (cumulative across resumed runs)."""
-
-    prompts_tried: int = 0
-    candidates: int = 0
-    judgements: int = 0
-    judgements_parsed: int = 0  # the judge produced a number
-    judgements_valid: int = 0  # ... that `is_valid_reward` accepted
-    prompts_scored: int = 0  # prompts with at least two scored candidates
-    prompts_tied: int = 0  # ... whose candidates all scored the same: no pair (paper)
-    pairs_rejected: int = 0  # pairs that `is_valid_reward_pair` refused
-    pairs_made: int = 0
-    verifier_comparisons: int = 0  # candidate pairs the verifier ranks differently
-    verifier_agreements: int = 0  # ... that the judge ranks the same way (strictly)
-    pairs_verified_better: int = 0  # chosen strictly better than rejected by the verifier
-    pairs_verified_worse: int = 0
-
-    @property
-    def parse_rate(self) -> float:
-        return self.judgements_parsed / max(self.judgements, 1)
-
-    @property
-    def tie_rate(self) -> float:
-        return self.prompts_tied / max(self.prompts_scored, 1)
-
-    def add(self, other: PairGenerationStats):
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    def summary(self) -> dict:
-        row = asdict(self)
-        row.update(parse_rate=self.parse_rate, tie_rate=self.tie_rate)
-        if self.verifier_comparisons:
-            row["judge_verifier_agreement"] = self.verifier_agreements / self.verifier_comparisons
-        if self.pairs_made and (self.pairs_verified_better or self.pairs_verified_worse):
-            row["pairs_chosen_verified_better"] = self.pairs_verified_better / self.pairs_made
-            row["pairs_chosen_verified_worse"] = self.pairs_verified_worse / self.pairs_made
-        return row
-
-
-class PairGenerationError(RuntimeError):
-    """Fewer pairs than requested after the prompt budget; `stats` holds the counts."""
-
-    def __init__(self, message: str, stats: PairGenerationStats, num_pairs: int):
-        super().__init__(message)
-        self.stats = stats
-        self.num_pairs = num_pairs
 
 
 @dataclass
@@ -258,7 +190,7 @@ def generate_preference_pairs(
 
     if num_pairs < config.num_preference_pairs and not (config.accept_fewer_pairs and num_pairs > 0):
         raise PairGenerationError(
-            _shortfall_message(stats, num_pairs, config, judge, cursor, budget, example_outputs), stats, num_pairs
+            shortfall_message(stats, num_pairs, config, judge, cursor, budget, example_outputs), stats, num_pairs
         )
     if writer is not None:
         writer.mark_complete()
@@ -340,7 +272,7 @@ def _judge_prompts(
             row_stats.prompts_scored = 1
             row_stats.prompts_tied = int(mean_scores[i][scored].unique().numel() == 1)
         if verified is not None:
-            _count_verifier_agreement(row_stats, mean_scores[i], verified[i])
+            count_verifier_agreement(row_stats, mean_scores[i], verified[i])
         result = _PromptResult(row_stats)
         if judgements.raw_outputs is not None and not parsed[rows].any():
             result.example_judge_output = judgements.raw_outputs[i * n][0]
@@ -379,56 +311,3 @@ def _judge_prompts(
         for j, pair in enumerate(pairs):
             pair["chosen_ref_logp"], pair["rejected_ref_logp"] = float(logps[j]), float(logps[len(pairs) + j])
     return results
-
-
-def _count_verifier_agreement(stats: PairGenerationStats, scores: Tensor, verified: Tensor):
-    """Over candidate pairs the verifier ranks differently: does the judge rank them the same way?"""
-    scored = ~scores.isnan()
-    for a in range(len(scores)):
-        for b in range(a + 1, len(scores)):
-            if verified[a] == verified[b]:
-                continue
-            stats.verifier_comparisons += 1
-            if scored[a] and scored[b] and (scores[a] - scores[b]) * (verified[a] - verified[b]) > 0:
-                stats.verifier_agreements += 1
-
-
-def _shortfall_message(
-    stats: PairGenerationStats,
-    num_pairs: int,
-    config: PairGenerationConfig,
-    judge: Judge,
-    cursor: int,
-    budget: int,
-    example_outputs: list[str],
-) -> str:
-    counts = (
-        f"made {num_pairs} of {config.num_preference_pairs} preference pairs after trying {stats.prompts_tried} prompts "
-        f"(budget {budget}): {stats.judgements} judgements, {stats.judgements_parsed} parsed, "
-        f"{stats.judgements_valid} valid, {stats.prompts_tied} prompts tied, {stats.pairs_rejected} pairs refused by "
-        f"is_valid_reward_pair."
-    )
-    self_judge = getattr(judge, "reward_config", None)
-    if stats.judgements_parsed == 0:
-        if self_judge is not None:
-            shown = "; ".join(repr(text[:80]) for text in example_outputs[:2]) or "(none)"
-            cause = (
-                f"The judge never produced a score its RewardConfig can parse (e.g. 'Score: <n>'); its outputs look like: "
-                f"{shown}. Fine-tune the model on judge-format examples first (the paper's EFT data, e.g. an SFT stage "
-                f"with SortDigitsTask.judge_examples), or pass a RewardConfig whose reward_regex_template matches its output."
-            )
-        else:
-            cause = "The reward function or model returned no score for any candidate: check it returns numbers."
-    elif stats.judgements_valid == 0:
-        cause = (
-            "Every parsed score was refused, by is_valid_reward or by the RewardConfig's score_range: check both match "
-            "the scale the judge answers on."
-        )
-    elif stats.prompts_tied > stats.prompts_scored / 2:
-        cause = (
-            "Most prompts' candidates scored equal (ties give no pair, as in the paper): raise num_candidate_responses, "
-            "num_judgements or the sampling temperature, or use a finer score scale."
-        )
-    else:
-        cause = "The prompts ran out first: add prompts, raise max_prompts, or lower num_preference_pairs."
-    return f"{counts} {cause} To keep the pairs made so far instead, pass accept_fewer_pairs=True."
