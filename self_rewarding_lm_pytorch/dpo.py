@@ -10,19 +10,21 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from self_rewarding_lm_pytorch.adapters import adapter_model, reference_model
 from self_rewarding_lm_pytorch.checkpoint import save_checkpoint
 from self_rewarding_lm_pytorch.dpo_data import DPOCollate, validate_pair_dataset
 from self_rewarding_lm_pytorch.dpo_objective import DPO
+from self_rewarding_lm_pytorch.dpo_reference import with_reference_logprobs
 from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
 from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
-from self_rewarding_lm_pytorch.model_utils import frozen_copy, set_dropout
+from self_rewarding_lm_pytorch.model_utils import set_dropout
 from self_rewarding_lm_pytorch.optim import adamw_for_stage, steps_per_epoch
 from self_rewarding_lm_pytorch.preference_loss import LossType, check_preference_loss_settings
+from self_rewarding_lm_pytorch.tracking import MetricsLogger
 
 __all__ = ["DPO", "DPOCollate", "DPOConfig", "DPOTrainer", "reference_logprobs"]
 
@@ -39,6 +41,10 @@ class DPOConfig:
     original library's behaviour and is what IPO's paper uses. Stored reference log-probs must use the same.
     `nll_weight` > 0 adds that weight times the chosen responses' per-token NLL to the loss (Iterative RPO,
     Pang et al. 2024, arXiv 2404.19733): plain DPO on small models often lowers the chosen likelihood too.
+
+    `precompute_reference`: pairs without stored reference log-probs get them in one pass before training, so no
+    reference model is held (dpo_reference.py). None (default): precompute unless the model has LoRA adapters,
+    whose reference (adapters off) costs no memory; False: a live reference.
     """
 
     beta: float = 0.1
@@ -61,6 +67,7 @@ class DPOConfig:
     early_stopper: EarlyStopper | None = None
     early_stop_every: int | None = None  # steps between early-stopping evaluations
     checkpoint_every: int | None = None  # steps between checkpoints; None: none
+    precompute_reference: bool | None = None  # pairs without reference log-probs: compute them once up front
 
     def __post_init__(self):
         name = type(self).__name__
@@ -92,6 +99,8 @@ class DPOConfig:
             raise ValueError(f"{name}.max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
+        if self.precompute_reference not in (None, True, False):
+            raise ValueError(f"{name}.precompute_reference must be True, False or None, got {self.precompute_reference!r}")
         if self.early_stopper is not None:
             if not (callable(self.early_stopper) and hasattr(self.early_stopper, "restore_best")):
                 raise TypeError(f"{name}.early_stopper must be an EarlyStopper, got {type(self.early_stopper).__name__}")
@@ -105,9 +114,10 @@ class DPOTrainer:
     """Train `model` with DPO on `train_dataset` (a `DPODataset` or any dataset of pair dicts); `trainer()`
     trains and returns the logged rows (one per optimizer step).
 
-    Pass a `DPOConfig`, or its fields as keyword arguments. The reference: the pairs' stored log-probs when
-    the datasets carry them (no reference model is held), otherwise a frozen copy of `model` made here, so
-    the reference is the model as it is at the start of the stage. `pad_id` defaults to the dataset's
+    Pass a `DPOConfig`, or its fields as keyword arguments. The reference is the model as it is at the start of
+    the stage: the pairs' stored log-probs when the datasets carry them, else log-probs computed here in one pass
+    (`precompute_reference`, no reference model is held), else a live reference: `model` with its adapters off
+    (LoRA) or a frozen copy. Rows go to the trackers through `logger` (default: prefix `metric_prefix`). `pad_id` defaults to the dataset's
     `pad_id` attribute (a `DPODataset` has one), else -1.
     """
 
@@ -124,6 +134,7 @@ class DPOTrainer:
         checkpoint_folder: str | Path = "./checkpoints/dpo",
         checkpoint_prefix: str = "dpo",
         metric_prefix: str = "dpo",
+        logger: MetricsLogger | None = None,
         **config_kwargs,
     ):
         if config is not None and config_kwargs:
@@ -132,6 +143,7 @@ class DPOTrainer:
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
         self.pad_id = pad_id = getattr(train_dataset, "pad_id", -1) if pad_id is None else pad_id
         self.checkpoint_folder, self.checkpoint_prefix, self.metric_prefix = Path(checkpoint_folder), checkpoint_prefix, metric_prefix
+        self.logger = logger or MetricsLogger(self.accelerator, metric_prefix)
 
         train_has_ref = validate_pair_dataset(train_dataset, pad_id, "DPO train_dataset")
         valid_has_ref = True
@@ -140,10 +152,22 @@ class DPOTrainer:
         elif config.valid_every is not None:
             raise ValueError("DPOConfig.valid_every is set but there is no valid_dataset to evaluate on")
 
-        # the reference: stored log-probs, or the model as it is now, frozen (made before any wrapping)
+        # the reference, the model as it is now: stored log-probs, log-probs computed now, or a live reference
         self.ref_model = None
         if not (train_has_ref and valid_has_ref):
-            self.ref_model = frozen_copy(extract_model_from_parallel(model)).to(self.accelerator.device)
+            precompute = config.precompute_reference
+            if precompute is None:
+                precompute = adapter_model(model) is None  # a frozen copy would be held otherwise
+            if precompute:
+                model.to(self.accelerator.device)
+                reference = dict(accelerator=self.accelerator, pad_id=pad_id, reduction=config.logp_reduction,
+                                 batch_size=config.batch_size)
+                if not train_has_ref:
+                    train_dataset = with_reference_logprobs(model, train_dataset, **reference)
+                if valid_dataset is not None and not valid_has_ref:
+                    valid_dataset = with_reference_logprobs(model, valid_dataset, **reference)
+            else:
+                self.ref_model = reference_model(model).to(self.accelerator.device)
 
         collate = DPOCollate(pad_id)
         train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, collate_fn=collate)
@@ -196,7 +220,7 @@ class DPOTrainer:
 
     def log(self, row: dict):
         self.history.append(row)
-        self.accelerator.log({f"{self.metric_prefix}/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+        self.logger.log(row, step=row["step"])
 
     def train(self) -> list[dict]:
         accelerator, config = self.accelerator, self.config

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.logprobs import Reduction, model_sequence_logprobs, response_mask
-from self_rewarding_lm_pytorch.model_utils import frozen_copy
+from self_rewarding_lm_pytorch.adapters import reference_model
 from self_rewarding_lm_pytorch.preference_loss import LossType, check_preference_loss_settings, preference_loss
 
 
@@ -25,7 +25,8 @@ def trailing_padding(seq: Tensor, pad_id: int) -> Tensor:
 class DPO(nn.Module):
     """The DPO loss of a policy `model` on (chosen, rejected) pairs.
 
-    The reference is a frozen copy of `model` made here (or `ref_model` when given); with
+    The reference is a frozen copy of `model` made here, or `model` with its adapters off when it has LoRA
+    adapters (adapters.py), or `ref_model` when given; with
     `precomputed_reference=True` no reference model is held and every call must pass the reference log-probs.
     Sequences are prompt + response, right-padded with `pad_id`.
     """
@@ -58,7 +59,7 @@ class DPO(nn.Module):
                 raise ValueError("DPO: precomputed_reference=True holds no reference model, so ref_model must be None")
             self.ref_model = None
         else:
-            self.ref_model = frozen_copy(model) if ref_model is None else ref_model.eval().requires_grad_(False)
+            self.ref_model = reference_model(model) if ref_model is None else ref_model.eval().requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -16,6 +16,8 @@ from accelerate import Accelerator
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
+from self_rewarding_lm_pytorch.adapters import adapter_model, trainable_names
+
 Score = float | int | Tensor
 
 
@@ -102,6 +104,9 @@ class EarlyStopper:
             self.best_score, self.best_index = score, len(self.scores) - 1
             self.num_bad_evals = 0
             state_dict = extract_model_from_parallel(model).state_dict()
+            if adapter_model(model) is not None:  # LoRA: only the adapters change, so only they are kept
+                names = trainable_names(model)
+                state_dict = {name: t for name, t in state_dict.items() if name in names}
             self.best_state_dict = {name: t.detach().to("cpu", copy=True) for name, t in state_dict.items()}
         else:
             self.num_bad_evals += 1
@@ -112,7 +117,7 @@ class EarlyStopper:
         """Load the weights of the best evaluation into `model` (wrapped or not)."""
         if self.best_state_dict is None:
             raise RuntimeError("EarlyStopper.restore_best: no evaluation yet, so there are no best weights")
-        extract_model_from_parallel(model).load_state_dict(self.best_state_dict)
+        extract_model_from_parallel(model).load_state_dict(self.best_state_dict, strict=adapter_model(model) is None)
 
 
 def to_float(score: Score) -> float:

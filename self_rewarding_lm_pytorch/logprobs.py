@@ -16,6 +16,7 @@ from einops import rearrange
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor, nn
 
+from self_rewarding_lm_pytorch.adapters import adapters_disabled
 from self_rewarding_lm_pytorch.data import pad_right
 from self_rewarding_lm_pytorch.model_contract import forward_logits
 
@@ -96,14 +97,16 @@ def reference_logprobs(
 ) -> Tensor:
     """log p(response | prompt) under `model` (eval mode, no grad, one batch) for 1-D prompt + response
     sequences: what pair generation and SPIN store as the DPO reference, computed by the very model that
-    is the reference."""
+    is the reference. A model with LoRA adapters computes them with its adapters off, the reference DPO's
+    live reference uses too (adapters.py)."""
     device = next(model.parameters()).device
     ids, is_padding = pad_right([torch.as_tensor(s).long().cpu() for s in seqs], pad_id)
     ids, is_padding, prompt_len = ids.to(device), is_padding.to(device), prompt_len.to(device)
     was_training = model.training
     model.eval()
     try:
-        logps = model_sequence_logprobs(model, ids, response_mask(ids, prompt_len, is_padding), reduction)
+        with adapters_disabled(model):
+            logps = model_sequence_logprobs(model, ids, response_mask(ids, prompt_len, is_padding), reduction)
     finally:
         model.train(was_training)
     return logps.float().cpu()

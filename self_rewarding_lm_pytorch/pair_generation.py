@@ -44,6 +44,7 @@ from self_rewarding_lm_pytorch.pair_stats import (
 )
 from self_rewarding_lm_pytorch.preference_data import PreferenceDataWriter, read_meta
 from self_rewarding_lm_pytorch.sampling import check_sampling_settings, sample, top_p
+from self_rewarding_lm_pytorch.tracking import MetricsLogger
 
 
 @dataclass(kw_only=True)
@@ -109,11 +110,13 @@ def generate_preference_pairs(
     eos_id: int | None = None,
     logp_reduction: Reduction = "sum",
     seed: int = 0,
+    logger: MetricsLogger | None = None,
 ) -> PairGenerationStats:
     """Fill `folder` with `config.num_preference_pairs` pairs (resuming what is there) and return the counts.
 
     `model` is the policy at the start of the stage: it samples, its log-probs of the chosen and rejected
-    responses are stored as the DPO reference (`logp_reduction` must match the DPO stage's)."""
+    responses are stored as the DPO reference (`logp_reduction` must match the DPO stage's). The counts go to the
+    trackers as `pairs/...` at the stage's step 0 through `logger`."""
     check_non_empty(prompt_dataset, "prompt dataset")
     model = accelerator.unwrap_model(model)
     max_seq_len = config.max_seq_len or getattr(model, "max_seq_len", None)
@@ -186,7 +189,7 @@ def generate_preference_pairs(
             )
         accelerator.wait_for_everyone()
 
-    accelerator.log({f"pairs/{k}": v for k, v in stats.summary().items()})
+    (logger or MetricsLogger(accelerator)).log({f"pairs/{k}": v for k, v in stats.summary().items()}, step=0)
 
     if num_pairs < config.num_preference_pairs and not (config.accept_fewer_pairs and num_pairs > 0):
         raise PairGenerationError(

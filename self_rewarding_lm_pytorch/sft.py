@@ -15,6 +15,7 @@ from self_rewarding_lm_pytorch.logprobs import response_mask, token_logprobs
 from self_rewarding_lm_pytorch.model_contract import forward_logits
 from self_rewarding_lm_pytorch.model_utils import set_dropout
 from self_rewarding_lm_pytorch.optim import adamw_for_stage, steps_per_epoch
+from self_rewarding_lm_pytorch.tracking import MetricsLogger
 
 
 @dataclass
@@ -68,7 +69,8 @@ def sft_nll(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]
 class SFTTrainer:
     """Fine-tune `model` on `(seq, prompt_len)` examples; `trainer()` trains and returns the logged rows.
 
-    Pass an `SFTConfig`, or its fields as keyword arguments.
+    Pass an `SFTConfig`, or its fields as keyword arguments. Rows go to the trackers through `logger`
+    (default: prefix `sft`, steps from 1).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class SFTTrainer:
         pad_id: int = -1,
         accelerator: Accelerator | None = None,
         accelerate_kwargs: dict | None = None,
+        logger: MetricsLogger | None = None,
         **config_kwargs,
     ):
         if config is not None and config_kwargs:
@@ -86,6 +89,7 @@ class SFTTrainer:
         self.config = config = config or SFTConfig(**config_kwargs)
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
         self.pad_id = pad_id
+        self.logger = logger or MetricsLogger(self.accelerator, "sft")
 
         validate_sft_dataset(config.train_dataset, pad_id, "SFT train_dataset")
         if config.valid_dataset is not None:
@@ -127,7 +131,7 @@ class SFTTrainer:
 
     def log(self, row: dict):
         self.history.append(row)
-        self.accelerator.log({f"sft/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+        self.logger.log(row, step=row["step"])
 
     def train(self) -> list[dict]:
         accelerator, config = self.accelerator, self.config

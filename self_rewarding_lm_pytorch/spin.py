@@ -25,6 +25,7 @@ from self_rewarding_lm_pytorch.data import PromptResponse, normalize_sft_item, v
 from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.logprobs import reference_logprobs
 from self_rewarding_lm_pytorch.sampling import check_sampling_settings, sample, top_p
+from self_rewarding_lm_pytorch.tracking import MetricsLogger
 
 
 class SPIN(DPO):
@@ -125,6 +126,7 @@ class SPINTrainer:
         accelerate_kwargs: dict | None = None,
         checkpoint_folder: str | Path = "./checkpoints/spin",
         seed: int = 0,
+        logger: MetricsLogger | None = None,
         **config_kwargs,
     ):
         if config is not None and config_kwargs:
@@ -139,6 +141,7 @@ class SPINTrainer:
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
         self.checkpoint_folder = Path(checkpoint_folder)
         self.seed = seed
+        self.logger = logger or MetricsLogger(self.accelerator, "spin")
         self.history: list[dict] = []
 
     def opponent_pairs(self, dataset: Dataset, iteration: int) -> list[dict]:
@@ -187,10 +190,11 @@ class SPINTrainer:
             trainer = DPOTrainer(
                 self.model, train_pairs, config.dpo_config(), valid_dataset=valid_pairs, pad_id=self.pad_id,
                 accelerator=self.accelerator, checkpoint_folder=self.checkpoint_folder,
-                checkpoint_prefix=f"iteration-{iteration}", metric_prefix="spin",
+                checkpoint_prefix=f"iteration-{iteration}", metric_prefix="spin", logger=self.logger,
             )
             for row in trainer.train():
                 self.history.append(dict(row, iteration=iteration))
+            self.logger.continue_after_last()  # the next iteration's steps follow this one's on the trackers
             self.accelerator.free_memory()
         return self.history
 

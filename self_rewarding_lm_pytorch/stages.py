@@ -28,6 +28,10 @@ def check_preference_stage(config):
     check_non_empty(config.prompt_dataset, f"{name}.prompt_dataset")
     PairGenerationConfig.__post_init__(config)
     DPOConfig.__post_init__(config)
+    if config.precompute_reference is not None:
+        raise ValueError(
+            f"{name}.precompute_reference does not apply: pair generation stores the reference log-probs with the pairs"
+        )
     if config.valid_every is not None:
         raise ValueError(
             f"{name}.valid_every has nothing to validate on: a preference stage makes its own pairs. Judge held-out "

@@ -9,6 +9,9 @@ through `STAGE_RUNNERS`. Stage i writes `stage-{i:02d}-{kind}.pt` and, for prefe
 are skipped (their checkpoint is loaded), an interrupted stage's pair generation continues from the pairs on disk,
 then its training starts over. `trainer(overwrite_checkpoints=True)` or the environment variable
 SELF_REWARDING_CLEAR_CHECKPOINTS=1 clears this run's files first; that is never the default.
+
+`log_with="tensorboard"` (any Accelerate tracker name, or several) sends every stage's numbers to that tracker
+under the stage's name, at a global step that keeps growing across stages (tracking.py).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from self_rewarding_lm_pytorch.stages import (
     SelfRewardDPOConfig,
     create_default_paper_config,
 )
+from self_rewarding_lm_pytorch.tracking import MetricsLogger
 
 CLEAR_CHECKPOINTS_ENV = "SELF_REWARDING_CLEAR_CHECKPOINTS"
 
@@ -47,7 +51,10 @@ class SelfRewardingTrainer:
 
     `tokenizer_encode(str) -> Tensor` and `tokenizer_decode(Tensor) -> str` turn prompts into token ids and
     generated tokens back into text (for the judge and the pair records). `evaluate(model) -> dict`, if given,
-    runs after every stage on every process; its numbers join that stage's summary.
+    runs after every stage on every process; its numbers join that stage's summary and the trackers.
+    `judge_tokenizer_encode` encodes the self-judge's prompts (default: `tokenizer_encode`), e.g. the chat
+    template with a judge's own system prompt. `log_with` (with `project_name`, under `logging_dir`, default
+    `checkpoints_folder/logs`) names Accelerate trackers; they are initialised and closed by `train()`.
     """
 
     def __init__(
@@ -65,6 +72,11 @@ class SelfRewardingTrainer:
         accelerator: Accelerator | None = None,
         seed: int = 0,
         evaluate: Callable[[nn.Module], dict] | None = None,
+        judge_tokenizer_encode: Callable[[str], Tensor] | None = None,
+        log_with: str | list | None = None,
+        project_name: str = "self-rewarding",
+        logging_dir: str | Path | None = None,
+        tracker_init_kwargs: dict | None = None,
     ):
         if isinstance(finetune_configs, dict):
             finetune_configs = create_default_paper_config(**finetune_configs)
@@ -76,14 +88,25 @@ class SelfRewardingTrainer:
                 raise TypeError(f"finetune_configs[{index}] is a {type(config).__name__}; stages are one of {known}")
         if not callable(tokenizer_encode) or not callable(tokenizer_decode):
             raise TypeError("tokenizer_encode and tokenizer_decode must be callables (str -> Tensor, Tensor -> str)")
+        if judge_tokenizer_encode is not None and not callable(judge_tokenizer_encode):
+            raise TypeError("judge_tokenizer_encode must be a callable (str -> Tensor) or None")
+        if accelerator is not None and log_with is not None:
+            raise ValueError("log_with is given with an accelerator: build that Accelerator with log_with=... instead")
 
         self.model = model
         self.stages = list(finetune_configs)
         self.encode, self.decode = tokenizer_encode, tokenizer_decode
+        self.judge_encode = judge_tokenizer_encode or tokenizer_encode
         self.reward_config = self_reward_prompt_config or RewardConfig()
         self.pad_id, self.eos_id = pad_id, eos_id
         self.folder = Path(checkpoints_folder)
-        self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
+        if accelerator is None:
+            logging_dir = Path(logging_dir) if logging_dir is not None else self.folder / "logs"
+            tracking = dict(log_with=log_with, project_dir=logging_dir) if log_with is not None else {}
+            accelerator = Accelerator(**tracking, **(accelerate_kwargs or {}))
+        self.accelerator = accelerator
+        self.log_with, self.project_name, self.tracker_init_kwargs = log_with, project_name, tracker_init_kwargs or {}
+        self.next_step = 0  # the global step where the next stage starts logging
         self.seed = seed
         self.evaluate = evaluate
         self.summaries: list[dict] = []
@@ -134,6 +157,18 @@ class SelfRewardingTrainer:
 
     def train(self, overwrite_checkpoints: bool = False) -> list[dict]:
         """Run every stage not already finished; returns one summary dict per stage."""
+        if self.log_with is not None:
+            self.accelerator.init_trackers(self.project_name, config=dict(num_stages=len(self.stages), seed=self.seed),
+                                           init_kwargs=self.tracker_init_kwargs)
+        try:
+            return self._train(overwrite_checkpoints)
+        finally:
+            if self.log_with is not None:
+                for tracker in self.accelerator.trackers:  # not end_training(): it would end the process group too
+                    tracker.finish()
+                self.accelerator.trackers = []
+
+    def _train(self, overwrite_checkpoints: bool) -> list[dict]:
         if overwrite_checkpoints or os.environ.get(CLEAR_CHECKPOINTS_ENV, "") not in ("", "0"):
             self.clear_checkpoints()
 
@@ -143,6 +178,7 @@ class SelfRewardingTrainer:
             extras = load_checkpoint(self.model, self.checkpoint_path(index)) if index == done - 1 else \
                 torch.load(self.checkpoint_path(index), map_location="cpu", weights_only=True)
             self.summaries.append(dict(extras.get("summary", {}), resumed=True, checkpoint=str(self.checkpoint_path(index))))
+            self.next_step = extras.get("next_step", 0)
         if done:
             self.print(f"resuming after stage {done - 1}: loaded {self.checkpoint_path(done - 1)}")
 
@@ -153,14 +189,18 @@ class SelfRewardingTrainer:
             self.print(f"stage {index}: {type(config).__name__}")
 
             summary = dict(stage=index, kind=STAGE_KINDS[type(config)])
-            summary.update(STAGE_RUNNERS[type(config)](self, index, config))
+            logger = MetricsLogger(self.accelerator, self.stage_name(index), start_step=self.next_step)
+            summary.update(STAGE_RUNNERS[type(config)](self, index, config, logger))
             if self.evaluate is not None:
-                summary.update(self.evaluate(self.model))
+                numbers = self.evaluate(self.model)
+                summary.update(numbers)
+                logger.log({f"evaluate/{k}": v for k, v in numbers.items()})  # at the stage's last step
+            self.next_step = logger.last_step + 1
 
             self.save_pretrained(index)  # before the checkpoint: the .pt file is what marks the stage finished
             save_checkpoint(
                 self.accelerator, self.model, self.checkpoint_path(index),
-                stage_index=index, fingerprint=self.fingerprint(index), summary=summary,
+                stage_index=index, fingerprint=self.fingerprint(index), summary=summary, next_step=self.next_step,
             )
             summary["checkpoint"] = str(self.checkpoint_path(index))
             self.summaries.append(summary)
@@ -186,24 +226,24 @@ class SelfRewardingTrainer:
 
 # stage runners: build the stage's trainer on the (unwrapped) model, run it, return numbers for the summary
 
-def run_sft(trainer: SelfRewardingTrainer, index: int, config: SFTConfig) -> dict:
-    history = SFTTrainer(trainer.model, config, pad_id=trainer.pad_id, accelerator=trainer.accelerator).train()
+def run_sft(trainer: SelfRewardingTrainer, index: int, config: SFTConfig, logger: MetricsLogger) -> dict:
+    history = SFTTrainer(trainer.model, config, pad_id=trainer.pad_id, accelerator=trainer.accelerator, logger=logger).train()
     return _last_numbers(history, ("loss", "valid_loss"))
 
 
-def run_spin(trainer: SelfRewardingTrainer, index: int, config: SelfPlayConfig) -> dict:
+def run_spin(trainer: SelfRewardingTrainer, index: int, config: SelfPlayConfig, logger: MetricsLogger) -> dict:
     spin = SPINTrainer(
         trainer.model, config, pad_id=trainer.pad_id, eos_id=trainer.eos_id, accelerator=trainer.accelerator,
-        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.iterations",
+        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.iterations", logger=logger,
     )
     return _last_numbers(spin.train(), ("loss", "rewards/accuracies", "rewards/margins"))
 
 
-def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config) -> dict:
+def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config, logger: MetricsLogger) -> dict:
     if isinstance(config, SelfRewardDPOConfig):
         judge = SelfJudge(
             trainer.model, config.reward_config or trainer.reward_config,
-            tokenizer_encode=trainer.encode, tokenizer_decode=trainer.decode,
+            tokenizer_encode=trainer.judge_encode, tokenizer_decode=trainer.decode,
             num_judgements=config.num_judgements, max_new_tokens=config.judge_max_new_tokens,
             temperature=config.judge_temperature, top_p=config.judge_top_p,
             pad_id=trainer.pad_id, eos_id=trainer.eos_id, batch_size=config.judge_batch_size,
@@ -218,12 +258,12 @@ def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config) -> dic
         folder=trainer.pairs_folder(index),
         tokenizer_encode=trainer.encode, tokenizer_decode=trainer.decode,
         accelerator=trainer.accelerator, pad_id=trainer.pad_id, eos_id=trainer.eos_id,
-        logp_reduction=config.logp_reduction, seed=trainer.seed + index,
+        logp_reduction=config.logp_reduction, seed=trainer.seed + index, logger=logger,
     )
     pairs = DPODataset(trainer.pairs_folder(index))
     history = DPOTrainer(
         trainer.model, pairs, config, accelerator=trainer.accelerator,
-        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", checkpoint_prefix="dpo",
+        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", checkpoint_prefix="dpo", logger=logger,
     ).train()
     summary = _last_numbers(history, ("loss", "rewards/accuracies", "rewards/margins"))
     summary.update(pairs=len(pairs), judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate)
