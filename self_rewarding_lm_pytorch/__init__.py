@@ -2,7 +2,9 @@
 
 from self_rewarding_lm_pytorch.checkpoint import load_checkpoint, save_checkpoint
 from self_rewarding_lm_pytorch.data import create_mock_dataset
+from self_rewarding_lm_pytorch.dataset_fields import EFTFields, PairFields, PromptFields, SFTFields, plain_example_encoder
 from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer
+from self_rewarding_lm_pytorch.dpo_reference import with_reference_logprobs
 from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
 from self_rewarding_lm_pytorch.logprobs import sequence_logprobs
 from self_rewarding_lm_pytorch.model_contract import ModelContractError
@@ -14,6 +16,7 @@ from self_rewarding_lm_pytorch.sampling import min_p, sample, top_k, top_p
 from self_rewarding_lm_pytorch.sft import SFTConfig, SFTTrainer
 from self_rewarding_lm_pytorch.spin import SPIN, SelfPlayConfig, SPINTrainer
 from self_rewarding_lm_pytorch.stages import ExternalRewardDPOConfig, SelfRewardDPOConfig, create_default_paper_config
+from self_rewarding_lm_pytorch.tracking import MetricsLogger
 from self_rewarding_lm_pytorch.trainer import SelfRewardingTrainer
 
 __all__ = [
@@ -21,12 +24,17 @@ __all__ = [
     "DPOConfig",
     "DPODataset",
     "DPOTrainer",
+    "EFTFields",
     "EarlyStopper",
     "ExternalRewardDPOConfig",
+    "MetricsLogger",
     "ModelContractError",
+    "PairFields",
     "PairGenerationError",
+    "PromptFields",
     "RewardConfig",
     "SFTConfig",
+    "SFTFields",
     "SFTTrainer",
     "SPIN",
     "SPINTrainer",
@@ -37,6 +45,7 @@ __all__ = [
     "create_mock_dataset",
     "load_checkpoint",
     "min_p",
+    "plain_example_encoder",
     "preference_loss",
     "reward_within",
     "sample",
@@ -44,4 +53,5 @@ __all__ = [
     "sequence_logprobs",
     "top_k",
     "top_p",
+    "with_reference_logprobs",
 ]

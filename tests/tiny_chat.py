@@ -4,7 +4,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 :|.,<>/-'\"!?\n"
+CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 :|.,<>/-'\"!?\n"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 # the shape of real templates: each turn is a role header, the content, an end-of-turn token
 CHAT_TEMPLATE = (
@@ -24,7 +24,7 @@ def chat_tokenizer():
                                    unk_token="<unk>", additional_special_tokens=ROLE_TOKENS, chat_template=CHAT_TEMPLATE)
 
 
-def tiny_llama(vocab_size=64, seed=0, max_position_embeddings=2048):
+def tiny_llama(vocab_size=96, seed=0, max_position_embeddings=2048):
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_position_embeddings,
