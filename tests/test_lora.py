@@ -158,3 +158,21 @@ def test_spin_stores_the_base_model_log_probs():
     opponent = spin.opponent_pairs(data, iteration=0)
     expected = logps(base_copy, [dict(chosen=seq, prompt_len=n) for seq, n in data])
     assert torch.allclose(torch.tensor([p["chosen_ref_logp"] for p in opponent]), expected, atol=1e-5)
+
+
+def test_early_stopper_keeps_and_restores_the_adapters_only():
+    from self_rewarding_lm_pytorch import EarlyStopper
+
+    model = with_lora(tiny_llama())
+    scores = iter([1.0, 2.0])
+    stopper = EarlyStopper(lambda m: next(scores), mode="min", patience=1)
+    stopper(model)
+    assert set(stopper.best_state_dict) == lora_names(model)  # not a second copy of the base weights
+    best = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    stopper(model)  # worse: the best stays the first
+    stopper.restore_best(model)
+    assert all(torch.equal(p, best[name]) for name, p in model.named_parameters())

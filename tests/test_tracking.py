@@ -55,6 +55,14 @@ def test_tensorboard_gets_every_stage_under_its_name_at_growing_steps(tmp_path):
     assert steps("stage-02-spin/loss") == [7, 8, 9, 10]
     assert scalars["stage-02-spin/evaluate/score"] == [(10, 3.5)]
 
+    # a resumed run goes on from where the finished stages left the global step
+    resumed = SelfRewardingTrainer(
+        tiny_transformer(num_tokens=256, max_seq_len=64), finetune_configs=stages, tokenizer_encode=encode_str,
+        tokenizer_decode=decode_tokens, checkpoints_folder=tmp_path, accelerate_kwargs=dict(cpu=True),
+    )
+    resumed()
+    assert resumed.next_step == trainer.next_step == 11
+
 
 def test_log_with_and_an_accelerator_of_ones_own_conflict(tmp_path):
     from accelerate import Accelerator
