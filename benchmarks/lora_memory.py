@@ -6,78 +6,86 @@
 The same random model and the same pairs, one `DPOTrainer` step each with a live reference (`precompute_reference=False`):
 full fine-tuning holds the policy, its gradients, AdamW's two moments and a frozen copy of the policy; LoRA (r 16 on
 every projection) holds the policy once, the adapters' gradients and moments, and runs the reference by disabling
-the adapters. Each variant runs in its own process so that its peak is its own: on a GPU, torch's peak allocated
-memory; on CPU, the peak resident memory minus the resident memory before the model was built.
+the adapters. Peak memory counts every tensor alive from building the model to the end of the step: on a GPU,
+torch's peak allocated memory; on CPU, the peak bytes of live tensor storage, counted as tensors are created and
+freed (what an accelerator's allocator would need; resident memory would add the allocator's caching).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
-import sys
+import gc
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from self_rewarding_lm_pytorch import DPOTrainer
+from self_rewarding_lm_pytorch.hf import HFCausalLM
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def one_step(variant: str, small: bool, batch: int, seq_len: int) -> dict:
-    import torch
-
-    torch.set_num_threads(2)
-    if not torch.cuda.is_available():
-        # both variants first run a tiny step of each kind, so that every library either of them loads lazily
-        # (peft's tuners, accelerate, ...) is part of the baseline, not of the measurement
-        for warm_up in ("full", "lora"):
-            measure(warm_up, (64, 1, 100), 2, 16)
-    before = rss_bytes()
-    size = (256, 4, 4000) if small else (1024, 8, 32000)
-    result = measure(variant, size, batch, seq_len)
-    if result["device"] == "cpu":
-        result["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    return result
-
-
-def measure(variant: str, size: tuple[int, int, int], batch: int, seq_len: int) -> dict:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from self_rewarding_lm_pytorch import DPOTrainer
-    from self_rewarding_lm_pytorch.hf import HFCausalLM
-
-    cuda = torch.cuda.is_available()
+def dpo_step(variant: str, config: LlamaConfig, pairs: list[dict], device: str) -> dict:
+    """Build the model (with LoRA for 'lora') and the trainer, run one DPO step; what the peak counts."""
     torch.manual_seed(0)
-    hidden, layers, vocab = size
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
-                         num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 64),
-                         max_position_embeddings=2 * seq_len)
-    with torch.device("cuda" if cuda else "cpu"):
+    with torch.device(device):
         model = LlamaForCausalLM(config)
     if variant == "lora":
         projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=projections, lora_dropout=0.0))
     model = HFCausalLM(model)
-    generator = torch.Generator().manual_seed(1)
-    half = seq_len // 2
-    pairs = []
-    for _ in range(batch):
-        prompt = torch.randint(0, vocab, (half,), generator=generator)
-        pairs.append(dict(chosen=torch.cat([prompt, torch.randint(0, vocab, (half,), generator=generator)]),
-                          rejected=torch.cat([prompt, torch.randint(0, vocab, (half,), generator=generator)]),
-                          prompt_len=half))
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    trainer = DPOTrainer(model, pairs, batch_size=batch, num_train_steps=1, learning_rate=1e-5, end_learning_rate=1e-6,
-                         dropout=0.0, precompute_reference=False, accelerate_kwargs=dict(cpu=not cuda))
+    trainer = DPOTrainer(model, pairs, batch_size=len(pairs), num_train_steps=1, learning_rate=1e-5,
+                         end_learning_rate=1e-6, dropout=0.0, precompute_reference=False,
+                         accelerate_kwargs=dict(cpu=device == "cpu"))
     trainer.train()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    peak = torch.cuda.max_memory_allocated() if cuda else None  # CPU: measured by the caller
-    return dict(variant=variant, device="cuda" if cuda else "cpu", peak=peak, trainable=trainable,
+    return dict(trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                 total=sum(p.numel() for p in model.parameters()), reference=type(trainer.ref_model).__name__)
+
+
+def peak_memory(variant: str, config: LlamaConfig, pairs: list[dict]) -> dict:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        result = dpo_step(variant, config, pairs, "cuda")
+        return dict(result, peak=torch.cuda.max_memory_allocated() - start, device="cuda")
+    tracker = LiveTensorBytes()
+    with tracker:
+        result = dpo_step(variant, config, pairs, "cpu")
+    return dict(result, peak=tracker.peak, device="cpu")
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Every tensor storage created under this mode counts from its creation until it is freed; `peak` is the most
+    bytes alive at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                self.count(tensor.untyped_storage())
+        return out
+
+    def count(self, storage):
+        key, size = id(storage), storage.nbytes()
+        if key in self.seen or size == 0:
+            return
+        self.seen.add(key)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self.free, key, size)
+
+    def free(self, key: int, size: int):
+        self.seen.discard(key)
+        self.live -= size
 
 
 def main():
@@ -85,18 +93,23 @@ def main():
     parser.add_argument("--small", action="store_true", help="hidden 256, 4 layers, vocabulary 4,000")
     parser.add_argument("--batch", type=int, default=4, help="pairs per step")
     parser.add_argument("--seq-len", type=int, default=128, help="prompt + response tokens")
-    parser.add_argument("--variant", choices=["full", "lora"], help=argparse.SUPPRESS)  # one measurement, in a child
     args = parser.parse_args()
-    if args.variant:
-        print(json.dumps(one_step(args.variant, args.small, args.batch, args.seq_len)))
-        return
+    torch.set_num_threads(2)
 
-    results = {}
-    for variant in ("full", "lora"):
-        command = [sys.executable, __file__, "--variant", variant, "--batch", str(args.batch), "--seq-len", str(args.seq_len)]
-        out = subprocess.run(command + (["--small"] if args.small else []), capture_output=True, text=True, check=True)
-        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-    full, lora = results["full"], results["lora"]
+    hidden, layers, vocab = (256, 4, 4000) if args.small else (1024, 8, 32000)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
+                         max_position_embeddings=2 * args.seq_len)
+    generator = torch.Generator().manual_seed(1)
+    half = args.seq_len // 2
+    pairs = []
+    for _ in range(args.batch):
+        prompt = torch.randint(0, vocab, (half,), generator=generator)
+        pairs.append(dict(chosen=torch.cat([prompt, torch.randint(0, vocab, (half,), generator=generator)]),
+                          rejected=torch.cat([prompt, torch.randint(0, vocab, (half,), generator=generator)]),
+                          prompt_len=half))
+
+    full, lora = peak_memory("full", config, pairs), peak_memory("lora", config, pairs)
     print(f"model: {full['total'] / 1e6:.1f}M parameters; {args.batch} pairs of {args.seq_len} tokens; {full['device']}")
     print(f"full fine-tuning, frozen reference copy ({full['reference']}): peak {full['peak'] / 2**20:,.0f} MiB, "
           f"{full['trainable'] / 1e6:.1f}M trainable")

@@ -79,7 +79,9 @@ def main():
     else:
         model = AutoModelForCausalLM.from_pretrained(CHECKPOINT, dtype=torch.bfloat16)
         tokenizer = AutoTokenizer.from_pretrained(CHECKPOINT)
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+    # a random model's embeddings mean nothing, so the tiny one trains them too; a real model trains adapters only
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                      modules_to_save=["embed_tokens", "lm_head"] if TINY else None)
     model = HFCausalLM(get_peft_model(model, lora))
 
     # task prompts and judge prompts go through the chat template; eos_id is the template's end of turn
@@ -100,8 +102,8 @@ def main():
     stages = create_default_paper_config(
         train_sft_dataset=train_sft,
         self_reward_prompt_dataset=prompts,
-        sft_config=dict(batch_size=32, grad_accum_steps=1, learning_rate=3e-3 if TINY else 2e-4,
-                        end_learning_rate=3e-4 if TINY else 2e-5, dropout=0.0),
+        sft_config=dict(batch_size=32, grad_accum_steps=1, learning_rate=1e-2 if TINY else 2e-4,
+                        end_learning_rate=1e-3 if TINY else 2e-5, dropout=0.0),
         self_reward_config=dict(
             batch_size=16, learning_rate=1e-4 if TINY else 5e-6, end_learning_rate=1e-5 if TINY else 5e-7,
             nll_weight=1.0, dropout=0.0, num_judgements=2 if TINY else 3, judge_max_new_tokens=8 if TINY else 256,

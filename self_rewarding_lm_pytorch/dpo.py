@@ -117,8 +117,8 @@ class DPOTrainer:
     Pass a `DPOConfig`, or its fields as keyword arguments. The reference is the model as it is at the start of
     the stage: the pairs' stored log-probs when the datasets carry them, else log-probs computed here in one pass
     (`precompute_reference`, no reference model is held), else a live reference: `model` with its adapters off
-    (LoRA) or a frozen copy. Rows go to the trackers through `logger` (default: prefix `metric_prefix`). `pad_id` defaults to the dataset's
-    `pad_id` attribute (a `DPODataset` has one), else -1.
+    (LoRA) or a frozen copy. Rows go to the trackers through `logger` (default: prefix `metric_prefix`).
+    `pad_id` defaults to the dataset's `pad_id` attribute (a `DPODataset` has one), else -1.
     """
 
     def __init__(
