@@ -126,7 +126,7 @@ class PromptFields(_Fields):
     def __init__(self, dataset, *, prompt_field: str = "prompt", messages_field: str | None = None):
         fields = dict(messages_field=messages_field) if messages_field is not None else dict(prompt_field=prompt_field)
         super().__init__(dataset, fields)
-        self[0]
+        self.__getitem__(0)  # the first prompt is a string, or the error says what it is
 
     def __getitem__(self, index: int) -> str:
         item = self.dataset[index]
