@@ -46,6 +46,7 @@ class DPOConfig:
     label_smoothing: float = 0.0
     logp_reduction: Reduction = "sum"
     nll_weight: float = 0.0
+    margin_weighted_loss: bool = False  # weight each pair's loss by its score margin (ScPO); needs pair rewards
     batch_size: int = 16
     grad_accum_steps: int = 1
     num_train_steps: int | None = None  # optimizer steps
@@ -145,7 +146,7 @@ class DPOTrainer:
         if not (train_has_ref and valid_has_ref):
             self.ref_model = frozen_copy(extract_model_from_parallel(model)).to(self.accelerator.device)
 
-        collate = DPOCollate(pad_id)
+        collate = DPOCollate(pad_id, margin_weights=config.margin_weighted_loss)
         train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, collate_fn=collate)
         self.valid_loader = None
         if valid_dataset is not None:

@@ -1,7 +1,7 @@
 """Judges score (prompt, response) candidates for pair generation.
 
 A judge returns a float tensor of scores, NaN where it produced no usable score; it never returns a
-sentinel number. Three kinds:
+sentinel number. Three kinds here, and `SelfConsistencyJudge` (self_consistency.py) beside them:
 - `SelfJudge`: the policy itself as LLM-as-a-judge (Yuan et al. 2024, section 2.2): the judge prompt of a
   `RewardConfig` is rendered per candidate, sampled K times in one batched call with its own token budget
   (the original counted the ~1.8k-character judge prompt against the response cap and never answered),
@@ -33,6 +33,7 @@ class Candidates:
     prompt_ids: list[Tensor]
     responses: list[str]
     response_ids: list[Tensor]  # without padding; may end in EOS
+    num_per_prompt: int = 1  # rows are prompt-major: rows [i * n, (i + 1) * n) answer the same prompt
 
 
 @dataclass

@@ -26,15 +26,17 @@ from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.checkpoint import load_checkpoint, save_checkpoint
 from self_rewarding_lm_pytorch.dpo import DPOTrainer
-from self_rewarding_lm_pytorch.judges import RewardFnJudge, RewardModelJudge, SelfJudge
+from self_rewarding_lm_pytorch.judges import Judge, RewardFnJudge, RewardModelJudge, SelfJudge
 from self_rewarding_lm_pytorch.pair_generation import generate_preference_pairs
 from self_rewarding_lm_pytorch.preference_data import DPODataset
 from self_rewarding_lm_pytorch.reward import RewardConfig
+from self_rewarding_lm_pytorch.self_consistency import SelfConsistencyJudge
 from self_rewarding_lm_pytorch.sft import SFTConfig, SFTTrainer
 from self_rewarding_lm_pytorch.spin import SelfPlayConfig, SPINTrainer
 from self_rewarding_lm_pytorch.stages import (
     ExternalRewardDPOConfig,
     FinetuneConfig,
+    SelfConsistencyDPOConfig,
     SelfRewardDPOConfig,
     create_default_paper_config,
 )
@@ -199,19 +201,26 @@ def run_spin(trainer: SelfRewardingTrainer, index: int, config: SelfPlayConfig) 
     return _last_numbers(spin.train(), ("loss", "rewards/accuracies", "rewards/margins"))
 
 
-def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config) -> dict:
+def make_judge(trainer: SelfRewardingTrainer, config) -> Judge:
+    """Who scores a preference stage's candidates: the model with its judge prompt, its answers' votes, or an
+    external reward."""
     if isinstance(config, SelfRewardDPOConfig):
-        judge = SelfJudge(
+        return SelfJudge(
             trainer.model, config.reward_config or trainer.reward_config,
             tokenizer_encode=trainer.encode, tokenizer_decode=trainer.decode,
             num_judgements=config.num_judgements, max_new_tokens=config.judge_max_new_tokens,
             temperature=config.judge_temperature, top_p=config.judge_top_p,
             pad_id=trainer.pad_id, eos_id=trainer.eos_id, batch_size=config.judge_batch_size,
         )
-    elif config.reward_fn is not None:
-        judge = RewardFnJudge(config.reward_fn)
-    else:
-        judge = RewardModelJudge(config.reward_model, pad_id=trainer.pad_id, batch_size=config.reward_model_batch_size)
+    if isinstance(config, SelfConsistencyDPOConfig):
+        return SelfConsistencyJudge(config.answer_key)
+    if config.reward_fn is not None:
+        return RewardFnJudge(config.reward_fn)
+    return RewardModelJudge(config.reward_model, pad_id=trainer.pad_id, batch_size=config.reward_model_batch_size)
+
+
+def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config) -> dict:
+    judge = make_judge(trainer, config)
 
     stats = generate_preference_pairs(
         trainer.model, config.prompt_dataset, judge, config,
@@ -227,7 +236,7 @@ def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config) -> dic
     ).train()
     summary = _last_numbers(history, ("loss", "rewards/accuracies", "rewards/margins"))
     summary.update(pairs=len(pairs), judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate)
-    summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen"))})
+    summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen", "pairs_filtered"))})
     return summary
 
 
@@ -243,6 +252,7 @@ STAGE_RUNNERS = {
     SelfPlayConfig: run_spin,
     SelfRewardDPOConfig: run_preference_dpo,
     ExternalRewardDPOConfig: run_preference_dpo,
+    SelfConsistencyDPOConfig: run_preference_dpo,
 }
 
 STAGE_KINDS = {
@@ -250,4 +260,5 @@ STAGE_KINDS = {
     SelfPlayConfig: "spin",
     SelfRewardDPOConfig: "self-reward-dpo",
     ExternalRewardDPOConfig: "external-reward-dpo",
+    SelfConsistencyDPOConfig: "self-consistency-dpo",
 }
