@@ -54,6 +54,12 @@ class EarlyStopper:
         self.min_delta = min_delta
         self.reset()
 
+    def fingerprint(self) -> str:
+        """What decides its scores and decisions (not the scores it has seen)."""
+        from self_rewarding_lm_pytorch.fingerprint import describe
+
+        return describe(dict(eval_fn=self.eval_fn, mode=self.mode, patience=self.patience, min_delta=self.min_delta))
+
     def reset(self):
         self.scores: list[float] = []
         self.best_score: float | None = None

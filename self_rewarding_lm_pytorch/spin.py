@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from self_rewarding_lm_pytorch.data import PromptResponse, normalize_sft_item, validate_sft_dataset
 from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.logprobs import reference_logprobs
+from self_rewarding_lm_pytorch.model_contract import check_special_ids
 from self_rewarding_lm_pytorch.sampling import check_sampling_settings, sample, top_p
 
 
@@ -134,6 +135,7 @@ class SPINTrainer:
         spin_items(self.config.train_sft_dataset, pad_id, self.config.max_seq_len)
         if self.config.valid_sft_dataset is not None:
             spin_items(self.config.valid_sft_dataset, pad_id, self.config.max_seq_len)
+        check_special_ids(model, pad_id, eos_id, "SPINTrainer")
         self.model = model
         self.pad_id, self.eos_id = pad_id, eos_id
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))

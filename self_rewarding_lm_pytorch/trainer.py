@@ -24,10 +24,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import Tensor, nn
 
-from self_rewarding_lm_pytorch.checkpoint import load_checkpoint, save_checkpoint
-from self_rewarding_lm_pytorch.dpo import DPOTrainer
+from self_rewarding_lm_pytorch.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from self_rewarding_lm_pytorch.dpo import DPOConfig, DPOTrainer
+from self_rewarding_lm_pytorch.fingerprint import changed_parts, config_fingerprint, describe, short, tokenizer_digest
+from self_rewarding_lm_pytorch.integrity import content_digest, remove_stale_temp_files
 from self_rewarding_lm_pytorch.judges import RewardFnJudge, RewardModelJudge, SelfJudge
-from self_rewarding_lm_pytorch.pair_generation import generate_preference_pairs
+from self_rewarding_lm_pytorch.model_contract import check_special_ids
+from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig, generate_preference_pairs
 from self_rewarding_lm_pytorch.preference_data import DPODataset
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.sft import SFTConfig, SFTTrainer
@@ -40,6 +43,10 @@ from self_rewarding_lm_pytorch.stages import (
 )
 
 CLEAR_CHECKPOINTS_ENV = "SELF_REWARDING_CLEAR_CHECKPOINTS"
+# settings that do not change a stage's result: editing them keeps the stage's files usable
+NOT_RESULT_FIELDS = ("checkpoint_every",)
+# a preference stage's pairs do not depend on its DPO settings (but its stored reference log-probs use logp_reduction)
+DPO_ONLY_FIELDS = {f.name for f in fields(DPOConfig)} - {f.name for f in fields(PairGenerationConfig)} - {"logp_reduction"}
 
 
 class SelfRewardingTrainer:
@@ -77,6 +84,8 @@ class SelfRewardingTrainer:
         if not callable(tokenizer_encode) or not callable(tokenizer_decode):
             raise TypeError("tokenizer_encode and tokenizer_decode must be callables (str -> Tensor, Tensor -> str)")
 
+        check_special_ids(model, pad_id, eos_id, "SelfRewardingTrainer")
+
         self.model = model
         self.stages = list(finetune_configs)
         self.encode, self.decode = tokenizer_encode, tokenizer_decode
@@ -87,6 +96,7 @@ class SelfRewardingTrainer:
         self.seed = seed
         self.evaluate = evaluate
         self.summaries: list[dict] = []
+        self._fingerprints: dict[int, dict] = {}
 
     # files of stage i
     def stage_name(self, index: int) -> str:
@@ -98,15 +108,27 @@ class SelfRewardingTrainer:
     def pairs_folder(self, index: int) -> Path:
         return self.folder / f"{self.stage_name(index)}.pairs"
 
-    def fingerprint(self, index: int) -> str:
-        """What identifies stage i of this plan in its checkpoint: kind, position and plain settings."""
-        config = self.stages[index]
-        plain = {
-            f.name: getattr(config, f.name)
-            for f in fields(config)
-            if isinstance(getattr(config, f.name), (int, float, str, bool, type(None)))
-        }
-        return f"{self.stage_name(index)} {sorted(plain.items())}"
+    def fingerprint(self, index: int) -> dict[str, str]:
+        """What identifies stage i's result (fingerprint.py): its settings, callables and datasets, the trainer's
+        ids, seed, judge prompt and tokenizer, and the fingerprint of stage i - 1 (stage 0: the initial weights),
+        so a change anywhere upstream is a different plan. Computed once per trainer."""
+        if index not in self._fingerprints:
+            config = self.stages[index]
+            parts = config_fingerprint(config, skip=NOT_RESULT_FIELDS)
+            parts.update(
+                stage=self.stage_name(index), pad_id=str(self.pad_id), eos_id=str(self.eos_id), seed=str(self.seed),
+                tokenizer=tokenizer_digest(self.encode, self.decode),
+                upstream=short(describe(self.fingerprint(index - 1))) if index else
+                content_digest(self.accelerator.unwrap_model(self.model).state_dict())[:16],
+            )
+            if isinstance(config, SelfRewardDPOConfig) and config.reward_config is None:
+                parts["reward_config"] = short(describe(self.reward_config))
+            self._fingerprints[index] = parts
+        return self._fingerprints[index]
+
+    def pairs_fingerprint(self, index: int) -> dict[str, str]:
+        """The parts of stage i's fingerprint that make its pairs (its DPO settings do not)."""
+        return {k: v for k, v in self.fingerprint(index).items() if k not in DPO_ONLY_FIELDS}
 
     def clear_checkpoints(self):
         """Delete this trainer's stage files (only `stage-*` entries: the folder may hold other things)."""
@@ -122,10 +144,11 @@ class SelfRewardingTrainer:
             path = self.checkpoint_path(index)
             if not path.is_file():
                 break
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if saved.get("fingerprint") != self.fingerprint(index):
+            saved = read_checkpoint(path, way_out=f"delete it to run stage {index} again")
+            changed = changed_parts(saved.get("fingerprint"), self.fingerprint(index))
+            if changed:
                 raise ValueError(
-                    f"{path} was written by a different plan (its settings differ from stage {index}'s). "
+                    f"{path} was written by a different plan: stage {index} changed ({', '.join(changed)}). "
                     f"Use another checkpoints_folder, or clear it with trainer(overwrite_checkpoints=True) or "
                     f"{CLEAR_CHECKPOINTS_ENV}=1"
                 )
@@ -136,12 +159,16 @@ class SelfRewardingTrainer:
         """Run every stage not already finished; returns one summary dict per stage."""
         if overwrite_checkpoints or os.environ.get(CLEAR_CHECKPOINTS_ENV, "") not in ("", "0"):
             self.clear_checkpoints()
+        if self.accelerator.is_main_process:
+            remove_stale_temp_files(self.folder)  # what writers killed mid-write left behind
+        for index in range(len(self.stages)):
+            self.fingerprint(index)  # now: stage 0's includes the weights the run starts from
 
         done = self.finished_stages()
         self.summaries = []
         for index in range(done):
             extras = load_checkpoint(self.model, self.checkpoint_path(index)) if index == done - 1 else \
-                torch.load(self.checkpoint_path(index), map_location="cpu", weights_only=True)
+                read_checkpoint(self.checkpoint_path(index))
             self.summaries.append(dict(extras.get("summary", {}), resumed=True, checkpoint=str(self.checkpoint_path(index))))
         if done:
             self.print(f"resuming after stage {done - 1}: loaded {self.checkpoint_path(done - 1)}")
@@ -157,6 +184,7 @@ class SelfRewardingTrainer:
             if self.evaluate is not None:
                 summary.update(self.evaluate(self.model))
 
+            check_finite_weights(self.model, f"stage {index} ({self.stage_name(index)})")
             self.save_pretrained(index)  # before the checkpoint: the .pt file is what marks the stage finished
             save_checkpoint(
                 self.accelerator, self.model, self.checkpoint_path(index),
@@ -218,7 +246,7 @@ def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config) -> dic
         folder=trainer.pairs_folder(index),
         tokenizer_encode=trainer.encode, tokenizer_decode=trainer.decode,
         accelerator=trainer.accelerator, pad_id=trainer.pad_id, eos_id=trainer.eos_id,
-        logp_reduction=config.logp_reduction, seed=trainer.seed + index,
+        logp_reduction=config.logp_reduction, seed=trainer.seed + index, fingerprint=trainer.pairs_fingerprint(index),
     )
     pairs = DPODataset(trainer.pairs_folder(index))
     history = DPOTrainer(
@@ -229,6 +257,16 @@ def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config) -> dic
     summary.update(pairs=len(pairs), judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate)
     summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen"))})
     return summary
+
+
+def check_finite_weights(model: nn.Module, what: str):
+    """A stage whose weights hold NaN or inf is never saved as finished (a later run would build on it)."""
+    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise FloatingPointError(
+            f"{what} ended with non-finite weights in {len(bad)} tensors ({', '.join(bad[:3])}...); it is not saved as "
+            f"finished. Lower the learning rate, check the data, or set skip_nonfinite_steps=True in its config"
+        )
 
 
 def _last_numbers(history: list[dict], keys: tuple[str, ...]) -> dict:

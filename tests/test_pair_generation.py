@@ -153,23 +153,29 @@ class Interrupt(Exception):
     pass
 
 
+CRASH = dict(after_calls=None, calls=0)
+
+
+def dies_when_told(prompt, response):
+    CRASH["calls"] += 1
+    if CRASH["after_calls"] is not None and CRASH["calls"] > CRASH["after_calls"]:
+        raise Interrupt
+    return digit_count(prompt, response)
+
+
 def test_resume_after_interruption_gives_the_same_pairs(char_model, tmp_path):
     prompts = SortDigitsTask(seed=6).prompts(32)
-    generate(char_model, prompts, RewardFnJudge(digit_count), tmp_path / "whole", num_preference_pairs=10)
+    generate(char_model, prompts, RewardFnJudge(dies_when_told), tmp_path / "whole", num_preference_pairs=10)
+    CRASH["calls"] = 0
 
-    calls = 0
-
-    def dies_in_third_batch(prompt, response):
-        nonlocal calls
-        calls += 1
-        if calls > 2 * 4 * 4 + 5:  # two batches of 4 prompts x 4 candidates, then part of the third
-            raise Interrupt
-        return digit_count(prompt, response)
-
-    with pytest.raises(Interrupt):
-        generate(char_model, prompts, RewardFnJudge(dies_in_third_batch), tmp_path / "resumed", num_preference_pairs=10)
+    # the same judge function both times (another one would be another plan, refused): it dies when told to
+    CRASH["after_calls"] = 2 * 4 * 4 + 5  # two batches of 4 prompts x 4 candidates, then part of the third
+    with pytest.raises(Interrupt) as error:
+        generate(char_model, prompts, RewardFnJudge(dies_when_told), tmp_path / "resumed", num_preference_pairs=10)
+    assert "raised by reward_fn dies_when_told on prompt 'sort" in error.value.__notes__[0]
     assert 0 < len(DPODataset(tmp_path / "resumed")) < 10
-    generate(char_model, prompts, RewardFnJudge(digit_count), tmp_path / "resumed", num_preference_pairs=10)
+    CRASH["after_calls"] = None
+    generate(char_model, prompts, RewardFnJudge(dies_when_told), tmp_path / "resumed", num_preference_pairs=10)
 
     whole, resumed = DPODataset(tmp_path / "whole"), DPODataset(tmp_path / "resumed")
     assert len(resumed) == 10 and resumed.records() == whole.records()
