@@ -67,6 +67,15 @@ class EarlyStopper:
         self.num_bad_evals = 0
         self.best_state_dict: dict[str, Tensor] | None = None
 
+    def state_dict(self) -> dict:
+        """What it has seen, to resume a stage mid-way (plain values and CPU tensors)."""
+        return dict(scores=self.scores, best_score=self.best_score, best_index=self.best_index,
+                    num_bad_evals=self.num_bad_evals, best_state_dict=self.best_state_dict)
+
+    def load_state_dict(self, state: dict):
+        self.scores, self.best_score, self.best_index = list(state["scores"]), state["best_score"], state["best_index"]
+        self.num_bad_evals, self.best_state_dict = state["num_bad_evals"], state["best_state_dict"]
+
     @property
     def should_stop(self) -> bool:
         return self.num_bad_evals >= self.patience

@@ -215,7 +215,8 @@ class SelfRewardingTrainer:
 # stage runners: build the stage's trainer on the (unwrapped) model, run it, return numbers for the summary
 
 def run_sft(trainer: SelfRewardingTrainer, index: int, config: SFTConfig) -> dict:
-    history = SFTTrainer(trainer.model, config, pad_id=trainer.pad_id, accelerator=trainer.accelerator).train()
+    history = SFTTrainer(trainer.model, config, pad_id=trainer.pad_id, accelerator=trainer.accelerator,
+                         checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps").train()
     return _last_numbers(history, ("loss", "valid_loss"))
 
 
