@@ -121,7 +121,7 @@ def open_array(folder: Path, name: str, meta: dict, mode: str) -> np.memmap:
     path = folder / f"{name}.npy"
     try:
         array = np.lib.format.open_memmap(path, mode=mode)
-    except (OSError, ValueError) as error:
+    except Exception as error:  # numpy raises OSError, ValueError, even SyntaxError for a garbled header
         raise CorruptFileError(f"{path} cannot be read as an array ({error}): it is missing, truncated or damaged; {WAY_OUT}") from error
     expected = (meta["capacity"], *row_shape(name, meta))
     if array.shape != expected or array.dtype != ARRAYS[name].dtype:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import timedelta
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
@@ -54,7 +55,9 @@ class SelfRewardingTrainer:
 
     `tokenizer_encode(str) -> Tensor` and `tokenizer_decode(Tensor) -> str` turn prompts into token ids and
     generated tokens back into text (for the judge and the pair records). `evaluate(model) -> dict`, if given,
-    runs after every stage on every process; its numbers join that stage's summary.
+    runs after every stage on every process; its numbers join that stage's summary. `collective_timeout_s`: how
+    long a process waits for the others in a collective before failing with an error (when the trainer builds
+    the Accelerator; with your own, pass `InitProcessGroupKwargs(timeout=...)` to it).
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class SelfRewardingTrainer:
         eos_id: int | None = None,
         checkpoints_folder: str | Path = "./checkpoints",
         accelerate_kwargs: dict | None = None,
+        collective_timeout_s: float = 1800.0,
         accelerator: Accelerator | None = None,
         seed: int = 0,
         evaluate: Callable[[nn.Module], dict] | None = None,
@@ -92,7 +96,13 @@ class SelfRewardingTrainer:
         self.reward_config = self_reward_prompt_config or RewardConfig()
         self.pad_id, self.eos_id = pad_id, eos_id
         self.folder = Path(checkpoints_folder)
-        self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
+        if accelerator is None:
+            # a process that dies or hangs must not keep the others waiting forever in a collective
+            handlers = list((accelerate_kwargs or {}).get("kwargs_handlers", []))
+            if not any(isinstance(h, InitProcessGroupKwargs) for h in handlers):
+                handlers.append(InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_s)))
+            accelerator = Accelerator(**{**(accelerate_kwargs or {}), "kwargs_handlers": handlers})
+        self.accelerator = accelerator
         self.seed = seed
         self.evaluate = evaluate
         self.summaries: list[dict] = []
@@ -180,7 +190,16 @@ class SelfRewardingTrainer:
             self.print(f"stage {index}: {type(config).__name__}")
 
             summary = dict(stage=index, kind=STAGE_KINDS[type(config)])
-            summary.update(STAGE_RUNNERS[type(config)](self, index, config))
+            try:
+                summary.update(STAGE_RUNNERS[type(config)](self, index, config))
+            except RuntimeError as error:
+                if self.accelerator.num_processes > 1 and is_lost_peer(error):
+                    error.add_note(
+                        f"stage {index}: process {self.accelerator.process_index} of {self.accelerator.num_processes} "
+                        f"lost the others (one died, or hung past the collective timeout): see the other processes' "
+                        f"logs. Rerun to resume from the last saved state"
+                    )
+                raise
             if self.evaluate is not None:
                 summary.update(self.evaluate(self.model))
 
@@ -258,6 +277,12 @@ def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config) -> dic
     summary.update(pairs=len(pairs), judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate)
     summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen"))})
     return summary
+
+
+def is_lost_peer(error: Exception) -> bool:
+    """Whether a collective failed because another process is gone or silent (gloo / NCCL wording)."""
+    text = str(error).lower()
+    return any(word in text for word in ("connection reset", "connection closed", "timed out", "timeout", "broken pipe", "peer"))
 
 
 def check_finite_weights(model: nn.Module, what: str):

@@ -1,4 +1,6 @@
 
+import json
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -216,3 +218,30 @@ def test_a_judge_prompt_too_long_for_the_model_names_the_lengths_and_the_fixes(c
     with pytest.raises(ValueError, match=r"judge prompt is \d+ tokens; .* needs \d+ positions, but the model has "
                                          r"max_seq_len 48. Use a shorter RewardConfig prompt"):
         generate(char_model, SortDigitsTask(seed=9).prompts(8), judge, tmp_path)
+
+
+def test_a_changed_plan_does_not_reuse_the_pairs_on_disk(char_model, tmp_path):
+    """Resuming with fewer prompts (every prompt_index now points elsewhere) or with another reward function is
+    refused, naming what changed; the original reused the old pairs."""
+    prompts = SortDigitsTask(seed=9).prompts(32)
+    CRASH.update(after_calls=2 * 4 * 4, calls=0)  # killed after two batches
+    with pytest.raises(Interrupt):
+        generate(char_model, prompts, RewardFnJudge(dies_when_told), tmp_path, num_preference_pairs=10)
+    CRASH.update(after_calls=None)
+    with pytest.raises(ValueError, match=r"different plan \(changed: prompts\)"):
+        generate(char_model, prompts[4:], RewardFnJudge(dies_when_told), tmp_path, num_preference_pairs=10)
+    with pytest.raises(ValueError, match=r"different plan \(changed: judge\)"):
+        generate(char_model, prompts, RewardFnJudge(lambda p, r: -digit_count(p, r)), tmp_path, num_preference_pairs=10)
+    generate(char_model, prompts, RewardFnJudge(dies_when_told), tmp_path, num_preference_pairs=10)  # same plan: resumes
+    assert len(DPODataset(tmp_path)) == 10
+
+
+def test_infinite_scores_are_written_as_valid_json(char_model, tmp_path):
+    def strict(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    generate(char_model, SortDigitsTask(seed=10).prompts(16), RewardFnJudge(lambda p, r: float("inf") if "1" in r else 0.0),
+             tmp_path, is_valid_reward=lambda s: True, accept_fewer_pairs=True)
+    lines = (tmp_path / "pairs.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=strict) for line in lines]
+    assert any(r["chosen_score"] == "inf" for r in records)
