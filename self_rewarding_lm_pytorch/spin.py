@@ -170,7 +170,13 @@ class SPINTrainer:
             fake = [torch.cat([items[i].prompt, g[g != self.pad_id].cpu()]) for i, g in zip(indices, generated)]
             prompt_len = torch.tensor([items[i].prompt_len for i in indices])
             logps = reference_logprobs(model, real + fake, torch.cat([prompt_len, prompt_len]), self.pad_id,
-                                       config.dpo_config().logp_reduction).tolist()
+                                       config.dpo_config().logp_reduction)
+            if not torch.isfinite(logps).all():
+                raise FloatingPointError(
+                    f"SPIN iteration {iteration}: θt's log-probs of SFT items {indices} are not finite (the model's "
+                    f"logits are NaN or inf), so they cannot be SPIN's reference; check the previous stage's weights"
+                )
+            logps = logps.tolist()
             for j, index in enumerate(indices):
                 pairs.append(dict(
                     index=index, chosen=real[j], rejected=fake[j], prompt_len=int(prompt_len[j]),

@@ -27,6 +27,7 @@ from torch import nn
 
 from self_rewarding_lm_pytorch.checkpoint import read_checkpoint, save_checkpoint
 from self_rewarding_lm_pytorch.fingerprint import changed_parts
+from self_rewarding_lm_pytorch.integrity import remove_stale_temp_files
 
 
 def shuffle_generator() -> torch.Generator:
@@ -76,6 +77,8 @@ class TrainState:
     def resume(self) -> dict | None:
         """Load the latest saved state (None when there is none, or when `checkpoint_every` is unset); returns
         it, with `step`, `history`, `finished` and the trainer's extras."""
+        if self.accelerator.is_main_process:
+            remove_stale_temp_files(self.folder)  # what a killed save left behind
         saved = self.saved_steps() if self.every else []
         if not saved:
             return None

@@ -108,3 +108,17 @@ def test_impossible_eos_ids_are_refused_at_construction(tmp_path, eos_id, pad_id
         SelfRewardingTrainer(tiny_transformer(num_tokens=TOKENIZER.num_tokens), finetune_configs=plan_trainer(tmp_path, digits).stages,
                              tokenizer_encode=TOKENIZER.encode, tokenizer_decode=TOKENIZER.decode, eos_id=eos_id,
                              pad_id=pad_id, checkpoints_folder=tmp_path)
+
+
+def test_a_nan_in_dpo_stops_it_naming_the_step(tmp_path):
+    from self_rewarding_lm_pytorch import DPOTrainer
+
+    pair = dict(chosen=torch.tensor([1, 2, 3, 4]), rejected=torch.tensor([1, 2, 5]), prompt_len=2,
+                chosen_ref_logp=-3.0, rejected_ref_logp=-2.0)
+    model = NaNOnCall({2})
+    trainer = DPOTrainer(model, [pair] * 8, batch_size=2, num_train_steps=3, accelerate_kwargs=dict(cpu=True),
+                         checkpoint_folder=tmp_path, checkpoint_every=1)
+    with pytest.raises(NonFiniteStepError, match=r"dpo: the loss or the gradients are not finite at step 2") as error:
+        trainer.train()
+    assert "dpo-step-1.pt" in str(error.value)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
