@@ -137,7 +137,7 @@ def verify_committed(folder: Path, meta: dict, arrays: dict[str, np.ndarray]) ->
     num_pairs, digests = meta["num_pairs"], meta.get("digests", {})
     hashers = {}
     for name, array in arrays.items():
-        hasher = hashlib.sha256(np.ascontiguousarray(array[:num_pairs]).tobytes())
+        hasher = hashlib.sha256(np.ascontiguousarray(array[:num_pairs]))
         if hasher.hexdigest() != digests.get(name):
             raise CorruptFileError(
                 f"{folder / (name + '.npy')}: its {num_pairs} committed rows do not match the checksum in {META}; {WAY_OUT}"
@@ -309,7 +309,7 @@ class PreferenceDataWriter:
         try:
             for name, array in self.arrays.items():
                 array.flush()
-                self.hashers[name].update(np.ascontiguousarray(array[start : start + count]).tobytes())
+                self.hashers[name].update(np.ascontiguousarray(array[start : start + count]))
             # 2) JSONL lines past the committed bytes
             self._cut_jsonl()
             with open(self.folder / JSONL, "ab") as f:
