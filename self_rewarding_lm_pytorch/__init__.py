@@ -4,6 +4,7 @@ from self_rewarding_lm_pytorch.checkpoint import load_checkpoint, save_checkpoin
 from self_rewarding_lm_pytorch.data import create_mock_dataset
 from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
+from self_rewarding_lm_pytorch.integrity import CorruptFileError, DiskFullError
 from self_rewarding_lm_pytorch.logprobs import sequence_logprobs
 from self_rewarding_lm_pytorch.model_contract import ModelContractError
 from self_rewarding_lm_pytorch.pair_generation import PairGenerationError, reward_within
@@ -14,16 +15,20 @@ from self_rewarding_lm_pytorch.sampling import min_p, sample, top_k, top_p
 from self_rewarding_lm_pytorch.sft import SFTConfig, SFTTrainer
 from self_rewarding_lm_pytorch.spin import SPIN, SelfPlayConfig, SPINTrainer
 from self_rewarding_lm_pytorch.stages import ExternalRewardDPOConfig, SelfRewardDPOConfig, create_default_paper_config
+from self_rewarding_lm_pytorch.train_state import NonFiniteStepError
 from self_rewarding_lm_pytorch.trainer import SelfRewardingTrainer
 
 __all__ = [
+    "CorruptFileError",
     "DPO",
     "DPOConfig",
     "DPODataset",
     "DPOTrainer",
+    "DiskFullError",
     "EarlyStopper",
     "ExternalRewardDPOConfig",
     "ModelContractError",
+    "NonFiniteStepError",
     "PairGenerationError",
     "RewardConfig",
     "SFTConfig",
