@@ -6,6 +6,7 @@ from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
 from self_rewarding_lm_pytorch.eft import JudgeTrainingSet, five_point_targets, own_answer_judge_examples, two_point_targets
 from self_rewarding_lm_pytorch.judges import Candidates, RewardFnJudge, RewardModelJudge, SelfJudge
+from self_rewarding_lm_pytorch.integrity import CorruptFileError, DiskFullError
 from self_rewarding_lm_pytorch.logprobs import sequence_logprobs
 from self_rewarding_lm_pytorch.model_contract import ModelContractError
 from self_rewarding_lm_pytorch.pair_generation import PairGenerationError, reward_within
@@ -23,20 +24,24 @@ from self_rewarding_lm_pytorch.stages import (
     SelfRewardDPOConfig,
     create_default_paper_config,
 )
+from self_rewarding_lm_pytorch.train_state import NonFiniteStepError
 from self_rewarding_lm_pytorch.trainer import SelfRewardingTrainer
 
 __all__ = [
     "Candidates",
+    "CorruptFileError",
     "DPO",
     "DPOConfig",
     "DPODataset",
     "DPOTrainer",
+    "DiskFullError",
     "EarlyStopper",
     "ExternalRewardDPOConfig",
     "JudgeTrainingSet",
     "JudgementsAgree",
     "MarginAtLeast",
     "ModelContractError",
+    "NonFiniteStepError",
     "PairGenerationError",
     "RewardConfig",
     "RewardFnJudge",

@@ -335,6 +335,10 @@ class ExperimentRunner:
         (seed_dir / "eft.json").write_text(json.dumps(dict(
             target_counts=judge_set.target_counts, before_balancing=judge_set.label_counts_before_balancing,
             answers_sampled=judge_set.answers_sampled, distinct_answers=judge_set.distinct_answers)))
+        # the two-stage plan starts from the same initial weights as the one-stage plan above, so its first stage is
+        # recognised as finished (a stage's fingerprint includes the weights it started from)
+        torch.manual_seed(seed)
+        model = task.make_model(seed)
         # IFT replayed beside EFT, so that learning to judge does not erase answering; at a lower learning rate, so
         # that the answers the judge learned on stay the answers it will judge
         eft_sft = dict(sft, learning_rate=settings.sft_learning_rate * settings.eft_learning_rate_factor,

@@ -129,8 +129,18 @@ class RewardFnJudge:
         self.reward_fn = reward_fn
 
     def __call__(self, candidates: Candidates, seed: int | None = None) -> Judgements:
-        scores = [_score_or_nan(self.reward_fn(p, r)) for p, r in zip(candidates.prompts, candidates.responses)]
+        scores = [_score_or_nan(self.call(p, r)) for p, r in zip(candidates.prompts, candidates.responses)]
         return Judgements(torch.tensor(scores, dtype=torch.float)[:, None])
+
+    def call(self, prompt: str, response: str):
+        """`reward_fn(prompt, response)`; an exception in it keeps its type and gains a note (shown in the
+        traceback) naming the function and the candidate it failed on."""
+        try:
+            return self.reward_fn(prompt, response)
+        except Exception as error:
+            name = getattr(self.reward_fn, "__qualname__", None) or repr(self.reward_fn)
+            error.add_note(f"raised by reward_fn {name} on prompt {prompt[:80]!r} and response {response[:80]!r}")
+            raise
 
     def is_valid_score(self, score: float) -> bool:
         return True

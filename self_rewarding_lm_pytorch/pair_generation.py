@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, check_non_empty
+from self_rewarding_lm_pytorch.fingerprint import config_fingerprint, dataset_digest, describe, short, tokenizer_digest
 from self_rewarding_lm_pytorch.judges import Candidates, Judge, strip_response
 from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.pair_selection import (  # noqa: F401  (public here too)
@@ -119,11 +120,14 @@ def generate_preference_pairs(
     eos_id: int | None = None,
     logp_reduction: Reduction = "sum",
     seed: int = 0,
+    fingerprint: dict[str, str] | None = None,
 ) -> PairGenerationStats:
     """Fill `folder` with `config.num_preference_pairs` pairs (resuming what is there) and return the counts.
 
     `model` is the policy at the start of the stage: it samples, its log-probs of the chosen and rejected
-    responses are stored as the DPO reference (`logp_reduction` must match the DPO stage's)."""
+    responses are stored as the DPO reference (`logp_reduction` must match the DPO stage's). `fingerprint`
+    identifies what makes the pairs (default: the config, the prompts, the judge, the tokenizer and the seed);
+    a folder holding pairs of another fingerprint is refused."""
     check_non_empty(prompt_dataset, "prompt dataset")
     model = accelerator.unwrap_model(model)
     max_seq_len = config.max_seq_len or getattr(model, "max_seq_len", None)
@@ -136,10 +140,15 @@ def generate_preference_pairs(
             f"add prompts or lower max_prompts"
         )
 
+    if fingerprint is None:
+        fingerprint = dict(config_fingerprint(config), prompts=dataset_digest(prompt_dataset), judge=short(describe(judge)),
+                           tokenizer=tokenizer_digest(tokenizer_encode, tokenizer_decode),
+                           ids=f"{pad_id} {eos_id} {seed} {logp_reduction}")
     writer = None
     if accelerator.is_main_process:
         writer = PreferenceDataWriter(
-            folder, capacity=config.num_preference_pairs, max_len=max_seq_len, pad_id=pad_id, with_ref_logps=True
+            folder, capacity=config.num_preference_pairs, max_len=max_seq_len, pad_id=pad_id, with_ref_logps=True,
+            fingerprint=fingerprint,
         )
     accelerator.wait_for_everyone()
     meta = read_meta(folder)  # every process starts from the same commit
