@@ -74,6 +74,7 @@ class DPO(nn.Module):
         prompt_len: Tensor,
         chosen_ref_logp: Tensor | None = None,
         rejected_ref_logp: Tensor | None = None,
+        weight: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Per pair (b,): `loss` (the preference loss plus the weighted NLL), `chosen_rewards`, `rejected_rewards`,
         `chosen_logps`, `rejected_logps` (policy) and `nll` (per-token NLL of the chosen response)."""
@@ -113,6 +114,8 @@ class DPO(nn.Module):
             nll = -chosen_logps
         if self.nll_weight > 0:
             losses = losses + self.nll_weight * nll
+        if weight is not None:  # ScPO's instance weights multiply both terms (Prasad et al. 2024, eq. 1)
+            losses = losses * weight.to(losses)
 
         return dict(
             loss=losses, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
@@ -142,7 +145,9 @@ class DPO(nn.Module):
         prompt_len: Tensor,
         chosen_ref_logp: Tensor | None = None,
         rejected_ref_logp: Tensor | None = None,
+        weight: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """(loss, metrics) of a batch: chosen, rejected (b, n), prompt_len (b,), optional reference log-probs (b,)."""
-        values = self.pair_values(chosen, rejected, prompt_len, chosen_ref_logp, rejected_ref_logp)
+        """(loss, metrics) of a batch: chosen, rejected (b, n), prompt_len (b,), optional reference log-probs (b,),
+        optional per-pair loss weights (b,)."""
+        values = self.pair_values(chosen, rejected, prompt_len, chosen_ref_logp, rejected_ref_logp, weight)
         return values["loss"].mean(), self.summarize(values)

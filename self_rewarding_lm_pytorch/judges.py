@@ -1,7 +1,7 @@
 """Judges score (prompt, response) candidates for pair generation.
 
 A judge returns a float tensor of scores, NaN where it produced no usable score; it never returns a
-sentinel number. Three kinds:
+sentinel number. Three kinds here, and `SelfConsistencyJudge` (self_consistency.py) beside them:
 - `SelfJudge`: the policy itself as LLM-as-a-judge (Yuan et al. 2024, section 2.2): the judge prompt of a
   `RewardConfig` is rendered per candidate, sampled K times in one batched call with its own token budget
   (the original counted the ~1.8k-character judge prompt against the response cap and never answered),
@@ -33,6 +33,7 @@ class Candidates:
     prompt_ids: list[Tensor]
     responses: list[str]
     response_ids: list[Tensor]  # without padding; may end in EOS
+    num_per_prompt: int = 1  # rows are prompt-major: rows [i * n, (i + 1) * n) answer the same prompt
 
 
 @dataclass
@@ -128,8 +129,18 @@ class RewardFnJudge:
         self.reward_fn = reward_fn
 
     def __call__(self, candidates: Candidates, seed: int | None = None) -> Judgements:
-        scores = [_score_or_nan(self.reward_fn(p, r)) for p, r in zip(candidates.prompts, candidates.responses)]
+        scores = [_score_or_nan(self.call(p, r)) for p, r in zip(candidates.prompts, candidates.responses)]
         return Judgements(torch.tensor(scores, dtype=torch.float)[:, None])
+
+    def call(self, prompt: str, response: str):
+        """`reward_fn(prompt, response)`; an exception in it keeps its type and gains a note (shown in the
+        traceback) naming the function and the candidate it failed on."""
+        try:
+            return self.reward_fn(prompt, response)
+        except Exception as error:
+            name = getattr(self.reward_fn, "__qualname__", None) or repr(self.reward_fn)
+            error.add_note(f"raised by reward_fn {name} on prompt {prompt[:80]!r} and response {response[:80]!r}")
+            raise
 
     def is_valid_score(self, score: float) -> bool:
         return True

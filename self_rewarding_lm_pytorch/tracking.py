@@ -36,6 +36,10 @@ class MetricsLogger:
         if numbers_only:
             self.accelerator.log(numbers_only, step=global_step)
 
+    def resumed_at(self, step: int):
+        """A loop resumed at its `step` logged the rows up to it before it was interrupted: they count as logged."""
+        self.last_step = max(self.last_step, self.start_step + step)
+
     def continue_after_last(self):
         """The next rows (e.g. the next SPIN iteration, whose steps count from 1 again) follow the last one."""
         self.start_step = self.last_step

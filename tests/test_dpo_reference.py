@@ -53,3 +53,49 @@ def test_precomputed_values_are_the_model_log_probs_at_the_start(make_transforme
             by_hand = token_logps[int(pairs[i]["prompt_len"]) - 1 :].sum()
             assert abs(float(scored[i]["chosen_ref_logp"]) - by_hand.item()) < 1e-4
             assert torch.equal(scored[i]["rejected"], pairs[i]["rejected"])
+
+
+def with_rewards(pairs):
+    """Pairs with the scores pair generation stores, so that margin_weighted_loss has margins to weight by."""
+    return [dict(p, chosen_reward=float(2 + i % 3), rejected_reward=1.0) for i, p in enumerate(pairs)]
+
+
+def test_precomputed_reference_resumes_inside_the_stage_with_margin_weights(make_transformer, tmp_path):
+    """A killed run resumes from its step file: the precomputed reference (the model given at construction, the
+    one the stage started from) and margin-weighted losses give the uninterrupted run's rows, weights and steps."""
+    from accelerate import Accelerator
+
+    from self_rewarding_lm_pytorch.tracking import MetricsLogger
+
+    pairs = with_rewards(sort_pairs(48, seed=0))  # 3 batches an epoch: step 2's save is inside an epoch
+    start = make_transformer(num_tokens=128, dim=64, depth=2)
+    settings = dict(steps=4, checkpoint_every=2, margin_weighted_loss=True)
+
+    whole_model = copy.deepcopy(start)
+    _, whole = train(whole_model, pairs, precompute=True, checkpoint_folder=tmp_path / "whole", **settings)
+
+    killed_model = copy.deepcopy(start)
+    train(killed_model, pairs, precompute=True, checkpoint_folder=tmp_path / "killed", **settings)
+    (tmp_path / "killed" / "dpo-step-4.pt").unlink()  # killed after step 3: the last save is step 2's
+
+    resumed_model = copy.deepcopy(start)  # the rerun builds the stage from the model it started from
+    torch.manual_seed(1)
+    trainer = DPOTrainer(resumed_model, pairs, batch_size=16, num_train_steps=4, learning_rate=1e-3,
+                         end_learning_rate=1e-4, dropout=0.0, precompute_reference=True, margin_weighted_loss=True,
+                         checkpoint_every=2, checkpoint_folder=tmp_path / "killed", accelerate_kwargs=dict(cpu=True),
+                         logger=MetricsLogger(Accelerator(cpu=True), "dpo", start_step=10))
+    assert trainer.ref_model is None
+    resumed = trainer.train()
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(whole, resumed):
+        assert abs(a["loss"] - b["loss"]) < 1e-6, (a, b)
+    for (name, a), b in zip(whole_model.named_parameters(), resumed_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert trainer.logger.last_step == 14  # the trackers' global step goes on from the stage's start + 4
+
+    # a rerun of the finished loop logs nothing new, yet its rows count: the next stage's steps come after them
+    finished = DPOTrainer(copy.deepcopy(start), pairs, batch_size=16, num_train_steps=4, learning_rate=1e-3,
+                          end_learning_rate=1e-4, dropout=0.0, precompute_reference=True, margin_weighted_loss=True,
+                          checkpoint_every=2, checkpoint_folder=tmp_path / "whole", accelerate_kwargs=dict(cpu=True),
+                          logger=MetricsLogger(Accelerator(cpu=True), "dpo", start_step=10))
+    assert [r["step"] for r in finished.train()] == [1, 2, 3, 4] and finished.logger.last_step == 14

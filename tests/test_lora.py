@@ -176,3 +176,42 @@ def test_early_stopper_keeps_and_restores_the_adapters_only():
     stopper(model)  # worse: the best stays the first
     stopper.restore_best(model)
     assert all(torch.equal(p, best[name]) for name, p in model.named_parameters())
+
+
+def test_adapter_checkpoints_are_checksummed(tmp_path):
+    from self_rewarding_lm_pytorch import CorruptFileError
+
+    model = with_lora(tiny_llama())
+    save_checkpoint(Accelerator(cpu=True), model, tmp_path / "a.pt")
+    data = bytearray((tmp_path / "a.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    (tmp_path / "a.pt").write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError):
+        load_checkpoint(with_lora(tiny_llama()), tmp_path / "a.pt")
+
+
+def lora_dpo(model, folder):
+    torch.manual_seed(3)  # the same shuffled batches for every run
+    return DPOTrainer(model, pairs(24), batch_size=8, num_train_steps=4, learning_rate=1e-2, end_learning_rate=1e-3,
+                      dropout=0.0, checkpoint_every=2, checkpoint_folder=folder, accelerate_kwargs=dict(cpu=True))
+
+
+def test_a_killed_lora_run_resumes_from_its_adapter_only_step_file(tmp_path):
+    """The resumable state of a LoRA run holds the adapters only, and restores them: the resumed run ends with the
+    uninterrupted run's adapters (the base weights never change)."""
+    start = with_lora(tiny_llama())
+    whole = copy.deepcopy(start)
+    lora_dpo(whole, tmp_path / "whole").train()
+
+    killed = copy.deepcopy(start)
+    lora_dpo(killed, tmp_path / "killed").train()
+    (tmp_path / "killed" / "dpo-step-4.pt").unlink()  # killed after step 3: the last save is step 2's
+    saved = torch.load(tmp_path / "killed" / "dpo-step-2.pt", weights_only=True)
+    assert set(saved["model"]) == lora_names(start) and saved["adapters_only"]
+
+    resumed = copy.deepcopy(start)
+    history = lora_dpo(resumed, tmp_path / "killed").train()
+    assert [row["step"] for row in history] == [1, 2, 3, 4]
+    for (name, a), b in zip(whole.named_parameters(), resumed.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), resumed.parameters()))

@@ -34,8 +34,10 @@ def test_tensorboard_gets_every_stage_under_its_name_at_growing_steps(tmp_path):
                        num_train_steps=2, batch_size=2),
     ]
     evaluations = iter([1.5, 2.5, 3.5])
+    # the same initial weights for both runs: stage 0's fingerprint includes them
+    model = lambda: (torch.manual_seed(1), tiny_transformer(num_tokens=256, max_seq_len=64))[1]  # noqa: E731
     trainer = SelfRewardingTrainer(
-        tiny_transformer(num_tokens=256, max_seq_len=64), finetune_configs=stages, tokenizer_encode=encode_str,
+        model(), finetune_configs=stages, tokenizer_encode=encode_str,
         tokenizer_decode=decode_tokens, checkpoints_folder=tmp_path, accelerate_kwargs=dict(cpu=True),
         evaluate=lambda model: dict(score=next(evaluations)), log_with="tensorboard", project_name="run",
     )
@@ -57,7 +59,7 @@ def test_tensorboard_gets_every_stage_under_its_name_at_growing_steps(tmp_path):
 
     # a resumed run goes on from where the finished stages left the global step
     resumed = SelfRewardingTrainer(
-        tiny_transformer(num_tokens=256, max_seq_len=64), finetune_configs=stages, tokenizer_encode=encode_str,
+        model(), finetune_configs=stages, tokenizer_encode=encode_str,
         tokenizer_decode=decode_tokens, checkpoints_folder=tmp_path, accelerate_kwargs=dict(cpu=True),
     )
     resumed()
