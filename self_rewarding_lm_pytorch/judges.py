@@ -205,15 +205,16 @@ def strip_response(tokens: Tensor, pad_id: int, eos_id: int | None) -> Tensor:
     return tokens
 
 
-def check_reward_value(value, reward_fn: Callable, prompt: str, response: str) -> float:
-    """`value` returned by `reward_fn(prompt, response)` as a float score (NaN for None)."""
+def check_reward_value(value, reward_fn: Callable, prompt: str, response: str, role: str = "reward_fn") -> float:
+    """`value` returned by `reward_fn(prompt, response)` as a float score (NaN for None); `role` names the
+    function in the error (`reward_fn`, `verifier`)."""
     if value is None:
         return float("nan")
     if isinstance(value, numbers.Real) or (torch.is_tensor(value) and value.numel() == 1 and not value.is_complex()):
         return float(value)
     name = getattr(reward_fn, "__qualname__", None) or repr(reward_fn)
     raise TypeError(
-        f"reward_fn {name} returned {value!r} ({type(value).__name__}) for prompt {prompt[:60]!r} and response "
+        f"{role} {name} returned {value!r} ({type(value).__name__}) for prompt {prompt[:60]!r} and response "
         f"{response[:60]!r}; it must return a number, a bool, or None for no score"
     )
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, check_non_empty
-from self_rewarding_lm_pytorch.judges import Candidates, Judge, strip_response
+from self_rewarding_lm_pytorch.judges import Candidates, Judge, check_reward_value, strip_response
 from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.pair_selection import (  # noqa: F401  (public here too)
     best_and_worst,
@@ -258,7 +258,10 @@ def _judge_prompts(
 
     verified = None
     if config.verifier is not None:
-        verified = torch.tensor([float(config.verifier(p, t)) for p, t in zip(repeated_prompts, texts)]).view(len(prompts), n)
+        verified = torch.tensor([
+            check_reward_value(config.verifier(p, t), config.verifier, p, t, role="verifier")
+            for p, t in zip(repeated_prompts, texts)
+        ]).view(len(prompts), n)
 
     results = []
     for i, prompt in enumerate(prompts):
@@ -282,6 +285,8 @@ def _judge_prompts(
             chosen_score, rejected_score = float(mean_scores[i, chosen]), float(mean_scores[i, rejected])
             if config.is_valid_reward_pair is not None and not config.is_valid_reward_pair(chosen_score, rejected_score):
                 row_stats.pairs_rejected = 1
+            elif texts[i * n + chosen] == texts[i * n + rejected]:
+                row_stats.pairs_identical = 1  # same text, different scores (a stochastic judge): teaches nothing
             else:
                 record = dict(
                     prompt_index=prompt_indices[i], prompt=prompt,
