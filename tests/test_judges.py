@@ -25,3 +25,12 @@ def test_reward_fn_returning_a_non_number_names_the_function_and_the_value(value
     with pytest.raises(TypeError, match=r"reward_fn .*my_checker returned .*must return a number") as error:
         RewardFnJudge(my_checker)(candidates("an answer"))
     assert repr(value) in str(error.value)
+
+
+def test_parse_reward_returning_a_string_is_an_error_naming_it():
+    from self_rewarding_lm_pytorch.reward import RewardConfig
+
+    config = RewardConfig("{{ prompt }} {{ response }}", parse_reward=lambda text: text.split()[-1])
+    with pytest.raises(TypeError, match=r"parse_reward returned '5'"):
+        config.parse("Score: 5")
+    assert RewardConfig("{{ prompt }} {{ response }}", parse_reward=lambda text: 4).parse("x") == 4.0
