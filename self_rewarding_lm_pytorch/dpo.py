@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.checkpoint import save_checkpoint
 from self_rewarding_lm_pytorch.dpo_data import DPOCollate, validate_pair_dataset
-from self_rewarding_lm_pytorch.dpo_objective import DPO
+from self_rewarding_lm_pytorch.dpo_objective import DPO, default_logp_reduction
 from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
 from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.model_utils import frozen_copy, set_dropout
@@ -35,16 +35,17 @@ class DPOConfig:
     steps) can end the stage sooner, and the weights the stage returns are then those of its best evaluation,
     whether it stopped early or reached the cap.
 
-    `logp_reduction`: 'sum' is log π(response | prompt) as in the DPO paper; 'mean' (per token) was the
-    original library's behaviour and is what IPO's paper uses. Stored reference log-probs must use the same.
-    `nll_weight` > 0 adds that weight times the chosen responses' per-token NLL to the loss (Iterative RPO,
-    Pang et al. 2024, arXiv 2404.19733): plain DPO on small models often lowers the chosen likelihood too.
+    `logp_reduction`: 'sum' is log π(response | prompt) as in the DPO paper; 'mean' (per token) is what IPO's
+    paper and TRL use for IPO. None (the default) picks 'mean' for `loss_type='ipo'`, 'sum' otherwise. Stored
+    reference log-probs must use the same. `nll_weight` > 0 adds that weight times the chosen responses' NLL
+    averaged over their tokens in the batch (Iterative RPO, Pang et al. 2024, arXiv 2404.19733; TRL's
+    `rpo_alpha`): plain DPO on small models often lowers the chosen likelihood too. See docs/differences.md.
     """
 
     beta: float = 0.1
     loss_type: LossType = "sigmoid"
     label_smoothing: float = 0.0
-    logp_reduction: Reduction = "sum"
+    logp_reduction: Reduction | None = None  # None: 'mean' for IPO, 'sum' otherwise
     nll_weight: float = 0.0
     batch_size: int = 16
     grad_accum_steps: int = 1
@@ -65,6 +66,8 @@ class DPOConfig:
     def __post_init__(self):
         name = type(self).__name__
         check_preference_loss_settings(self.beta, self.loss_type, self.label_smoothing, name)
+        if self.logp_reduction is None:
+            self.logp_reduction = default_logp_reduction(self.loss_type)
         if self.logp_reduction not in ("sum", "mean"):
             raise ValueError(f"{name}.logp_reduction must be 'sum' or 'mean', got {self.logp_reduction!r}")
         if not self.nll_weight >= 0:
