@@ -61,7 +61,7 @@ class DPOConfig:
     valid_every: int | None = None  # steps between validation metrics; None: only at the end
     early_stopper: EarlyStopper | None = None
     early_stop_every: int | None = None  # steps between early-stopping evaluations
-    checkpoint_every: int | None = None  # steps between checkpoints; None: none
+    checkpoint_every: int | None = None  # steps between checkpoints, and one at the last step; None: none
 
     def __post_init__(self):
         name = type(self).__name__
@@ -240,19 +240,23 @@ class DPOTrainer:
 
                 # 3) early stopping every early_stop_every steps; the stage ends on the best weights evaluated
                 if stopper is not None and (step % config.early_stop_every == 0 or done):
-                    done = stopper(self.model, accelerator) or done
+                    stopped_early = stopper(self.model, accelerator) and not done
+                    done = done or stopped_early
                     stopper_steps.append(step)
                     row["early_stop_score"] = stopper.scores[-1]
                     if done:
                         stopper.restore_best(self.model)
                         row["best_step"] = stopper_steps[stopper.best_index]
+                        if accelerator.is_main_process:  # the bar halts: say why, and which weights stay
+                            progress.write(early_stop_reason(stopper, step, row["best_step"], stopped_early, self.metric_prefix))
 
                 # 4) validation every valid_every steps, and at the end (of the weights the stage returns)
                 if self.valid_loader is not None and (done or (config.valid_every and step % config.valid_every == 0)):
                     row.update({f"valid_{k}": v for k, v in self.valid_metrics().items()})
 
-                # 5) checkpoint every checkpoint_every steps
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                # 5) checkpoint every checkpoint_every steps, and at the last step (a stage shorter than
+                #    checkpoint_every still leaves its checkpoint)
+                if config.checkpoint_every and (step % config.checkpoint_every == 0 or done):
                     path = self.checkpoint_folder / f"{self.checkpoint_prefix}-step-{step}.pt"
                     save_checkpoint(accelerator, self.model, path, step=step)
 
@@ -267,3 +271,12 @@ class DPOTrainer:
         return self.history
 
     __call__ = train
+
+
+def early_stop_reason(stopper: EarlyStopper, step: int, best_step: int, stopped_early: bool, name: str) -> str:
+    """One line saying why training ended and which weights it kept."""
+    best = f"best score {stopper.best_score:.4g} ({stopper.mode}) at step {best_step}, whose weights are restored"
+    if stopped_early:
+        return (f"{name}: early stop at step {step}: the score did not improve by more than {stopper.min_delta:g} in "
+                f"{stopper.patience} evaluations (patience); {best}")
+    return f"{name}: reached its last step {step}; {best}"

@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, check_non_empty
 from self_rewarding_lm_pytorch.judges import Candidates, Judge, check_reward_value, strip_response
@@ -144,8 +145,11 @@ def generate_preference_pairs(
     global_batch = config.prompt_batch_size * accelerator.num_processes
     example_outputs: list[str] = []
 
+    bar = tqdm(total=budget, initial=cursor, desc="pairs", unit="prompt", disable=not accelerator.is_local_main_process)
     while num_pairs < config.num_preference_pairs and cursor < budget:
         if stats.judgements_valid == 0 and cursor >= config.fail_fast_after_prompts:
+            bar.write(f"pair generation stops early: no usable judgement in {cursor} prompts (fail_fast_after_prompts="
+                      f"{config.fail_fast_after_prompts})")
             break
         indices = order[cursor : min(cursor + global_batch, budget)]
         mine = indices[accelerator.process_index :: accelerator.num_processes]
@@ -170,6 +174,9 @@ def generate_preference_pairs(
                 stats.pairs_verified_worse += record["chosen_verified"] < record["rejected_verified"]
         example_outputs += [r.example_judge_output for r in results if r.example_judge_output][:2]
         num_pairs += len(kept)
+        bar.update(len(indices))
+        bar.set_postfix(dict(pairs=f"{num_pairs}/{config.num_preference_pairs}", parse=f"{stats.parse_rate:.2f}",
+                             ties=f"{stats.tie_rate:.2f}", identical=stats.pairs_identical))
 
         progress = dict(prompts_consumed=cursor, stats=asdict(stats))
         if writer is not None:
@@ -186,6 +193,7 @@ def generate_preference_pairs(
             )
         accelerator.wait_for_everyone()
 
+    bar.close()
     accelerator.log({f"pairs/{k}": v for k, v in stats.summary().items()})
 
     if num_pairs < config.num_preference_pairs and not (config.accept_fewer_pairs and num_pairs > 0):

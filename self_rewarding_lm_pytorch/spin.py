@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data import PromptResponse, normalize_sft_item, validate_sft_dataset
 from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer
@@ -66,7 +67,7 @@ class SelfPlayConfig:
     adam_kwargs: dict = field(default_factory=dict)
     dropout: float = 0.1
     valid_every: int | None = None
-    checkpoint_every: int | None = None  # optimizer steps within an iteration
+    checkpoint_every: int | None = None  # optimizer steps within an iteration; the last step is always saved
     temperature: float = 1.0
     top_p: float | None = None
     generation_batch_size: int = 16
@@ -111,7 +112,8 @@ class SelfPlayConfig:
 class SPINTrainer:
     """`SPINTrainer(model, train_sft_dataset=..., max_seq_len=..., spin_kwargs=dict(λ=0.1))()` runs SPIN.
 
-    Pass a `SelfPlayConfig` or its fields. Checkpoints (every `checkpoint_every` steps) go to
+    Pass a `SelfPlayConfig` or its fields. Checkpoints (every `checkpoint_every` steps and at each iteration's
+    last step, so an iteration shorter than `checkpoint_every` still leaves one) go to
     `checkpoint_folder/iteration-{t}-step-{n}.pt`; the returned history has one row per optimizer step."""
 
     def __init__(
@@ -149,6 +151,9 @@ class SPINTrainer:
 
         mine = list(range(len(items)))[accelerator.process_index :: accelerator.num_processes]
         pairs = []
+        # generation and the reference log-probs take as long as training: a bar (main process) shows them
+        progress = tqdm(total=len(mine), desc=f"spin answers (iteration {iteration})", unit="prompt",
+                        disable=not accelerator.is_local_main_process)
         for start in range(0, len(mine), config.generation_batch_size):
             indices = mine[start : start + config.generation_batch_size]
             prompts = [items[i].prompt for i in indices]
@@ -170,6 +175,8 @@ class SPINTrainer:
                     index=index, chosen=real[j], rejected=fake[j], prompt_len=int(prompt_len[j]),
                     chosen_ref_logp=logps[j], rejected_ref_logp=logps[len(indices) + j],
                 ))
+            progress.update(len(indices))
+        progress.close()
         if accelerator.num_processes > 1:
             pairs = gather_object(pairs)
         return sorted(pairs, key=lambda pair: pair["index"])
