@@ -8,7 +8,9 @@ A folder holds one stage's pairs:
     pairs.jsonl                    one human-readable record per pair (prompt, responses, scores, judge outputs)
     meta.json                      num_pairs written so far, capacity, max_len, pad_id, complete
 
-Arrays are preallocated at `capacity`. `meta.json` is the commit point: rows and JSONL lines are flushed
+Arrays start with room for at most `INITIAL_ROWS` pairs and grow (doubling, never past `capacity`) as pairs
+arrive, so a run that makes few pairs never holds disk for thousands; their row count is at least the number
+of committed pairs, which is all a reader uses. `meta.json` is the commit point: rows and JSONL lines are flushed
 first, then `num_pairs` is advanced by an atomic rename. A run killed at any moment therefore resumes with
 exactly the pairs counted in meta.json; rows or JSONL lines past that count are overwritten or dropped.
 """
@@ -29,6 +31,7 @@ JSONL = "pairs.jsonl"
 TOKEN_ARRAYS = ("chosen", "rejected")
 VALUE_ARRAYS = ("prompt_len", "chosen_reward", "rejected_reward")
 REF_ARRAYS = ("chosen_ref_logp", "rejected_ref_logp")
+INITIAL_ROWS = 64  # rows allocated when a folder is created; arrays double as pairs arrive
 
 
 def _write_json_atomic(path: Path, obj: dict):
@@ -70,15 +73,30 @@ class PreferenceDataWriter:
         if mode == "w+":
             _write_json_atomic(self.folder / META, self.meta)
 
-    def _open(self, name: str, mode: str) -> np.memmap:
-        capacity, max_len = self.meta["capacity"], self.meta["max_len"]
-        shape, dtype = ((capacity, max_len), np.int64) if name in TOKEN_ARRAYS else ((capacity,), np.float32)
+    def _open(self, name: str, mode: str, rows: int | None = None) -> np.memmap:
+        rows = min(self.meta["capacity"], INITIAL_ROWS) if rows is None else rows
+        shape, dtype = ((rows, self.meta["max_len"]), np.int64) if name in TOKEN_ARRAYS else ((rows,), np.float32)
         if name == "prompt_len":
             dtype = np.int64
         path = self.folder / f"{name}.npy"
         if mode == "w+":
             return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         return np.lib.format.open_memmap(path, mode="r+")
+
+    def _ensure_rows(self, rows: int):
+        """Grow every array to hold `rows` pairs: a bigger copy, renamed over the old file. A run killed between
+        two arrays leaves them different sizes, each still holding every committed row."""
+        for name, array in self.arrays.items():
+            if array.shape[0] >= rows:
+                continue
+            grown_rows = min(self.meta["capacity"], max(rows, 2 * array.shape[0]))
+            path, tmp = self.folder / f"{name}.npy", self.folder / f".{name}.npy.tmp-{os.getpid()}"
+            grown = np.lib.format.open_memmap(tmp, mode="w+", dtype=array.dtype, shape=(grown_rows, *array.shape[1:]))
+            grown[: array.shape[0]] = array
+            grown.flush()
+            del grown, array
+            os.replace(tmp, path)
+            self.arrays[name] = np.lib.format.open_memmap(path, mode="r+")
 
     def _truncate_jsonl(self, num_lines: int):
         """Drop JSONL lines written after the last commit (a run killed between the two writes)."""
@@ -137,6 +155,7 @@ class PreferenceDataWriter:
                 raise ValueError("this folder stores reference log-probs: pass chosen_ref_logp and rejected_ref_logp")
             columns.update(chosen_ref_logp=chosen_ref_logp, rejected_ref_logp=rejected_ref_logp)
 
+        self._ensure_rows(start + count)
         for name, values in columns.items():
             array = self.arrays[name]
             if name in TOKEN_ARRAYS:
