@@ -136,6 +136,10 @@ class SPINTrainer:
         spin_items(self.config.train_sft_dataset, pad_id, self.config.max_seq_len)
         if self.config.valid_sft_dataset is not None:
             spin_items(self.config.valid_sft_dataset, pad_id, self.config.max_seq_len)
+        if eos_id is None:
+            from self_rewarding_lm_pytorch.stage_checks import warn_missing_eos  # stage_checks imports this module
+
+            warn_missing_eos("SPINTrainer", f"max_seq_len={self.config.max_seq_len}")
         self.model = model
         self.pad_id, self.eos_id = pad_id, eos_id
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))

@@ -106,3 +106,12 @@ def test_a_missing_eos_id_warns_once_saying_what_happens(monkeypatch):
         build(*stages, eos_id=None)
         build(*stages, eos_id=None)
     assert sum("eos_id is None" in str(w.message) for w in record) == 1
+
+
+def test_spin_alone_without_eos_id_warns_too(monkeypatch):
+    from self_rewarding_lm_pytorch import SPINTrainer
+
+    monkeypatch.setattr(stage_checks, "_warned_missing_eos", False)
+    with pytest.warns(UserWarning, match=r"eos_id is None but SPINTrainer generates text"):
+        SPINTrainer(tiny_transformer(num_tokens=TOKENIZER.num_tokens), train_sft_dataset=SortDigitsTask(seed=1)
+                    .instruction_examples(4), max_seq_len=32, num_train_steps=1, accelerate_kwargs=dict(cpu=True))
