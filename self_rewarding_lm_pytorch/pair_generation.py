@@ -82,9 +82,10 @@ class PairGenerationConfig:
             raise ValueError(f"{type(self).__name__}.max_prompts must be >= 1 or None, got {self.max_prompts}")
         if self.max_seq_len is not None and self.max_seq_len < 2:
             raise ValueError(f"{type(self).__name__}.max_seq_len must be >= 2 or None, got {self.max_seq_len}")
-        for name in ("is_valid_reward", "pick_paired_rewards"):
-            if not callable(getattr(self, name)):
-                raise TypeError(f"{type(self).__name__}.{name} must be callable")
+        for name in ("is_valid_reward", "pick_paired_rewards", "is_valid_reward_pair", "verifier"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"{type(self).__name__}.{name} must be callable, got a {type(value).__name__}")
 
 
 @dataclass

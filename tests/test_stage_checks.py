@@ -115,3 +115,9 @@ def test_spin_alone_without_eos_id_warns_too(monkeypatch):
     with pytest.warns(UserWarning, match=r"eos_id is None but SPINTrainer generates text"):
         SPINTrainer(tiny_transformer(num_tokens=TOKENIZER.num_tokens), train_sft_dataset=SortDigitsTask(seed=1)
                     .instruction_examples(4), max_seq_len=32, num_train_steps=1, accelerate_kwargs=dict(cpu=True))
+
+
+@pytest.mark.parametrize("field", ["verifier", "is_valid_reward_pair"])
+def test_optional_functions_that_are_not_callable_are_errors_naming_the_field(field):
+    with pytest.raises(TypeError, match=rf"SelfRewardDPOConfig\.{field} must be callable, got a str"):
+        SelfRewardDPOConfig(prompt_dataset=PROMPTS, **small(), **{field: "exact_match"})
