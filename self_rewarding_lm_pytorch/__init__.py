@@ -4,39 +4,64 @@ from self_rewarding_lm_pytorch.checkpoint import load_checkpoint, save_checkpoin
 from self_rewarding_lm_pytorch.data import create_mock_dataset
 from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
+from self_rewarding_lm_pytorch.eft import JudgeTrainingSet, five_point_targets, own_answer_judge_examples, two_point_targets
+from self_rewarding_lm_pytorch.judges import Candidates, RewardFnJudge, RewardModelJudge, SelfJudge
+from self_rewarding_lm_pytorch.integrity import CorruptFileError, DiskFullError
 from self_rewarding_lm_pytorch.logprobs import sequence_logprobs
 from self_rewarding_lm_pytorch.model_contract import ModelContractError
 from self_rewarding_lm_pytorch.pair_generation import PairGenerationError, reward_within
+from self_rewarding_lm_pytorch.pair_selection import JudgementsAgree, MarginAtLeast
 from self_rewarding_lm_pytorch.preference_data import DPODataset
 from self_rewarding_lm_pytorch.preference_loss import preference_loss
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.sampling import min_p, sample, top_k, top_p
 from self_rewarding_lm_pytorch.sft import SFTConfig, SFTTrainer
+from self_rewarding_lm_pytorch.self_consistency import SelfConsistencyJudge
 from self_rewarding_lm_pytorch.spin import SPIN, SelfPlayConfig, SPINTrainer
-from self_rewarding_lm_pytorch.stages import ExternalRewardDPOConfig, SelfRewardDPOConfig, create_default_paper_config
+from self_rewarding_lm_pytorch.stages import (
+    ExternalRewardDPOConfig,
+    SelfConsistencyDPOConfig,
+    SelfRewardDPOConfig,
+    create_default_paper_config,
+)
+from self_rewarding_lm_pytorch.train_state import NonFiniteStepError
 from self_rewarding_lm_pytorch.trainer import SelfRewardingTrainer
 
 __all__ = [
+    "Candidates",
+    "CorruptFileError",
     "DPO",
     "DPOConfig",
     "DPODataset",
     "DPOTrainer",
+    "DiskFullError",
     "EarlyStopper",
     "ExternalRewardDPOConfig",
+    "JudgeTrainingSet",
+    "JudgementsAgree",
+    "MarginAtLeast",
     "ModelContractError",
+    "NonFiniteStepError",
     "PairGenerationError",
     "RewardConfig",
+    "RewardFnJudge",
+    "RewardModelJudge",
     "SFTConfig",
     "SFTTrainer",
     "SPIN",
     "SPINTrainer",
+    "SelfConsistencyDPOConfig",
+    "SelfConsistencyJudge",
+    "SelfJudge",
     "SelfPlayConfig",
     "SelfRewardDPOConfig",
     "SelfRewardingTrainer",
     "create_default_paper_config",
     "create_mock_dataset",
+    "five_point_targets",
     "load_checkpoint",
     "min_p",
+    "own_answer_judge_examples",
     "preference_loss",
     "reward_within",
     "sample",
@@ -44,4 +69,5 @@ __all__ = [
     "sequence_logprobs",
     "top_k",
     "top_p",
+    "two_point_targets",
 ]

@@ -1,32 +1,50 @@
-"""Checkpoints: written by the main process only, atomically, and loaded weights-only.
+"""Checkpoints: written by the main process only, atomically, with a checksum, and loaded weights-only.
 
-Atomic: the file is written under a temporary name in the same folder and renamed into place, so a
-crash mid-write never leaves a file with the final name. Weights-only loading (torch's default since
-2.6) means a checkpoint holds tensors and plain containers, never pickled code.
+Atomic: the file is written under a temporary name in the same folder, fsynced and renamed into place, so a
+crash mid-write never leaves a file with the final name (integrity.py). Checked: the package holds a SHA-256
+of its own tensors and values, recomputed at load, so a truncated or garbled file is refused with its name
+instead of loading wrong weights. Weights-only loading (torch's default since 2.6) means a checkpoint holds
+tensors and plain containers, never pickled code.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from torch import nn
 
+from self_rewarding_lm_pytorch.integrity import CorruptFileError, atomic_write, content_digest
 
-def atomic_torch_save(obj, path: str | Path):
+CHECKSUM = "checksum"
+
+
+def atomic_torch_save(obj: dict, path: str | Path):
+    """Save `obj` (a dict of tensors and plain values) to `path` atomically, with its checksum."""
+    package = dict(obj, **{CHECKSUM: content_digest(obj)})
+    atomic_write(path, lambda f: torch.save(package, f))
+
+
+def read_checkpoint(path: str | Path, way_out: str = "delete it to redo what it saved") -> dict:
+    """The verified contents of a file written by `atomic_torch_save` (the checksum removed).
+    A missing, unreadable or altered file is an error naming the file and `way_out`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        package = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, garbled header, pickled code refused by weights-only loading
+        raise CorruptFileError(
+            f"{path} cannot be read as a checkpoint ({type(error).__name__}: {str(error)[:300]}): it is truncated, "
+            f"damaged or not a weights-only checkpoint; {way_out}"
+        ) from error
+    if not isinstance(package, dict) or CHECKSUM not in package:
+        raise CorruptFileError(f"{path} has no checksum, so it was not written by this library's save_checkpoint; {way_out}")
+    expected = package.pop(CHECKSUM)
+    if content_digest(package) != expected:
+        raise CorruptFileError(f"{path} is damaged: its contents do not match the checksum written with them; {way_out}")
+    return package
 
 
 def save_checkpoint(accelerator: Accelerator, model: nn.Module, path: str | Path, **extra):
@@ -41,10 +59,8 @@ def save_checkpoint(accelerator: Accelerator, model: nn.Module, path: str | Path
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> dict:
-    """Load weights saved by `save_checkpoint` into `model` (strictly by default); returns the extras."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    package = torch.load(path, map_location="cpu", weights_only=True)
+    """Load weights saved by `save_checkpoint` into `model` (strictly by default), after verifying the file's
+    checksum; returns the extras."""
+    package = read_checkpoint(path)
     model.load_state_dict(package.pop("model"), strict=strict)
     return package

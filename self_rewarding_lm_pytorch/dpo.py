@@ -5,6 +5,7 @@ The objective is `DPO` (dpo_objective.py); pairs become batches in dpo_data.py.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from self_rewarding_lm_pytorch.checkpoint import save_checkpoint
 from self_rewarding_lm_pytorch.dpo_data import DPOCollate, validate_pair_dataset
 from self_rewarding_lm_pytorch.dpo_objective import DPO, default_logp_reduction
 from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
@@ -23,6 +23,7 @@ from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.model_utils import frozen_copy, set_dropout
 from self_rewarding_lm_pytorch.optim import adamw_for_stage, steps_per_epoch
 from self_rewarding_lm_pytorch.preference_loss import LossType, check_preference_loss_settings
+from self_rewarding_lm_pytorch.train_state import TrainState, loop_fingerprint, shuffle_generator, step_is_finite
 
 __all__ = ["DPO", "DPOCollate", "DPOConfig", "DPOTrainer", "reference_logprobs"]
 
@@ -47,6 +48,7 @@ class DPOConfig:
     label_smoothing: float = 0.0
     logp_reduction: Reduction | None = None  # None: 'mean' for IPO, 'sum' otherwise
     nll_weight: float = 0.0
+    margin_weighted_loss: bool = False  # weight each pair's loss by its score margin (ScPO); needs pair rewards
     batch_size: int = 16
     grad_accum_steps: int = 1
     num_train_steps: int | None = None  # optimizer steps
@@ -61,7 +63,8 @@ class DPOConfig:
     valid_every: int | None = None  # steps between validation metrics; None: only at the end
     early_stopper: EarlyStopper | None = None
     early_stop_every: int | None = None  # steps between early-stopping evaluations
-    checkpoint_every: int | None = None  # steps between checkpoints, and one at the last step; None: none
+    checkpoint_every: int | None = None  # steps between resumable saves (train_state.py); None: none
+    skip_nonfinite_steps: bool = False  # a NaN/inf loss or gradient skips that update instead of stopping
 
     def __post_init__(self):
         name = type(self).__name__
@@ -148,8 +151,9 @@ class DPOTrainer:
         if not (train_has_ref and valid_has_ref):
             self.ref_model = frozen_copy(extract_model_from_parallel(model)).to(self.accelerator.device)
 
-        collate = DPOCollate(pad_id)
-        train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, collate_fn=collate)
+        collate = DPOCollate(pad_id, margin_weights=config.margin_weighted_loss)
+        train_loader = DataLoader(train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, collate_fn=collate,
+                                  generator=shuffle_generator())
         self.valid_loader = None
         if valid_dataset is not None:
             self.valid_loader = DataLoader(valid_dataset, batch_size=config.batch_size, collate_fn=collate)
@@ -167,6 +171,7 @@ class DPOTrainer:
         if self.valid_loader is not None:
             self.valid_loader = self.accelerator.prepare(self.valid_loader)
 
+        self.fingerprint = loop_fingerprint(config, train=train_dataset, valid=valid_dataset) if config.checkpoint_every else {}
         self.dpo = DPO(
             self.model, config.beta,
             ref_model=self.ref_model, precomputed_reference=self.ref_model is None,
@@ -210,21 +215,37 @@ class DPOTrainer:
             stopper.reset()  # a stopper may be shared by several stages
         stopper_steps: list[int] = []  # the step of each of the stopper's evaluations
 
-        progress = tqdm(total=self.num_train_steps, desc=self.metric_prefix, disable=not accelerator.is_local_main_process)
-        step = 0
-        micro_metrics = []
-        done = False
+        name = self.metric_prefix if self.checkpoint_prefix == self.metric_prefix else f"{self.metric_prefix} {self.checkpoint_prefix}"
+        state = TrainState(accelerator, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                           loader=self.train_loader, folder=self.checkpoint_folder, prefix=self.checkpoint_prefix,
+                           every=config.checkpoint_every, name=name, fingerprint=self.fingerprint)
+        saved = state.resume()
+        step, done = (saved["step"], saved["finished"]) if saved else (0, False)
+        self.history = saved["history"] if saved else []
+        if saved and stopper is not None:
+            stopper.load_state_dict(saved["stopper"])
+            stopper_steps = saved["stopper_steps"]
+
+        progress = tqdm(total=self.num_train_steps, initial=step, desc=self.metric_prefix,
+                        disable=not accelerator.is_local_main_process)
+        micro_metrics, micro_losses = [], []
 
         while not done:
-            for batch in self.train_loader:
+            for batch in state.batches():
                 # 1) forward and backward one micro-batch; Accelerate syncs and divides by grad_accum_steps
                 with accelerator.accumulate(self.model):
                     with accelerator.autocast():  # the reference too, under mixed precision
                         loss, metrics = self.dpo(**batch)
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm is not None:
-                        accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
-                    self.optimizer.step()
+                    micro_losses.append(loss.detach())
+                    finite = True
+                    if accelerator.sync_gradients:  # NaN/inf stops here, before it reaches the weights
+                        grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm or math.inf)
+                        finite = step_is_finite(accelerator, micro_losses, grad_norm, name=name, step=step + 1,
+                                                skip=config.skip_nonfinite_steps, last_save=state.describe_last_save())
+                        micro_losses = []
+                    if finite:
+                        self.optimizer.step()
                     self.optimizer.zero_grad()
                 micro_metrics.append(metrics)
 
@@ -254,15 +275,13 @@ class DPOTrainer:
                 if self.valid_loader is not None and (done or (config.valid_every and step % config.valid_every == 0)):
                     row.update({f"valid_{k}": v for k, v in self.valid_metrics().items()})
 
-                # 5) checkpoint every checkpoint_every steps, and at the last step (a stage shorter than
-                #    checkpoint_every still leaves its checkpoint)
-                if config.checkpoint_every and (step % config.checkpoint_every == 0 or done):
-                    path = self.checkpoint_folder / f"{self.checkpoint_prefix}-step-{step}.pt"
-                    save_checkpoint(accelerator, self.model, path, step=step)
-
                 self.log(row)
                 progress.update(1)
                 progress.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "rewards/accuracies", "rewards/margins")})
+
+                # 5) resumable state every checkpoint_every steps, and at the end
+                stopper_state = dict(stopper=stopper.state_dict(), stopper_steps=stopper_steps) if stopper else {}
+                state.save_if_due(step, history=self.history, finished=done, **stopper_state)
 
                 if done:
                     break

@@ -82,6 +82,7 @@ class DPO(nn.Module):
         prompt_len: Tensor,
         chosen_ref_logp: Tensor | None = None,
         rejected_ref_logp: Tensor | None = None,
+        weight: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Per pair (b,): `loss` (the preference loss plus the weighted NLL), `chosen_rewards`, `rejected_rewards`,
         `chosen_logps`, `rejected_logps` (policy) and `nll` (per-token NLL of the chosen response)."""
@@ -123,6 +124,8 @@ class DPO(nn.Module):
             # so a long answer weighs by its length (the paper divides per sequence: equal for equal lengths)
             batch_nll = -chosen_sums.sum() / chosen_tokens.sum().clamp(min=1)
             losses = losses + self.nll_weight * batch_nll
+        if weight is not None:  # ScPO's instance weights multiply both terms (Prasad et al. 2024, eq. 1)
+            losses = losses * weight.to(losses)
 
         return dict(
             loss=losses, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
@@ -152,7 +155,9 @@ class DPO(nn.Module):
         prompt_len: Tensor,
         chosen_ref_logp: Tensor | None = None,
         rejected_ref_logp: Tensor | None = None,
+        weight: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """(loss, metrics) of a batch: chosen, rejected (b, n), prompt_len (b,), optional reference log-probs (b,)."""
-        values = self.pair_values(chosen, rejected, prompt_len, chosen_ref_logp, rejected_ref_logp)
+        """(loss, metrics) of a batch: chosen, rejected (b, n), prompt_len (b,), optional reference log-probs (b,),
+        optional per-pair loss weights (b,)."""
+        values = self.pair_values(chosen, rejected, prompt_len, chosen_ref_logp, rejected_ref_logp, weight)
         return values["loss"].mean(), self.summarize(values)

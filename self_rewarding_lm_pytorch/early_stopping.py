@@ -54,12 +54,27 @@ class EarlyStopper:
         self.min_delta = min_delta
         self.reset()
 
+    def fingerprint(self) -> str:
+        """What decides its scores and decisions (not the scores it has seen)."""
+        from self_rewarding_lm_pytorch.fingerprint import describe
+
+        return describe(dict(eval_fn=self.eval_fn, mode=self.mode, patience=self.patience, min_delta=self.min_delta))
+
     def reset(self):
         self.scores: list[float] = []
         self.best_score: float | None = None
         self.best_index: int | None = None  # position of the best score in `scores`
         self.num_bad_evals = 0
         self.best_state_dict: dict[str, Tensor] | None = None
+
+    def state_dict(self) -> dict:
+        """What it has seen, to resume a stage mid-way (plain values and CPU tensors)."""
+        return dict(scores=self.scores, best_score=self.best_score, best_index=self.best_index,
+                    num_bad_evals=self.num_bad_evals, best_state_dict=self.best_state_dict)
+
+    def load_state_dict(self, state: dict):
+        self.scores, self.best_score, self.best_index = list(state["scores"]), state["best_score"], state["best_index"]
+        self.num_bad_evals, self.best_state_dict = state["num_bad_evals"], state["best_state_dict"]
 
     @property
     def should_stop(self) -> bool:

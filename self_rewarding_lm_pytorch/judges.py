@@ -1,7 +1,7 @@
 """Judges score (prompt, response) candidates for pair generation.
 
 A judge returns a float tensor of scores, NaN where it produced no usable score; it never returns a
-sentinel number. Three kinds:
+sentinel number. Three kinds here, and `SelfConsistencyJudge` (self_consistency.py) beside them:
 - `SelfJudge`: the policy itself as LLM-as-a-judge (Yuan et al. 2024, section 2.2): the judge prompt of a
   `RewardConfig` is rendered per candidate, sampled K times in one batched call with its own token budget
   (the original counted the ~1.8k-character judge prompt against the response cap and never answered),
@@ -34,6 +34,7 @@ class Candidates:
     prompt_ids: list[Tensor]
     responses: list[str]
     response_ids: list[Tensor]  # without padding; may end in EOS
+    num_per_prompt: int = 1  # rows are prompt-major: rows [i * n, (i + 1) * n) answer the same prompt
 
 
 @dataclass
@@ -135,7 +136,17 @@ class RewardFnJudge:
     def score(self, prompt: str, response: str) -> float:
         """One call of `reward_fn`: a number or a bool is the score, None is no score; anything else (a string
         like "5" included: converting it would hide a bug in the function) is an error naming the function."""
-        return check_reward_value(self.reward_fn(prompt, response), self.reward_fn, prompt, response)
+        return check_reward_value(self.call(prompt, response), self.reward_fn, prompt, response)
+
+    def call(self, prompt: str, response: str):
+        """`reward_fn(prompt, response)`; an exception in it keeps its type and gains a note (shown in the
+        traceback) naming the function and the candidate it failed on."""
+        try:
+            return self.reward_fn(prompt, response)
+        except Exception as error:
+            name = getattr(self.reward_fn, "__qualname__", None) or repr(self.reward_fn)
+            error.add_note(f"raised by reward_fn {name} on prompt {prompt[:80]!r} and response {response[:80]!r}")
+            raise
 
     def is_valid_score(self, score: float) -> bool:
         return True

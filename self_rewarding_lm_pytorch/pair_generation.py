@@ -30,10 +30,13 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, check_non_empty
+from self_rewarding_lm_pytorch.fingerprint import config_fingerprint, dataset_digest, describe, short, tokenizer_digest
 from self_rewarding_lm_pytorch.judges import Candidates, Judge, check_reward_value, strip_response
 from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.pair_selection import (  # noqa: F401  (public here too)
+    PairFilter,
     best_and_worst,
+    first_failed_filter,
     is_finite_reward,
     reward_within,
 )
@@ -62,6 +65,7 @@ class PairGenerationConfig:
     is_valid_reward: Callable[[float], bool] = is_finite_reward
     is_valid_reward_pair: Callable[[float, float], bool] | None = None  # (chosen, rejected) -> keep?
     pick_paired_rewards: Callable[[Tensor], Tensor] = best_and_worst
+    pair_filters: tuple[PairFilter, ...] = ()  # e.g. (JudgementsAgree(),): drops counted per filter in the stats
     max_prompts: int | None = None  # prompts to try at most; None: every prompt of the dataset, once
     fail_fast_after_prompts: int = 64  # stop early when no judgement at all was usable after this many prompts
     accept_fewer_pairs: bool = False  # out of prompts with fewer pairs than asked: keep them instead of an error
@@ -86,6 +90,13 @@ class PairGenerationConfig:
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"{type(self).__name__}.{name} must be callable, got a {type(value).__name__}")
+        self.pair_filters = tuple(self.pair_filters)
+        for i, pair_filter in enumerate(self.pair_filters):
+            if not (callable(pair_filter) and isinstance(getattr(pair_filter, "name", None), str)):
+                raise TypeError(
+                    f"{type(self).__name__}.pair_filters[{i}] must be a callable with a `name` (e.g. JudgementsAgree(), "
+                    f"MarginAtLeast(0.25)), got {type(pair_filter).__name__}"
+                )
 
 
 @dataclass
@@ -111,11 +122,14 @@ def generate_preference_pairs(
     eos_id: int | None = None,
     logp_reduction: Reduction = "sum",
     seed: int = 0,
+    fingerprint: dict[str, str] | None = None,
 ) -> PairGenerationStats:
     """Fill `folder` with `config.num_preference_pairs` pairs (resuming what is there) and return the counts.
 
     `model` is the policy at the start of the stage: it samples, its log-probs of the chosen and rejected
-    responses are stored as the DPO reference (`logp_reduction` must match the DPO stage's)."""
+    responses are stored as the DPO reference (`logp_reduction` must match the DPO stage's). `fingerprint`
+    identifies what makes the pairs (default: the config, the prompts, the judge, the tokenizer and the seed);
+    a folder holding pairs of another fingerprint is refused."""
     check_non_empty(prompt_dataset, "prompt dataset")
     model = accelerator.unwrap_model(model)
     max_seq_len = config.max_seq_len or getattr(model, "max_seq_len", None)
@@ -128,10 +142,15 @@ def generate_preference_pairs(
             f"add prompts or lower max_prompts"
         )
 
+    if fingerprint is None:
+        fingerprint = dict(config_fingerprint(config), prompts=dataset_digest(prompt_dataset), judge=short(describe(judge)),
+                           tokenizer=tokenizer_digest(tokenizer_encode, tokenizer_decode),
+                           ids=f"{pad_id} {eos_id} {seed} {logp_reduction}")
     writer = None
     if accelerator.is_main_process:
         writer = PreferenceDataWriter(
-            folder, capacity=config.num_preference_pairs, max_len=max_seq_len, pad_id=pad_id, with_ref_logps=True
+            folder, capacity=config.num_preference_pairs, max_len=max_seq_len, pad_id=pad_id, with_ref_logps=True,
+            fingerprint=fingerprint,
         )
     accelerator.wait_for_everyone()
     meta = read_meta(folder)  # every process starts from the same commit
@@ -254,13 +273,14 @@ def _judge_prompts(
     repeated_ids = [ids for ids in prompt_ids for _ in range(n)]
 
     # 2) judge every candidate; 3) average its valid scores
-    judgements = judge(Candidates(repeated_prompts, repeated_ids, texts, response_ids), seed=seed + 7919)
+    judgements = judge(Candidates(repeated_prompts, repeated_ids, texts, response_ids, num_per_prompt=n), seed=seed + 7919)
     scores = judgements.scores
     parsed = ~scores.isnan()
     valid = parsed.clone()
     valid[parsed] = torch.tensor(
         [judge.is_valid_score(float(s)) and bool(config.is_valid_reward(float(s))) for s in scores[parsed]], dtype=torch.bool
     )
+    valid_scores = scores.masked_fill(~valid, math.nan)  # (rows, K): what the pair filters see
     mean_scores = scores.masked_fill(~valid, 0).sum(-1) / valid.sum(-1)  # NaN where no valid score
     mean_scores = mean_scores.view(len(prompts), n)
     pair_indices = config.pick_paired_rewards(mean_scores)
@@ -292,10 +312,13 @@ def _judge_prompts(
         chosen, rejected = pair_indices[i].tolist()
         if chosen >= 0 and rejected >= 0:
             chosen_score, rejected_score = float(mean_scores[i, chosen]), float(mean_scores[i, rejected])
+            dropped_by = first_failed_filter(config.pair_filters, valid_scores[i * n + chosen], valid_scores[i * n + rejected])
             if config.is_valid_reward_pair is not None and not config.is_valid_reward_pair(chosen_score, rejected_score):
                 row_stats.pairs_rejected = 1
             elif texts[i * n + chosen] == texts[i * n + rejected]:
                 row_stats.pairs_identical = 1  # same text, different scores (a stochastic judge): teaches nothing
+            elif dropped_by is not None:
+                row_stats.pairs_filtered = {dropped_by: 1}
             else:
                 record = dict(
                     prompt_index=prompt_indices[i], prompt=prompt,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from self_rewarding_lm_pytorch import DPODataset
@@ -62,3 +63,19 @@ def test_a_failing_process_fails_the_run_without_hanging(tmp_path):
     run = launch(tmp_path, PIPELINE_FAIL_ON_RANK="1")
     assert run.returncode != 0
     assert "deliberate failure on rank 1" in run.stderr
+
+
+def test_a_rank_killed_mid_training_ends_the_run_naming_it(tmp_path):
+    """Rank 1 is SIGKILLed after its first SFT step: the launch ends (no hang) and names the dead rank."""
+    run = launch(tmp_path, PIPELINE_KILL_RANK_IN_SFT="1", PIPELINE_COLLECTIVE_TIMEOUT_S="20")
+    assert run.returncode != 0
+    assert "rank      : 1" in run.stderr and "SIGKILL" in run.stderr
+
+
+@pytest.mark.slow
+def test_a_frozen_rank_makes_the_others_fail_within_the_collective_timeout(tmp_path):
+    """Rank 1 freezes (SIGSTOP: alive, so the launcher sees no failure): rank 0 gives up after the 10 s collective
+    timeout with an error that says what happened, instead of waiting forever."""
+    run = launch(tmp_path, PIPELINE_STOP_RANK_IN_SFT="1", PIPELINE_COLLECTIVE_TIMEOUT_S="10")
+    assert run.returncode != 0
+    assert "Timed out" in run.stderr and "process 0 of 2 lost the others" in run.stderr
