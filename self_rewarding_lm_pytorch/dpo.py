@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.adapters import adapter_model, reference_model
 from self_rewarding_lm_pytorch.dpo_data import DPOCollate, validate_pair_dataset
-from self_rewarding_lm_pytorch.dpo_objective import DPO
+from self_rewarding_lm_pytorch.dpo_objective import DPO, default_logp_reduction
 from self_rewarding_lm_pytorch.dpo_reference import with_reference_logprobs
 from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
 from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
@@ -38,10 +38,11 @@ class DPOConfig:
     steps) can end the stage sooner, and the weights the stage returns are then those of its best evaluation,
     whether it stopped early or reached the cap.
 
-    `logp_reduction`: 'sum' is log π(response | prompt) as in the DPO paper; 'mean' (per token) was the
-    original library's behaviour and is what IPO's paper uses. Stored reference log-probs must use the same.
-    `nll_weight` > 0 adds that weight times the chosen responses' per-token NLL to the loss (Iterative RPO,
-    Pang et al. 2024, arXiv 2404.19733): plain DPO on small models often lowers the chosen likelihood too.
+    `logp_reduction`: 'sum' is log π(response | prompt) as in the DPO paper; 'mean' (per token) is what IPO's
+    paper and TRL use for IPO. None (the default) picks 'mean' for `loss_type='ipo'`, 'sum' otherwise. Stored
+    reference log-probs must use the same. `nll_weight` > 0 adds that weight times the chosen responses' NLL
+    averaged over their tokens in the batch (Iterative RPO, Pang et al. 2024, arXiv 2404.19733; TRL's
+    `rpo_alpha`): plain DPO on small models often lowers the chosen likelihood too. See docs/differences.md.
 
     `precompute_reference`: pairs without stored reference log-probs get them in one pass before training, so no
     reference model is held (dpo_reference.py). None (default): precompute unless the model has LoRA adapters,
@@ -51,7 +52,7 @@ class DPOConfig:
     beta: float = 0.1
     loss_type: LossType = "sigmoid"
     label_smoothing: float = 0.0
-    logp_reduction: Reduction = "sum"
+    logp_reduction: Reduction | None = None  # None: 'mean' for IPO, 'sum' otherwise
     nll_weight: float = 0.0
     margin_weighted_loss: bool = False  # weight each pair's loss by its score margin (ScPO); needs pair rewards
     batch_size: int = 16
@@ -75,6 +76,8 @@ class DPOConfig:
     def __post_init__(self):
         name = type(self).__name__
         check_preference_loss_settings(self.beta, self.loss_type, self.label_smoothing, name)
+        if self.logp_reduction is None:
+            self.logp_reduction = default_logp_reduction(self.loss_type)
         if self.logp_reduction not in ("sum", "mean"):
             raise ValueError(f"{name}.logp_reduction must be 'sum' or 'mean', got {self.logp_reduction!r}")
         if not self.nll_weight >= 0:
@@ -285,12 +288,15 @@ class DPOTrainer:
 
                 # 3) early stopping every early_stop_every steps; the stage ends on the best weights evaluated
                 if stopper is not None and (step % config.early_stop_every == 0 or done):
-                    done = stopper(self.model, accelerator) or done
+                    stopped_early = stopper(self.model, accelerator) and not done
+                    done = done or stopped_early
                     stopper_steps.append(step)
                     row["early_stop_score"] = stopper.scores[-1]
                     if done:
                         stopper.restore_best(self.model)
                         row["best_step"] = stopper_steps[stopper.best_index]
+                        if accelerator.is_main_process:  # the bar halts: say why, and which weights stay
+                            progress.write(early_stop_reason(stopper, step, row["best_step"], stopped_early, self.metric_prefix))
 
                 # 4) validation every valid_every steps, and at the end (of the weights the stage returns)
                 if self.valid_loader is not None and (done or (config.valid_every and step % config.valid_every == 0)):
@@ -311,3 +317,12 @@ class DPOTrainer:
         return self.history
 
     __call__ = train
+
+
+def early_stop_reason(stopper: EarlyStopper, step: int, best_step: int, stopped_early: bool, name: str) -> str:
+    """One line saying why training ended and which weights it kept."""
+    best = f"best score {stopper.best_score:.4g} ({stopper.mode}) at step {best_step}, whose weights are restored"
+    if stopped_early:
+        return (f"{name}: early stop at step {step}: the score did not improve by more than {stopper.min_delta:g} in "
+                f"{stopper.patience} evaluations (patience); {best}")
+    return f"{name}: reached its last step {step}; {best}"

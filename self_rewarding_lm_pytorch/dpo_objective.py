@@ -22,13 +22,21 @@ def trailing_padding(seq: Tensor, pad_id: int) -> Tensor:
     return positions[None, :] >= length[:, None]
 
 
+def default_logp_reduction(loss_type: str) -> Reduction:
+    """The log-prob reduction a loss is used with in TRL and by its authors: IPO (Azar et al. 2023) averages
+    per token, DPO's sigmoid and the hinge loss sum over the response."""
+    return "mean" if loss_type == "ipo" else "sum"
+
+
 class DPO(nn.Module):
     """The DPO loss of a policy `model` on (chosen, rejected) pairs.
 
     The reference is a frozen copy of `model` made here, or `model` with its adapters off when it has LoRA
     adapters (adapters.py), or `ref_model` when given; with
     `precomputed_reference=True` no reference model is held and every call must pass the reference log-probs.
-    Sequences are prompt + response, right-padded with `pad_id`.
+    Sequences are prompt + response, right-padded with `pad_id`. `logp_reduction` None is 'mean' for IPO and
+    'sum' otherwise (as TRL). `nll_weight` > 0 adds the chosen responses' NLL averaged over all their tokens in
+    the batch (RPO, as TRL's `rpo_alpha`).
     """
 
     def __init__(
@@ -40,12 +48,13 @@ class DPO(nn.Module):
         precomputed_reference: bool = False,
         loss_type: LossType = "sigmoid",
         label_smoothing: float = 0.0,
-        logp_reduction: Reduction = "sum",
+        logp_reduction: Reduction | None = None,
         nll_weight: float = 0.0,
         pad_id: int = -1,
     ):
         super().__init__()
         check_preference_loss_settings(beta, loss_type, label_smoothing, type(self).__name__)
+        logp_reduction = default_logp_reduction(loss_type) if logp_reduction is None else logp_reduction
         if logp_reduction not in ("sum", "mean"):
             raise ValueError(f"{type(self).__name__}: logp_reduction must be 'sum' or 'mean', got {logp_reduction!r}")
         if not nll_weight >= 0:
@@ -108,12 +117,14 @@ class DPO(nn.Module):
             beta=self.beta, loss_type=self.loss_type, label_smoothing=self.label_smoothing,
         )
         chosen_logps = logps[:batch]
-        if self.logp_reduction == "sum":
-            nll = -chosen_logps / mask[:batch, 1:].sum(dim=-1).clamp(min=1)
-        else:
-            nll = -chosen_logps
+        chosen_tokens = mask[:batch, 1:].sum(dim=-1)
+        chosen_sums = chosen_logps if self.logp_reduction == "sum" else chosen_logps * chosen_tokens
+        nll = -chosen_sums / chosen_tokens.clamp(min=1)  # per pair, per token: a metric
         if self.nll_weight > 0:
-            losses = losses + self.nll_weight * nll
+            # RPO's term as TRL computes it: the chosen tokens' NLL averaged over every chosen token of the batch,
+            # so a long answer weighs by its length (the paper divides per sequence: equal for equal lengths)
+            batch_nll = -chosen_sums.sum() / chosen_tokens.sum().clamp(min=1)
+            losses = losses + self.nll_weight * batch_nll
         if weight is not None:  # ScPO's instance weights multiply both terms (Prasad et al. 2024, eq. 1)
             losses = losses * weight.to(losses)
 

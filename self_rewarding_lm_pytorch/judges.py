@@ -13,6 +13,7 @@ sentinel number. Three kinds here, and `SelfConsistencyJudge` (self_consistency.
 from __future__ import annotations
 
 import inspect
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -129,8 +130,13 @@ class RewardFnJudge:
         self.reward_fn = reward_fn
 
     def __call__(self, candidates: Candidates, seed: int | None = None) -> Judgements:
-        scores = [_score_or_nan(self.call(p, r)) for p, r in zip(candidates.prompts, candidates.responses)]
+        scores = [self.score(p, r) for p, r in zip(candidates.prompts, candidates.responses)]
         return Judgements(torch.tensor(scores, dtype=torch.float)[:, None])
+
+    def score(self, prompt: str, response: str) -> float:
+        """One call of `reward_fn`: a number or a bool is the score, None is no score; anything else (a string
+        like "5" included: converting it would hide a bug in the function) is an error naming the function."""
+        return check_reward_value(self.call(prompt, response), self.reward_fn, prompt, response)
 
     def call(self, prompt: str, response: str):
         """`reward_fn(prompt, response)`; an exception in it keeps its type and gains a note (shown in the
@@ -208,6 +214,20 @@ def strip_response(tokens: Tensor, pad_id: int, eos_id: int | None) -> Tensor:
         if len(is_eos):
             tokens = tokens[: is_eos[0, 0]]
     return tokens
+
+
+def check_reward_value(value, reward_fn: Callable, prompt: str, response: str, role: str = "reward_fn") -> float:
+    """`value` returned by `reward_fn(prompt, response)` as a float score (NaN for None); `role` names the
+    function in the error (`reward_fn`, `verifier`)."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, numbers.Real) or (torch.is_tensor(value) and value.numel() == 1 and not value.is_complex()):
+        return float(value)
+    name = getattr(reward_fn, "__qualname__", None) or repr(reward_fn)
+    raise TypeError(
+        f"{role} {name} returned {value!r} ({type(value).__name__}) for prompt {prompt[:60]!r} and response "
+        f"{response[:60]!r}; it must return a number, a bool, or None for no score"
+    )
 
 
 def _score_or_nan(score) -> float:

@@ -27,10 +27,11 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, check_non_empty
 from self_rewarding_lm_pytorch.fingerprint import config_fingerprint, dataset_digest, describe, short, tokenizer_digest
-from self_rewarding_lm_pytorch.judges import Candidates, Judge, strip_response
+from self_rewarding_lm_pytorch.judges import Candidates, Judge, check_reward_value, strip_response
 from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.pair_selection import (  # noqa: F401  (public here too)
     PairFilter,
@@ -86,9 +87,10 @@ class PairGenerationConfig:
             raise ValueError(f"{type(self).__name__}.max_prompts must be >= 1 or None, got {self.max_prompts}")
         if self.max_seq_len is not None and self.max_seq_len < 2:
             raise ValueError(f"{type(self).__name__}.max_seq_len must be >= 2 or None, got {self.max_seq_len}")
-        for name in ("is_valid_reward", "pick_paired_rewards"):
-            if not callable(getattr(self, name)):
-                raise TypeError(f"{type(self).__name__}.{name} must be callable")
+        for name in ("is_valid_reward", "pick_paired_rewards", "is_valid_reward_pair", "verifier"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"{type(self).__name__}.{name} must be callable, got a {type(value).__name__}")
         self.pair_filters = tuple(self.pair_filters)
         for i, pair_filter in enumerate(self.pair_filters):
             if not (callable(pair_filter) and isinstance(getattr(pair_filter, "name", None), str)):
@@ -166,8 +168,11 @@ def generate_preference_pairs(
     global_batch = config.prompt_batch_size * accelerator.num_processes
     example_outputs: list[str] = []
 
+    bar = tqdm(total=budget, initial=cursor, desc="pairs", unit="prompt", disable=not accelerator.is_local_main_process)
     while num_pairs < config.num_preference_pairs and cursor < budget:
         if stats.judgements_valid == 0 and cursor >= config.fail_fast_after_prompts:
+            bar.write(f"pair generation stops early: no usable judgement in {cursor} prompts (fail_fast_after_prompts="
+                      f"{config.fail_fast_after_prompts})")
             break
         indices = order[cursor : min(cursor + global_batch, budget)]
         mine = indices[accelerator.process_index :: accelerator.num_processes]
@@ -192,6 +197,9 @@ def generate_preference_pairs(
                 stats.pairs_verified_worse += record["chosen_verified"] < record["rejected_verified"]
         example_outputs += [r.example_judge_output for r in results if r.example_judge_output][:2]
         num_pairs += len(kept)
+        bar.update(len(indices))
+        bar.set_postfix(dict(pairs=f"{num_pairs}/{config.num_preference_pairs}", parse=f"{stats.parse_rate:.2f}",
+                             ties=f"{stats.tie_rate:.2f}", identical=stats.pairs_identical))
 
         progress = dict(prompts_consumed=cursor, stats=asdict(stats))
         if writer is not None:
@@ -208,6 +216,7 @@ def generate_preference_pairs(
             )
         accelerator.wait_for_everyone()
 
+    bar.close()
     (logger or MetricsLogger(accelerator)).log({f"pairs/{k}": v for k, v in stats.summary().items()}, step=0)
 
     if num_pairs < config.num_preference_pairs and not (config.accept_fewer_pairs and num_pairs > 0):
@@ -281,7 +290,10 @@ def _judge_prompts(
 
     verified = None
     if config.verifier is not None:
-        verified = torch.tensor([float(config.verifier(p, t)) for p, t in zip(repeated_prompts, texts)]).view(len(prompts), n)
+        verified = torch.tensor([
+            check_reward_value(config.verifier(p, t), config.verifier, p, t, role="verifier")
+            for p, t in zip(repeated_prompts, texts)
+        ]).view(len(prompts), n)
 
     results = []
     for i, prompt in enumerate(prompts):
@@ -306,6 +318,8 @@ def _judge_prompts(
             dropped_by = first_failed_filter(config.pair_filters, valid_scores[i * n + chosen], valid_scores[i * n + rejected])
             if config.is_valid_reward_pair is not None and not config.is_valid_reward_pair(chosen_score, rejected_score):
                 row_stats.pairs_rejected = 1
+            elif texts[i * n + chosen] == texts[i * n + rejected]:
+                row_stats.pairs_identical = 1  # same text, different scores (a stochastic judge): teaches nothing
             elif dropped_by is not None:
                 row_stats.pairs_filtered = {dropped_by: 1}
             else:

@@ -10,6 +10,7 @@ often restate the format ("Score: <total points>") before answering.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import textwrap
 from dataclasses import dataclass
@@ -130,7 +131,12 @@ class RewardConfig:
         """The judge's score: the last match of the score pattern, or None when there is none (or it is not finite)."""
         if self.parse_reward is not None:
             score = self.parse_reward(judge_output)
-            return None if score is None else float(score)
+            if score is not None and not isinstance(score, numbers.Real):
+                raise TypeError(
+                    f"RewardConfig.parse_reward returned {score!r} ({type(score).__name__}) for the judge output "
+                    f"{judge_output[:60]!r}; it must return a number, or None for no score"
+                )
+            return None if score is None or not math.isfinite(score) else float(score)
         # each whitespace run becomes one space, matched by ` ?` in the pattern: the same language as `\s*`, but a
         # long run of spaces is no longer retried from every position (quadratic with a template like " {{ reward }}")
         matches = self._pattern.findall(WHITESPACE.sub(" ", judge_output))

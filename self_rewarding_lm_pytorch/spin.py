@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.checkpoint import atomic_torch_save, load_model_weights, read_checkpoint
 from self_rewarding_lm_pytorch.data import PromptResponse, normalize_sft_item, validate_sft_dataset
@@ -70,7 +71,7 @@ class SelfPlayConfig:
     adam_kwargs: dict = field(default_factory=dict)
     dropout: float = 0.1
     valid_every: int | None = None
-    checkpoint_every: int | None = None  # optimizer steps within an iteration
+    checkpoint_every: int | None = None  # optimizer steps within an iteration; the last step is always saved
     skip_nonfinite_steps: bool = False
     temperature: float = 1.0
     top_p: float | None = None
@@ -117,7 +118,8 @@ class SelfPlayConfig:
 class SPINTrainer:
     """`SPINTrainer(model, train_sft_dataset=..., max_seq_len=..., spin_kwargs=dict(λ=0.1))()` runs SPIN.
 
-    Pass a `SelfPlayConfig` or its fields. Checkpoints (every `checkpoint_every` steps) go to
+    Pass a `SelfPlayConfig` or its fields. Checkpoints (every `checkpoint_every` steps and at each iteration's
+    last step, so an iteration shorter than `checkpoint_every` still leaves one) go to
     `checkpoint_folder/iteration-{t}-step-{n}.pt`; the returned history has one row per optimizer step."""
 
     def __init__(
@@ -142,6 +144,10 @@ class SPINTrainer:
         if self.config.valid_sft_dataset is not None:
             spin_items(self.config.valid_sft_dataset, pad_id, self.config.max_seq_len)
         check_special_ids(model, pad_id, eos_id, "SPINTrainer")
+        if eos_id is None:
+            from self_rewarding_lm_pytorch.stage_checks import warn_missing_eos  # stage_checks imports this module
+
+            warn_missing_eos("SPINTrainer", f"max_seq_len={self.config.max_seq_len}")
         self.model = model
         self.pad_id, self.eos_id = pad_id, eos_id
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
@@ -158,6 +164,9 @@ class SPINTrainer:
 
         mine = list(range(len(items)))[accelerator.process_index :: accelerator.num_processes]
         pairs = []
+        # generation and the reference log-probs take as long as training: a bar (main process) shows them
+        progress = tqdm(total=len(mine), desc=f"spin answers (iteration {iteration})", unit="prompt",
+                        disable=not accelerator.is_local_main_process)
         for start in range(0, len(mine), config.generation_batch_size):
             indices = mine[start : start + config.generation_batch_size]
             prompts = [items[i].prompt for i in indices]
@@ -185,6 +194,8 @@ class SPINTrainer:
                     index=index, chosen=real[j], rejected=fake[j], prompt_len=int(prompt_len[j]),
                     chosen_ref_logp=logps[j], rejected_ref_logp=logps[len(indices) + j],
                 ))
+            progress.update(len(indices))
+        progress.close()
         if accelerator.num_processes > 1:
             pairs = gather_object(pairs)
         return sorted(pairs, key=lambda pair: pair["index"])

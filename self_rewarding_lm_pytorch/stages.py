@@ -72,11 +72,24 @@ class ExternalRewardDPOConfig(PairGenerationConfig, DPOConfig):
     reward_model: nn.Module | None = None
     reward_fn: Callable[[str, str], float | bool | None] | None = None
     reward_model_batch_size: int = 32
+    # the orchestrator calls reward_fn once, on the first prompt and an empty answer, when it is built, so a
+    # function that fails or returns a non-number stops the run before any stage; False skips that call
+    check_reward_fn_on_sample: bool = True
 
     def __post_init__(self):
         check_preference_stage(self)
         if (self.reward_model is None) == (self.reward_fn is None):
             raise ValueError("ExternalRewardDPOConfig needs exactly one of reward_model and reward_fn")
+        if self.reward_fn is not None and not callable(self.reward_fn):
+            raise TypeError(
+                f"ExternalRewardDPOConfig.reward_fn must be a callable (prompt: str, response: str) -> float | bool | "
+                f"None, got a {type(self.reward_fn).__name__}"
+            )
+        if self.reward_model is not None and not isinstance(self.reward_model, nn.Module):
+            raise TypeError(
+                f"ExternalRewardDPOConfig.reward_model must be an nn.Module scoring token ids, got a "
+                f"{type(self.reward_model).__name__}; for a Python function use reward_fn"
+            )
         if self.reward_fn is None and self.reward_model_batch_size < 1:
             raise ValueError(f"ExternalRewardDPOConfig.reward_model_batch_size must be >= 1, got {self.reward_model_batch_size}")
         if self.reward_fn is not None and self.reward_model_batch_size != 32:

@@ -40,6 +40,7 @@ from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.self_consistency import SelfConsistencyJudge
 from self_rewarding_lm_pytorch.sft import SFTConfig, SFTTrainer
 from self_rewarding_lm_pytorch.spin import SelfPlayConfig, SPINTrainer
+from self_rewarding_lm_pytorch.stage_checks import check_stages
 from self_rewarding_lm_pytorch.stages import (
     ExternalRewardDPOConfig,
     FinetuneConfig,
@@ -113,6 +114,9 @@ class SelfRewardingTrainer:
         self.encode, self.decode = tokenizer_encode, tokenizer_decode
         self.judge_encode = judge_tokenizer_encode or tokenizer_encode
         self.reward_config = self_reward_prompt_config or RewardConfig()
+        # every stage's inputs against the model and tokenizer, now rather than when the stage starts
+        check_stages(self.stages, model, encode=tokenizer_encode, reward_config=self.reward_config,
+                     pad_id=pad_id, eos_id=eos_id)
         self.pad_id, self.eos_id = pad_id, eos_id
         self.folder = Path(checkpoints_folder)
         if accelerator is None:

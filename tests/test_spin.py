@@ -77,6 +77,11 @@ def test_checkpoints_at_multiples_of_checkpoint_every(tmp_path):
     assert saved == ["iteration-0-step-2.pt", "iteration-0-step-4.pt", "iteration-0-step-5.pt"]
 
 
+def test_checkpoint_every_longer_than_the_iteration_still_saves_its_last_step(tmp_path):
+    spin_trainer(char_model(), tmp_path, num_train_steps=2, checkpoint_every=100, valid_sft_dataset=None)()
+    assert sorted(p.name for p in tmp_path.glob("iteration-0-step-*.pt")) == ["iteration-0-step-2.pt"]
+
+
 def test_bad_spin_settings_fail_at_construction():
     data = SortDigitsTask(seed=1).instruction_examples(4)
     with pytest.raises(ValueError, match="unknown settings \\['lambda'\\]"):
