@@ -83,7 +83,7 @@ class ExperimentSettings:
     eft_epochs: int = 1
     eft_learning_rate_factor: float = 1.0
     # each preference iteration
-    prompts_per_iteration: int = 768
+    prompts_per_iteration: int = 384
     num_preference_pairs: int = 384  # at most; `accept_fewer_pairs` keeps what the prompts give
     num_candidates: int = 8  # self-consistency needs votes (the paper samples 8 or more); also the random control's
     num_judged_candidates: int = 4  # the LLM-judge arms (the paper's N = 4), each judged num_judgements times
