@@ -88,7 +88,10 @@ def main():
         name, value = item.split("=", 1)
         if not hasattr(settings, name):
             parser.error(f"--set {item}: ExperimentSettings has no field {name!r}")
-        setattr(settings, name, type(getattr(settings, name))(value) if getattr(settings, name) is not None else float(value))
+        current = getattr(settings, name)
+        if isinstance(current, tuple):
+            parser.error(f"--set {item}: {name} is a tuple; use --seeds for seeds")
+        setattr(settings, name, float(value) if current is None else type(current)(value))
     if args.seeds:
         settings.seeds = tuple(args.seeds)
     arms = [arm for arm in DEFAULT_ARMS if not args.arms or arm.name in args.arms]

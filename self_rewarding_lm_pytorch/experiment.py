@@ -22,7 +22,7 @@ import json
 import math
 import random
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -165,6 +165,7 @@ class RandomScores:
 
 
 def random_arm(prompts, task, settings):
+    # seeded by the number of prompts, so a resumed run draws the same scores
     return ExternalRewardDPOConfig(
         prompt_dataset=prompts, reward_fn=RandomScores(len(prompts)), **settings.pair_kwargs(task), **settings.dpo_kwargs(),
     )
@@ -317,11 +318,14 @@ class ExperimentRunner:
         ift = task.instruction_examples(settings.num_instruction_examples, seed)
         sft = dict(batch_size=32, grad_accum_steps=1, dropout=0.0, learning_rate=settings.sft_learning_rate,
                    end_learning_rate=settings.sft_learning_rate / 10, warmup_steps=10)
-        plan = lambda stages: SelfRewardingTrainer(  # noqa: E731
-            model, finetune_configs=stages, tokenizer_encode=task.encode, tokenizer_decode=task.decode,
-            pad_id=task.pad_id, eos_id=task.eos_id, checkpoints_folder=seed_dir / "seed-model",
-            accelerate_kwargs=dict(cpu=True), seed=seed,
-        )
+
+        def plan(stages):
+            return SelfRewardingTrainer(
+                model, finetune_configs=stages, tokenizer_encode=task.encode, tokenizer_decode=task.decode,
+                pad_id=task.pad_id, eos_id=task.eos_id, checkpoints_folder=seed_dir / "seed-model",
+                accelerate_kwargs=dict(cpu=True), seed=seed,
+            )
+
         plan([SFTConfig(train_dataset=ift, num_epochs=settings.sft_epochs, **sft)])()
 
         eft_prompts = [p for p in task.prompts(2 * settings.num_eft_prompts, 500 + seed) if p not in held_out]
@@ -357,8 +361,3 @@ def pair_numbers(summary: dict) -> dict:
                pairs_neither=1.0 - better - worse if summary.get("pairs") else math.nan)
     row.update({k: v for k, v in summary.items() if k.startswith("pairs_filtered/") or k == "no_pairs"})
     return row
-
-
-def with_settings(settings: ExperimentSettings, **changes) -> ExperimentSettings:
-    """A copy with some settings changed, e.g. for a learning-rate sweep."""
-    return replace(settings, **changes)
