@@ -33,6 +33,7 @@ from self_rewarding_lm_pytorch.data import as_token_tensor, check_non_empty
 from self_rewarding_lm_pytorch.fingerprint import config_fingerprint, dataset_digest, describe, short, tokenizer_digest
 from self_rewarding_lm_pytorch.judges import Candidates, Judge, check_reward_value, strip_response
 from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
+from self_rewarding_lm_pytorch.pair_config import PairGenerationConfig  # noqa: F401  (public here too)
 from self_rewarding_lm_pytorch.pair_selection import (  # noqa: F401  (public here too)
     PairFilter,
     best_and_worst,
@@ -47,57 +48,8 @@ from self_rewarding_lm_pytorch.pair_stats import (
     shortfall_message,
 )
 from self_rewarding_lm_pytorch.preference_data import PreferenceDataWriter, read_meta
-from self_rewarding_lm_pytorch.sampling import check_sampling_settings, sample, top_p
+from self_rewarding_lm_pytorch.sampling import sample, top_p
 from self_rewarding_lm_pytorch.tracking import MetricsLogger
-
-
-@dataclass(kw_only=True)
-class PairGenerationConfig:
-    """How a stage makes its preference pairs, whoever judges. Defaults follow the paper: N = 4 candidates
-    sampled at temperature 0.7 and top-p 0.9, best vs worst. (The judge's own settings live with the judge.)"""
-
-    num_preference_pairs: int
-    num_candidate_responses: int = 4
-    prompt_batch_size: int = 16
-    response_max_new_tokens: int = 128
-    max_seq_len: int | None = None  # prompt + response cap; None: the model's `max_seq_len`
-    temperature: float = 0.7
-    top_p: float | None = 0.9
-    is_valid_reward: Callable[[float], bool] = is_finite_reward
-    is_valid_reward_pair: Callable[[float, float], bool] | None = None  # (chosen, rejected) -> keep?
-    pick_paired_rewards: Callable[[Tensor], Tensor] = best_and_worst
-    pair_filters: tuple[PairFilter, ...] = ()  # e.g. (JudgementsAgree(),): drops counted per filter in the stats
-    max_prompts: int | None = None  # prompts to try at most; None: every prompt of the dataset, once
-    fail_fast_after_prompts: int = 64  # stop early when no judgement at all was usable after this many prompts
-    accept_fewer_pairs: bool = False  # out of prompts with fewer pairs than asked: keep them instead of an error
-    verifier: Callable[[str, str], float | bool] | None = None  # diagnostics only: how often the judge agrees
-
-    def __post_init__(self):
-        positive = ("num_preference_pairs", "num_candidate_responses", "prompt_batch_size", "response_max_new_tokens",
-                    "fail_fast_after_prompts")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_candidate_responses < 2:
-            raise ValueError(
-                f"{type(self).__name__}.num_candidate_responses must be >= 2 to form a pair, got {self.num_candidate_responses}"
-            )
-        check_sampling_settings(self, "temperature", "top_p")
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise ValueError(f"{type(self).__name__}.max_prompts must be >= 1 or None, got {self.max_prompts}")
-        if self.max_seq_len is not None and self.max_seq_len < 2:
-            raise ValueError(f"{type(self).__name__}.max_seq_len must be >= 2 or None, got {self.max_seq_len}")
-        for name in ("is_valid_reward", "pick_paired_rewards", "is_valid_reward_pair", "verifier"):
-            value = getattr(self, name)
-            if value is not None and not callable(value):
-                raise TypeError(f"{type(self).__name__}.{name} must be callable, got a {type(value).__name__}")
-        self.pair_filters = tuple(self.pair_filters)
-        for i, pair_filter in enumerate(self.pair_filters):
-            if not (callable(pair_filter) and isinstance(getattr(pair_filter, "name", None), str)):
-                raise TypeError(
-                    f"{type(self).__name__}.pair_filters[{i}] must be a callable with a `name` (e.g. JudgementsAgree(), "
-                    f"MarginAtLeast(0.25)), got {type(pair_filter).__name__}"
-                )
 
 
 @dataclass

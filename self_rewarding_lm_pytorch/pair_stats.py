@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-if TYPE_CHECKING:  # annotations only: pair_generation imports this module
+if TYPE_CHECKING:  # annotations only
     from self_rewarding_lm_pytorch.judges import Judge
-    from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig
+    from self_rewarding_lm_pytorch.pair_config import PairGenerationConfig
 
 
 @dataclass

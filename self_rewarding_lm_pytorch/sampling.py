@@ -12,6 +12,7 @@ sequence each step.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -359,3 +360,22 @@ def _pick(logits: Tensor, temperature: float, filter_fn, filter_kwargs: dict, ge
     if filter_fn is not None:
         logits = filter_fn(logits, **filter_kwargs)
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+
+
+# a generating stage without an EOS id: said once per process, by the orchestrator or a trainer used alone
+
+MISSING_EOS = (
+    "eos_id is None but {where} generates text: without it every generated answer runs on to its full token budget "
+    "({budget}), past the end of the answer, and the judge and the preference pairs see that text. Pass eos_id "
+    "(the tokenizer's end-of-sequence id; `hf_tokenizer_functions` returns it)."
+)
+
+_warned_missing_eos = False
+
+
+def warn_missing_eos(where: str, budget: str):
+    """Warn, once per process, that generation runs without an EOS id."""
+    global _warned_missing_eos
+    if not _warned_missing_eos:
+        _warned_missing_eos = True
+        warnings.warn(MISSING_EOS.format(where=where, budget=budget), UserWarning, stacklevel=4)

@@ -27,7 +27,7 @@ from self_rewarding_lm_pytorch.data import PromptResponse, normalize_sft_item, v
 from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.logprobs import reference_logprobs
 from self_rewarding_lm_pytorch.model_contract import check_special_ids
-from self_rewarding_lm_pytorch.sampling import check_sampling_settings, sample, top_p
+from self_rewarding_lm_pytorch.sampling import check_sampling_settings, sample, top_p, warn_missing_eos
 from self_rewarding_lm_pytorch.tracking import MetricsLogger
 from self_rewarding_lm_pytorch.train_state import loop_fingerprint
 
@@ -145,8 +145,6 @@ class SPINTrainer:
             spin_items(self.config.valid_sft_dataset, pad_id, self.config.max_seq_len)
         check_special_ids(model, pad_id, eos_id, "SPINTrainer")
         if eos_id is None:
-            from self_rewarding_lm_pytorch.stage_checks import warn_missing_eos  # stage_checks imports this module
-
             warn_missing_eos("SPINTrainer", f"max_seq_len={self.config.max_seq_len}")
         self.model = model
         self.pad_id, self.eos_id = pad_id, eos_id

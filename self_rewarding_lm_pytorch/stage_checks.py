@@ -8,7 +8,6 @@ Each error names the stage index, the field and the fix.
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 from torch import Tensor, nn
@@ -16,15 +15,10 @@ from torch import Tensor, nn
 from self_rewarding_lm_pytorch.data import as_token_tensor
 from self_rewarding_lm_pytorch.judges import check_reward_value
 from self_rewarding_lm_pytorch.reward import RewardConfig
-from self_rewarding_lm_pytorch.sampling import absolute_position_limit
+from self_rewarding_lm_pytorch.sampling import absolute_position_limit, warn_missing_eos
 from self_rewarding_lm_pytorch.spin import SelfPlayConfig, spin_items
 from self_rewarding_lm_pytorch.stages import ExternalRewardDPOConfig, SelfRewardDPOConfig
 
-MISSING_EOS = (
-    "eos_id is None but {where} generates text: without it every generated answer runs on to its full token budget "
-    "({budget}), past the end of the answer, and the judge and the preference pairs see that text. Pass eos_id "
-    "(the tokenizer's end-of-sequence id; `hf_tokenizer_functions` returns it)."
-)
 
 
 def model_length_limit(model: nn.Module) -> int | None:
@@ -57,17 +51,6 @@ def check_stages(
     if eos_id is None and generating:
         index, config, budget = generating[0]
         warn_missing_eos(f"stage {index} ({type(config).__name__})", f"{budget}={getattr(config, budget)}")
-
-
-_warned_missing_eos = False
-
-
-def warn_missing_eos(where: str, budget: str):
-    """Warn, once per process, that generation runs without an EOS id."""
-    global _warned_missing_eos
-    if not _warned_missing_eos:
-        _warned_missing_eos = True
-        warnings.warn(MISSING_EOS.format(where=where, budget=budget), UserWarning, stacklevel=4)
 
 
 def _stage(index: int, config) -> str:

@@ -13,7 +13,7 @@ from self_rewarding_lm_pytorch import (
     SelfRewardingTrainer,
     SFTConfig,
 )
-from self_rewarding_lm_pytorch import stage_checks
+from self_rewarding_lm_pytorch import sampling
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 from conftest import tiny_transformer
@@ -98,7 +98,7 @@ def test_reward_fn_returning_a_non_number_is_an_error_at_construction_unless_the
 
 
 def test_a_missing_eos_id_warns_once_saying_what_happens(monkeypatch):
-    monkeypatch.setattr(stage_checks, "_warned_missing_eos", False)
+    monkeypatch.setattr(sampling, "_warned_missing_eos", False)
     stages = [SelfPlayConfig(train_sft_dataset=SortDigitsTask(seed=1).instruction_examples(4), max_seq_len=32,
                              num_train_steps=1)]
     with pytest.warns(UserWarning, match=r"eos_id is None but stage 1 \(SelfPlayConfig\) generates text: .*runs on to "
@@ -111,7 +111,7 @@ def test_a_missing_eos_id_warns_once_saying_what_happens(monkeypatch):
 def test_spin_alone_without_eos_id_warns_too(monkeypatch):
     from self_rewarding_lm_pytorch import SPINTrainer
 
-    monkeypatch.setattr(stage_checks, "_warned_missing_eos", False)
+    monkeypatch.setattr(sampling, "_warned_missing_eos", False)
     with pytest.warns(UserWarning, match=r"eos_id is None but SPINTrainer generates text"):
         SPINTrainer(tiny_transformer(num_tokens=TOKENIZER.num_tokens), train_sft_dataset=SortDigitsTask(seed=1)
                     .instruction_examples(4), max_seq_len=32, num_train_steps=1, accelerate_kwargs=dict(cpu=True))
