@@ -14,6 +14,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from self_rewarding_lm_pytorch.sharding import full_state_dict, load_full_state_dict
+
 
 def atomic_torch_save(obj, path: str | Path):
     path = Path(path)
@@ -33,18 +35,19 @@ def save_checkpoint(accelerator: Accelerator, model: nn.Module, path: str | Path
     """Save `model`'s weights (unwrapped from DDP/FSDP/DeepSpeed) and `extra` plain values to `path`.
 
     Every process must call this: gathering a sharded state dict is collective; only the main process writes.
+    A sharded model's weights are gathered into one full state dict, which loads into the unsharded model.
     """
-    state_dict = accelerator.get_state_dict(model)
+    state_dict = full_state_dict(accelerator, model)
     if accelerator.is_main_process:
         atomic_torch_save(dict(model=state_dict, **extra), path)
     accelerator.wait_for_everyone()
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> dict:
-    """Load weights saved by `save_checkpoint` into `model` (strictly by default); returns the extras."""
+    """Load weights saved by `save_checkpoint` into `model` (strictly by default; sharded or not); returns the extras."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     package = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(package.pop("model"), strict=strict)
+    load_full_state_dict(model, package.pop("model"), strict=strict)
     return package

@@ -23,6 +23,7 @@ from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.model_utils import frozen_copy, set_dropout
 from self_rewarding_lm_pytorch.optim import adamw_for_stage, steps_per_epoch
 from self_rewarding_lm_pytorch.preference_loss import LossType, check_preference_loss_settings
+from self_rewarding_lm_pytorch.sharding import check_supported_sharding, is_fully_sharded, prepare_for_training
 
 __all__ = ["DPO", "DPOCollate", "DPOConfig", "DPOTrainer", "reference_logprobs"]
 
@@ -130,6 +131,7 @@ class DPOTrainer:
             raise TypeError(f"pass either a DPOConfig or its fields, not both (got {sorted(config_kwargs)})")
         self.config = config = config or DPOConfig(**config_kwargs)
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
+        check_supported_sharding(self.accelerator, "DPOTrainer")
         self.pad_id = pad_id = getattr(train_dataset, "pad_id", -1) if pad_id is None else pad_id
         self.checkpoint_folder, self.checkpoint_prefix, self.metric_prefix = Path(checkpoint_folder), checkpoint_prefix, metric_prefix
 
@@ -143,6 +145,13 @@ class DPOTrainer:
         # the reference: stored log-probs, or the model as it is now, frozen (made before any wrapping)
         self.ref_model = None
         if not (train_has_ref and valid_has_ref):
+            if is_fully_sharded(model):
+                raise ValueError(
+                    "DPOTrainer: the model is sharded (FSDP2) and the pairs carry no reference log-probs, so a frozen "
+                    "copy of the model would be needed; that copy is not supported for a sharded model. Store the "
+                    "reference log-probs with the pairs (chosen_ref_logp / rejected_ref_logp, e.g. from "
+                    "reference_logprobs), as pair generation and SPIN do"
+                )
             self.ref_model = frozen_copy(extract_model_from_parallel(model)).to(self.accelerator.device)
 
         collate = DPOCollate(pad_id)
@@ -160,7 +169,7 @@ class DPOTrainer:
         set_dropout(model, config.dropout)
         optimizer, self.scheduler = adamw_for_stage(model, config, self.num_train_steps)
         # the scheduler is stepped by hand once per optimizer step: Accelerate's wrapper would step it once per process
-        self.model, self.optimizer, self.train_loader = self.accelerator.prepare(model, optimizer, train_loader)
+        self.model, self.optimizer, self.train_loader = prepare_for_training(self.accelerator, model, optimizer, train_loader)
         if self.valid_loader is not None:
             self.valid_loader = self.accelerator.prepare(self.valid_loader)
 

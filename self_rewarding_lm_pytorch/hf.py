@@ -33,13 +33,20 @@ class HFCausalLM(nn.Module):
         learned = any("wpe" in name or "embed_positions" in name for name, _ in model.named_modules())
         self.position_limit = self.max_seq_len if learned else None
 
-    def forward(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, ids: Tensor, mask: Tensor | None = None, **model_kwargs):
         """Logits (b, n, vocab). Right-padded sequences need no mask: a causal model's scored positions never see
-        the padding after them. `mask` (True = real token) may be given, e.g. by a reward model caller."""
-        return self.model(input_ids=ids, attention_mask=None if mask is None else mask.long(), use_cache=False).logits
+        the padding after them. `mask` (True = real token) may be given, e.g. by a reward model caller.
+
+        `model_kwargs` (the KV-cached decoder's cache and position ids) go to the HF model, and its whole output
+        comes back: the decoder calls this wrapper, not the HF model, so that a wrapper sharded as a whole (FSDP2)
+        gathers its parameters."""
+        attention_mask = None if mask is None else mask.long()
+        if model_kwargs:
+            return self.model(input_ids=ids, attention_mask=attention_mask, **model_kwargs)
+        return self.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits
 
     def make_decoder(self) -> HFKVDecoder:
-        return HFKVDecoder(self.model, self.position_limit)
+        return HFKVDecoder(self, self.position_limit)
 
     def save_pretrained(self, path: str | Path, state_dict: dict | None = None, **kwargs):
         """Save in the HF format (config + safetensors), loadable by `AutoModelForCausalLM.from_pretrained`.
@@ -52,18 +59,18 @@ class HFCausalLM(nn.Module):
 class HFKVDecoder:
     """The sampler's decoder for an HF model: its cache, an attention mask and explicit position ids."""
 
-    def __init__(self, model: nn.Module, position_limit: int | None):
-        self.model = model
+    def __init__(self, wrapper: HFCausalLM, position_limit: int | None):
+        self.wrapper = wrapper
         self.position_limit = position_limit
         # transformers 5 names the cache argument `cache`; 4.x names it `past_key_values`
-        self.cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        parameters = inspect.signature(wrapper.model.forward).parameters
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
 
     def _run(self, ids: Tensor, positions: Tensor, cache=None) -> Tensor:
         if self.position_limit is not None:
             # only finished rows (their output is discarded) can pass the limit: keep them inside the table
             positions = positions.clamp(max=self.position_limit - 1)
-        out = self.model(input_ids=ids, attention_mask=self.mask.long(), position_ids=positions, use_cache=True,
-                         **{self.cache_argument: cache})
+        out = self.wrapper(ids, self.mask, position_ids=positions, use_cache=True, **{self.cache_argument: cache})
         self.cache = out[self.cache_argument]
         return out.logits[:, -1]
 

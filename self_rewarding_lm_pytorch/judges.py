@@ -13,6 +13,7 @@ sentinel number. Three kinds:
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from self_rewarding_lm_pytorch.data import as_token_tensor, pad_right
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.sampling import absolute_position_limit, sample, top_p
+from self_rewarding_lm_pytorch.sharding import idle_forward, max_over_ranks
 
 
 @dataclass
@@ -84,7 +86,7 @@ class SelfJudge:
             for prompt, response in zip(candidates.prompts, candidates.responses)
         ]
         limit = absolute_position_limit(extract_model_from_parallel(self.model))
-        longest = max(len(ids) for ids in judge_prompts)
+        longest = max((len(ids) for ids in judge_prompts), default=0)
         if limit is not None and longest + self.max_new_tokens > limit:
             raise ValueError(
                 f"a judge prompt is {longest} tokens; with room for a {self.max_new_tokens}-token answer it needs "
@@ -93,9 +95,11 @@ class SelfJudge:
                 f"response_max_new_tokens, or a model with a longer max_seq_len"
             )
         # K judgements per candidate, `batch_size` candidates per sampler call (each judge prompt is prefilled once):
-        # judge prompts are long, and their attention and cache grow with batch x length
+        # judge prompts are long, and their attention and cache grow with batch x length. A sharded model: every rank
+        # makes as many sampler calls as the busiest one (with no rows when it has none left).
         answers = []
-        for start in range(0, len(judge_prompts), self.batch_size):
+        for call in range(max_over_ranks(math.ceil(len(judge_prompts) / self.batch_size), self.model)):
+            start = call * self.batch_size
             answers += list(sample(
                 self.model,
                 judge_prompts[start : start + self.batch_size],
@@ -112,7 +116,7 @@ class SelfJudge:
         raw = [texts[i : i + self.num_judgements] for i in range(0, len(texts), self.num_judgements)]
         scores = torch.tensor(
             [[_score_or_nan(self.reward_config.parse(text)) for text in row] for row in raw], dtype=torch.float
-        )
+        ).reshape(len(raw), self.num_judgements)
         return Judgements(scores, raw)
 
     def is_valid_score(self, score: float) -> bool:
@@ -156,14 +160,19 @@ class RewardModelJudge:
         seqs = [torch.cat([p, r]) for p, r in zip(candidates.prompt_ids, candidates.response_ids)]
         was_training = self.reward_model.training
         self.reward_model.eval()
-        scores = []
-        for start in range(0, len(seqs), self.batch_size):
-            ids, is_padding = pad_right(seqs[start : start + self.batch_size], self.pad_id)
+        scores = [torch.empty(0)]
+        # a sharded reward model: every rank runs as many forwards as the busiest one (idle ones when out of rows)
+        for call in range(max_over_ranks(math.ceil(len(seqs) / self.batch_size), self.reward_model)):
+            chunk = seqs[call * self.batch_size : (call + 1) * self.batch_size]
+            if not chunk:
+                idle_forward(self.reward_model)
+                continue
+            ids, is_padding = pad_right(chunk, self.pad_id)
             ids, is_padding = ids.to(device), is_padding.to(device)
             kwargs = dict(mask=~is_padding) if self.takes_mask else {}
-            scores.append(reward_model_scores(self.reward_model(ids.clamp(min=0), **kwargs), len(ids)))
+            scores.append(reward_model_scores(self.reward_model(ids.clamp(min=0), **kwargs), len(ids)).float().cpu())
         self.reward_model.train(was_training)
-        return Judgements(torch.cat(scores).float().cpu()[:, None])
+        return Judgements(torch.cat(scores)[:, None])
 
     def is_valid_score(self, score: float) -> bool:
         return True

@@ -11,6 +11,7 @@ sequence each step.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, strip_right_padding
 from self_rewarding_lm_pytorch.model_contract import forward_logits
+from self_rewarding_lm_pytorch.sharding import all_ranks_done, idle_forward, is_fully_sharded
 
 # filters: logits (b, vocab) -> logits with the excluded tokens at -inf
 
@@ -187,7 +189,7 @@ def make_decoder(net: nn.Module, cache_kv: bool = True) -> Decoder:
 # sampling
 
 
-def _as_prompt_list(prompts: Tensor | Sequence[Tensor], pad_id: int) -> list[Tensor]:
+def _as_prompt_list(prompts: Tensor | Sequence[Tensor], pad_id: int, allow_empty: bool = False) -> list[Tensor]:
     if torch.is_tensor(prompts):
         if prompts.ndim == 1:
             prompts = prompts[None]
@@ -196,7 +198,7 @@ def _as_prompt_list(prompts: Tensor | Sequence[Tensor], pad_id: int) -> list[Ten
         rows = [strip_right_padding(as_token_tensor(row, f"prompt {i}"), pad_id, f"prompt {i}") for i, row in enumerate(prompts)]
     else:
         rows = [as_token_tensor(p, f"prompt {i}") for i, p in enumerate(prompts)]
-    if not rows:
+    if not rows and not allow_empty:
         raise ValueError("sample() got no prompts")
     for i, row in enumerate(rows):
         if len(row) == 0:
@@ -244,8 +246,14 @@ def sample(
     Returns (num_prompts * num_samples, L) token ids, prompt-major (row i * num_samples + j is prompt i's j-th
     sample), right-padded with `pad_id`: the responses, or each prompt followed by its response if
     `output_keep_prompt`. The model is sampled in eval mode and its train/eval flag restored afterwards.
+
+    A model sharded with FSDP2 (every rank calls `sample` together): ranks keep running forwards until every rank's
+    rows are finished, and a rank with no prompts in this call passes an empty list (it gets a (0, 0) tensor).
     """
-    rows = _as_prompt_list(prompts, pad_id)
+    # DDP and friends hide the model's type and methods; a compiled model would recompile at every new length
+    net = extract_model_from_parallel(net, keep_torch_compile=False)
+    sharded = is_fully_sharded(net)
+    rows = _as_prompt_list(prompts, pad_id, allow_empty=sharded)
     if seq_len is None and max_new_tokens is None:
         raise ValueError("sample() needs seq_len (total length cap) or max_new_tokens (new-token cap)")
     if max_new_tokens is not None and max_new_tokens < 1:
@@ -255,9 +263,10 @@ def sample(
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
 
-    # DDP and friends hide the model's type and methods; a compiled model would recompile at every new length
-    net = extract_model_from_parallel(net, keep_torch_compile=False)
     device = next(net.parameters()).device
+    if not rows:  # a sharded model's rank with nothing to sample: it runs the forwards of the others
+        _run_idle(net, device)
+        return torch.empty(0, 0, dtype=torch.long, device=device)
     prompt_lens = torch.tensor([len(r) for r in rows])
 
     # 1) how many tokens each row may add
@@ -299,7 +308,7 @@ def sample(
             budget = repeat(budget, "b -> (b n)", n=num_samples)
         # 4) decode until every row has finished
         generated, lengths = _decode_loop(decoder, logits, budget, temperature, filter_fn, filter_kwargs or {},
-                                          pad_id, eos_id, _make_generator(generator, device))
+                                          pad_id, eos_id, _make_generator(generator, device), net if sharded else None)
     finally:
         net.train(was_training)
 
@@ -328,26 +337,50 @@ def _decode_loop(
     pad_id: int,
     eos_id: int | None,
     generator: torch.Generator | None,
+    sharded_net: nn.Module | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sample until every row has finished: its EOS emitted or its budget used.
-    Returns the tokens (b, steps), right-padded with `pad_id`, and each row's length (EOS included)."""
+    Returns the tokens (b, steps), right-padded with `pad_id`, and each row's length (EOS included).
+
+    `sharded_net`: the model when it is sharded. The stop check is then an all-reduce over ranks, and a rank whose
+    rows are done runs idle forwards (not decoder steps: its cache need not grow) until every rank is done."""
     batch, device = logits.shape[0], logits.device
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     tokens = []
     max_steps = int(budget.max())
-    for step in range(max_steps):
-        sampled = _pick(logits.float(), temperature, filter_fn, filter_kwargs, generator)
-        tokens.append(sampled.masked_fill(finished, pad_id))
-        lengths += ~finished
-        finished |= budget <= step + 1
-        if eos_id is not None:
-            finished |= sampled == eos_id
-        if step + 1 == max_steps or bool(finished.all()):  # the one host sync per token
+    done = False
+    for step in itertools.count():
+        if not done:
+            sampled = _pick(logits.float(), temperature, filter_fn, filter_kwargs, generator)
+            tokens.append(sampled.masked_fill(finished, pad_id))
+            lengths += ~finished
+            finished |= budget <= step + 1
+            if eos_id is not None:
+                finished |= sampled == eos_id
+            done = step + 1 == max_steps or bool(finished.all())  # the one host sync per token
+        if sharded_net is None and done:
             break
-        # finished rows are fed their (discarded) sample, always a valid id, unlike pad_id
-        logits = decoder.step(sampled)
+        if sharded_net is not None and all_ranks_done(done, device):
+            break
+        if done:
+            idle_forward(sharded_net)
+        else:
+            # finished rows are fed their (discarded) sample, always a valid id, unlike pad_id
+            logits = decoder.step(sampled)
     return torch.stack(tokens, dim=-1), lengths
+
+
+def _run_idle(net: nn.Module, device: torch.device):
+    """A sharded model's rank with no rows: the prefill's forward, then one per step until every rank is done."""
+    was_training = net.training
+    net.eval()
+    try:
+        idle_forward(net)
+        while not all_ranks_done(True, device):
+            idle_forward(net)
+    finally:
+        net.train(was_training)
 
 
 def _pick(logits: Tensor, temperature: float, filter_fn, filter_kwargs: dict, generator) -> Tensor:

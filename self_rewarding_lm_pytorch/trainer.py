@@ -31,6 +31,7 @@ from self_rewarding_lm_pytorch.pair_generation import generate_preference_pairs
 from self_rewarding_lm_pytorch.preference_data import DPODataset
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.sft import SFTConfig, SFTTrainer
+from self_rewarding_lm_pytorch.sharding import check_supported_sharding, full_state_dict
 from self_rewarding_lm_pytorch.spin import SelfPlayConfig, SPINTrainer
 from self_rewarding_lm_pytorch.stages import (
     ExternalRewardDPOConfig,
@@ -84,6 +85,7 @@ class SelfRewardingTrainer:
         self.pad_id, self.eos_id = pad_id, eos_id
         self.folder = Path(checkpoints_folder)
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
+        check_supported_sharding(self.accelerator, "SelfRewardingTrainer")
         self.seed = seed
         self.evaluate = evaluate
         self.summaries: list[dict] = []
@@ -175,7 +177,7 @@ class SelfRewardingTrainer:
         """Models with their own format (the HF adapter) are also saved in it, to `stage-{i:02d}-{kind}.hf/`."""
         if not hasattr(self.model, "save_pretrained"):
             return
-        state_dict = self.accelerator.get_state_dict(self.model)  # collective: every process takes part
+        state_dict = full_state_dict(self.accelerator, self.model)  # collective: every process takes part
         if self.accelerator.is_main_process:
             self.model.save_pretrained(self.folder / f"{self.stage_name(index)}.hf", state_dict=state_dict)
         self.accelerator.wait_for_everyone()
