@@ -74,10 +74,22 @@ class HFKVDecoder:
         self.cache = out[self.cache_argument]
         return out.logits[:, -1]
 
-    def prefill(self, ids: Tensor, seq_start_pos: Tensor) -> Tensor:
-        self.mask = torch.arange(ids.shape[1], device=ids.device)[None, :] >= seq_start_pos[:, None]
-        positions = (self.mask.cumsum(dim=-1) - 1).clamp(min=0)
+    def prefill(self, ids: Tensor, seq_start_pos: Tensor, prefix_len: int = 0) -> Tensor:
+        mask = torch.arange(ids.shape[1], device=ids.device)[None, :] >= seq_start_pos[:, None]
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
         self.next_position = positions[:, -1] + 1
+        if prefix_len > 0:
+            # 1) the prefix once, for one row; 2) its cache shifted into every row (keys were computed at each row's
+            # own position ids, so they fit any row); 3) the rest of the rows. A cache of another kind: no sharing.
+            from self_rewarding_lm_pytorch.decoders import shared_prefix
+
+            prefix = shared_prefix(ids, seq_start_pos, prefix_len)
+            self.mask = torch.ones_like(prefix, dtype=torch.bool)
+            self._run(prefix, torch.arange(prefix_len, device=ids.device)[None])
+            if _expand_prefix_cache(self.cache, seq_start_pos):
+                self.mask = mask
+                return self._run(ids[:, prefix_len:], positions[:, prefix_len:], self.cache)
+        self.mask = mask
         return self._run(ids, positions)
 
     def step(self, new_ids: Tensor) -> Tensor:
@@ -90,6 +102,23 @@ class HFKVDecoder:
         self.cache.batch_repeat_interleave(n)
         self.mask = self.mask.repeat_interleave(n, dim=0)
         self.next_position = self.next_position.repeat_interleave(n, dim=0)
+
+
+def _expand_prefix_cache(cache, seq_start_pos: Tensor) -> bool:
+    """Place one row's cached prefix in every row (see decoders.py); False for a cache this does not know how to
+    shift (anything but full key / value tensors per layer: transformers 5 `layers`, 4.x `key_cache` lists)."""
+    from self_rewarding_lm_pytorch.decoders import expand_prefix_cache
+
+    layers = getattr(cache, "layers", None)
+    if layers is not None and all(type(layer).__name__ == "DynamicLayer" for layer in layers):
+        for layer in layers:
+            layer.keys, layer.values = (expand_prefix_cache(t, seq_start_pos) for t in (layer.keys, layer.values))
+        return True
+    if layers is None and isinstance(getattr(cache, "key_cache", None), list):
+        cache.key_cache = [expand_prefix_cache(t, seq_start_pos) for t in cache.key_cache]
+        cache.value_cache = [expand_prefix_cache(t, seq_start_pos) for t in cache.value_cache]
+        return True
+    return False
 
 
 def hf_tokenizer_functions(tokenizer, add_special_tokens: bool = False) -> tuple[Callable[[str], Tensor], Callable[[Tensor], str], int | None]:

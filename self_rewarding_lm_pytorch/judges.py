@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -22,7 +23,7 @@ from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, pad_right
-from self_rewarding_lm_pytorch.reward import RewardConfig
+from self_rewarding_lm_pytorch.reward import PLACEHOLDER, RewardConfig
 from self_rewarding_lm_pytorch.sampling import absolute_position_limit, sample, top_p
 from self_rewarding_lm_pytorch.sharding import idle_forward, max_over_ranks
 
@@ -53,7 +54,12 @@ class Judge(Protocol):
 
 
 class SelfJudge:
-    """The model judges its own candidates with the LLM-as-a-judge prompt of `reward_config`."""
+    """The model judges its own candidates with the LLM-as-a-judge prompt of `reward_config`.
+
+    `share_prefix`: the template's text before `{{ prompt }}` is the same in every judge prompt, so each sampler call
+    computes it once for all rows (its KV cache is reused), when its tokens are exactly the first tokens of every
+    encoded judge prompt (a BPE tokenizer may merge across the boundary; then the prompts are run whole, with a
+    warning once). The judgements are the same either way."""
 
     def __init__(
         self,
@@ -69,8 +75,12 @@ class SelfJudge:
         pad_id: int = -1,
         eos_id: int | None = None,
         batch_size: int = 16,
+        share_prefix: bool = True,
     ):
         self.model = model
+        self.share_prefix = share_prefix
+        self._prefix_ids: Tensor | None = None  # the template's prefix, encoded once
+        self._warned_unshared = False
         self.reward_config = reward_config
         self.batch_size = batch_size
         self.encode, self.decode = tokenizer_encode, tokenizer_decode
@@ -97,12 +107,16 @@ class SelfJudge:
         # K judgements per candidate, `batch_size` candidates per sampler call (each judge prompt is prefilled once):
         # judge prompts are long, and their attention and cache grow with batch x length. A sharded model: every rank
         # makes as many sampler calls as the busiest one (with no rows when it has none left).
+        prefix = self._shared_prefix(judge_prompts)
+        if prefix is not None:
+            judge_prompts = [ids[len(prefix):] for ids in judge_prompts]
         answers = []
         for call in range(max_over_ranks(math.ceil(len(judge_prompts) / self.batch_size), self.model)):
             start = call * self.batch_size
             answers += list(sample(
                 self.model,
                 judge_prompts[start : start + self.batch_size],
+                shared_prefix=prefix,
                 temperature=self.temperature,
                 filter_fn=top_p if self.top_p is not None else None,
                 filter_kwargs=dict(thres=self.top_p) if self.top_p is not None else None,
@@ -121,6 +135,28 @@ class SelfJudge:
 
     def is_valid_score(self, score: float) -> bool:
         return self.reward_config.is_in_range(score)
+
+    def _shared_prefix(self, judge_prompts: list[Tensor]) -> Tensor | None:
+        """The encoded template prefix if it begins every judge prompt (and leaves a token after it), else None."""
+        if not self.share_prefix or not judge_prompts:
+            return None
+        if self._prefix_ids is None:
+            template = self.reward_config.prompt_template
+            text = template[: PLACEHOLDER.search(template).start()]
+            self._prefix_ids = as_token_tensor(self.encode(text), "encoded judge prompt prefix") if text else torch.empty(0, dtype=torch.long)
+        prefix = self._prefix_ids
+        if len(prefix) == 0:
+            return None
+        if all(len(ids) > len(prefix) and torch.equal(ids[: len(prefix)], prefix) for ids in judge_prompts):
+            return prefix
+        if not self._warned_unshared:
+            self._warned_unshared = True
+            warnings.warn(
+                "SelfJudge: the encoded judge template prefix (the text before {{ prompt }}) is not the start of every "
+                "encoded judge prompt (the tokenizer merges across the boundary, or adds tokens at the end), so judge "
+                "prompts are run whole, without sharing the prefix's computation. The judgements are unaffected."
+            )
+        return None
 
 
 class RewardFnJudge:
