@@ -12,6 +12,7 @@ from self_rewarding_lm_pytorch.preference_loss import preference_loss
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.sampling import min_p, sample, top_k, top_p
 from self_rewarding_lm_pytorch.sft import SFTConfig, SFTTrainer
+from self_rewarding_lm_pytorch.sharding import fully_shard_model
 from self_rewarding_lm_pytorch.spin import SPIN, SelfPlayConfig, SPINTrainer
 from self_rewarding_lm_pytorch.stages import ExternalRewardDPOConfig, SelfRewardDPOConfig, create_default_paper_config
 from self_rewarding_lm_pytorch.trainer import SelfRewardingTrainer
@@ -35,6 +36,7 @@ __all__ = [
     "SelfRewardingTrainer",
     "create_default_paper_config",
     "create_mock_dataset",
+    "fully_shard_model",
     "load_checkpoint",
     "min_p",
     "preference_loss",
