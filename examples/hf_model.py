@@ -26,7 +26,10 @@ def main():
     parser.add_argument("path", help="a local folder with an AutoModelForCausalLM checkpoint and its tokenizer")
     parser.add_argument("--steps", type=int, default=50, help="optimizer steps per stage")
     parser.add_argument("--pairs", type=int, default=64, help="preference pairs for the self-rewarding stage")
-    parser.add_argument("--learning-rate", type=float, default=1e-5)
+    # SFT must teach the judge format ("Score: <n>") in a few dozen steps, or no judgement parses and no pair is
+    # made: 1e-5 was too low for that; DPO keeps the smaller rate
+    parser.add_argument("--sft-learning-rate", type=float, default=1e-4)
+    parser.add_argument("--dpo-learning-rate", type=float, default=1e-5)
     args = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(args.path, local_files_only=True)
@@ -51,13 +54,15 @@ def main():
         prompt, response = f"sort {' '.join(map(str, digits))}:", task.candidate_response(digits)
         judge_data.append(example(reward_config.render(prompt, response), f"Score: {graded_score(prompt, response):g}"))
 
-    training = dict(batch_size=8, grad_accum_steps=2, num_train_steps=args.steps, learning_rate=args.learning_rate,
-                    end_learning_rate=args.learning_rate / 10)
+    training = dict(batch_size=8, grad_accum_steps=2, num_train_steps=args.steps)
     stages = [
-        SFTConfig(train_dataset=seed_data + judge_data, **training),
+        SFTConfig(train_dataset=seed_data + judge_data, learning_rate=args.sft_learning_rate,
+                  end_learning_rate=args.sft_learning_rate / 10, **training),
         SelfRewardDPOConfig(prompt_dataset=task.prompts(4 * args.pairs), num_preference_pairs=args.pairs,
                             response_max_new_tokens=16, judge_max_new_tokens=8, max_seq_len=256,
-                            is_valid_reward=reward_within(0, 5), verifier=graded_score, **training),
+                            is_valid_reward=reward_within(0, 5), verifier=graded_score,
+                            learning_rate=args.dpo_learning_rate, end_learning_rate=args.dpo_learning_rate / 10,
+                            **training),
     ]
     trainer = SelfRewardingTrainer(model, finetune_configs=stages, tokenizer_encode=encode, tokenizer_decode=decode,
                                    self_reward_prompt_config=reward_config, eos_id=eos_id, checkpoints_folder="./checkpoints/hf")

@@ -4,8 +4,11 @@ Task: sort a short list of digits ("sort 3 1 2 5 4:" -> " 1 2 3 4 5"), from `sel
 Stages:
   0. SFT on instruction examples (IFT) and judge-format examples (EFT): the model learns to answer and to judge
   1. SPIN: the model learns to prefer the real answers over its own
-  2. self-rewarding DPO: the model answers fresh prompts, judges its own answers, trains on best vs worst
+  2. self-rewarding DPO by self-consistency (ScPO): the model answers fresh prompts 8 times, its answers vote, and
+     it trains on its most- vs least-agreed answer (no checker, no label: the model's own judgement)
   3. external-reward DPO: the exact checker's graded score judges instead
+A model this small judges its own answers at chance with the LLM-as-a-judge prompt (its pairs make it worse: see
+docs/results.md), while its answers' votes are right far more often than wrong: that is the recipe used here.
 After every stage it prints held-out exact-match accuracy (greedy) and how often the model's judgement of its own
 held-out answer is in the judge format ("judge format"), plus the stage's loss, pairs made and the parse rate of
 its judgements during pair generation ("judge parse"). Checkpoints go to
@@ -22,15 +25,14 @@ from x_transformers import Decoder, TransformerWrapper
 from self_rewarding_lm_pytorch import (
     ExternalRewardDPOConfig,
     RewardConfig,
+    SelfConsistencyDPOConfig,
     SelfPlayConfig,
-    SelfRewardDPOConfig,
     SelfRewardingTrainer,
     SFTConfig,
     sample,
 )
 from self_rewarding_lm_pytorch.judges import strip_response
-from self_rewarding_lm_pytorch.pair_generation import reward_within
-from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, graded_score, is_correct
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, answer_key, graded_score, is_correct
 
 MAX_SEQ_LEN = 48
 tokenizer = CharTokenizer()
@@ -79,8 +81,9 @@ def main():
         SFTConfig(train_dataset=seed_data, num_epochs=1, learning_rate=2e-3, end_learning_rate=2e-4, warmup_steps=20, **training),
         SelfPlayConfig(train_sft_dataset=task.instruction_examples(512), max_seq_len=MAX_SEQ_LEN, num_train_steps=16,
                        learning_rate=1e-5, spin_kwargs=dict(λ=0.1, nll_weight=1.0), **training),
-        SelfRewardDPOConfig(prompt_dataset=task.prompts(1024), num_judgements=2, judge_max_new_tokens=10,
-                            is_valid_reward=reward_within(0, 5), verifier=graded_score, **pairs, **dpo),
+        SelfConsistencyDPOConfig(prompt_dataset=task.prompts(1024), answer_key=answer_key, min_vote_margin=0.5,
+                                 margin_weighted_loss=True, verifier=graded_score,
+                                 **dict(pairs, num_candidate_responses=8, temperature=0.4), **dpo),
         ExternalRewardDPOConfig(prompt_dataset=task.prompts(1024), reward_fn=graded_score, **pairs, **dpo),
     ]
 
@@ -108,7 +111,7 @@ def main():
               f"{s['accuracy']:>14.3f}{s['judge_format']:>14.3f}  {s['checkpoint']}{' (resumed)' * s.get('resumed', False)}")
     for s in summaries:
         if "judge_verifier_agreement" in s:
-            print(f"stage {s['stage']} ({s['kind']}): the judge ranks candidates like the exact checker in "
+            print(f"stage {s['stage']} ({s['kind']}): the model's own ranking agrees with the exact checker in "
                   f"{s['judge_verifier_agreement']:.1%} of the pairs the checker tells apart; chosen verified better in "
                   f"{s['pairs_chosen_verified_better']:.1%} of pairs, worse in {s['pairs_chosen_verified_worse']:.1%}")
     print(f"done in {time.time() - start:.0f} s")

@@ -27,6 +27,12 @@ class MockDataset(Dataset):
     def __getitem__(self, index):
         return self.output() if callable(self.output) else self.output
 
+    def fingerprint(self) -> str:
+        """Its length and what makes its items (a random `output()` gives other items at every access)."""
+        from self_rewarding_lm_pytorch.fingerprint import describe
+
+        return f"{self.length} x {describe(self.output)}"
+
 
 def create_mock_dataset(length: int, output: Callable[[], Any] | Any) -> Dataset:
     """A dataset of `length` items, each `output()` (or `output` itself if it is not callable)."""

@@ -60,10 +60,12 @@ def validate_pair_dataset(dataset, pad_id: int, name: str, max_checked: int = 64
 class DPOCollate:
     """Collate pair dicts into DPO's arguments: chosen and rejected (b, n) right-padded with `pad_id` to one
     length (the longest sequence of the batch, not the folder's max_len), prompt_len (b,), and the reference
-    log-probs (b,) when the pairs carry them."""
+    log-probs (b,) when the pairs carry them. With `margin_weights`, also `weight` (b,): each pair's score margin
+    `chosen_reward - rejected_reward` (ScPO's (V(chosen) - V(rejected)) / N for vote-share scores)."""
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, margin_weights: bool = False):
         self.pad_id = pad_id
+        self.margin_weights = margin_weights
 
     def __call__(self, items) -> dict[str, Tensor]:
         pairs = [normalize_pair(item, self.pad_id, "DPO pair") for item in items]
@@ -76,4 +78,19 @@ class DPOCollate:
         if all(with_ref):
             for k in REF_KEYS:
                 out[k] = torch.tensor([p[k] for p in pairs], dtype=torch.float32)
+        if self.margin_weights:
+            out["weight"] = torch.tensor([pair_margin(item) for item in items], dtype=torch.float32)
         return out
+
+
+def pair_margin(item) -> float:
+    """A pair's score margin, the weight of its loss under `DPOConfig.margin_weighted_loss`."""
+    if "chosen_reward" not in item or "rejected_reward" not in item:
+        raise ValueError(
+            "margin_weighted_loss needs each pair's chosen_reward and rejected_reward (the pair folders written by pair "
+            "generation hold them); these pairs have neither"
+        )
+    margin = float(torch.as_tensor(item["chosen_reward"]).item() - torch.as_tensor(item["rejected_reward"]).item())
+    if not margin >= 0:
+        raise ValueError(f"a pair's chosen_reward is below its rejected_reward (margin {margin}): its weight would be negative")
+    return margin

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.logprobs import Reduction, model_sequence_logprobs, response_mask
-from self_rewarding_lm_pytorch.model_utils import frozen_copy
+from self_rewarding_lm_pytorch.adapters import reference_model
 from self_rewarding_lm_pytorch.preference_loss import LossType, check_preference_loss_settings, preference_loss
 
 
@@ -22,12 +22,21 @@ def trailing_padding(seq: Tensor, pad_id: int) -> Tensor:
     return positions[None, :] >= length[:, None]
 
 
+def default_logp_reduction(loss_type: str) -> Reduction:
+    """The log-prob reduction a loss is used with in TRL and by its authors: IPO (Azar et al. 2023) averages
+    per token, DPO's sigmoid and the hinge loss sum over the response."""
+    return "mean" if loss_type == "ipo" else "sum"
+
+
 class DPO(nn.Module):
     """The DPO loss of a policy `model` on (chosen, rejected) pairs.
 
-    The reference is a frozen copy of `model` made here (or `ref_model` when given); with
+    The reference is a frozen copy of `model` made here, or `model` with its adapters off when it has LoRA
+    adapters (adapters.py), or `ref_model` when given; with
     `precomputed_reference=True` no reference model is held and every call must pass the reference log-probs.
-    Sequences are prompt + response, right-padded with `pad_id`.
+    Sequences are prompt + response, right-padded with `pad_id`. `logp_reduction` None is 'mean' for IPO and
+    'sum' otherwise (as TRL). `nll_weight` > 0 adds the chosen responses' NLL averaged over all their tokens in
+    the batch (RPO, as TRL's `rpo_alpha`).
     """
 
     def __init__(
@@ -39,12 +48,13 @@ class DPO(nn.Module):
         precomputed_reference: bool = False,
         loss_type: LossType = "sigmoid",
         label_smoothing: float = 0.0,
-        logp_reduction: Reduction = "sum",
+        logp_reduction: Reduction | None = None,
         nll_weight: float = 0.0,
         pad_id: int = -1,
     ):
         super().__init__()
         check_preference_loss_settings(beta, loss_type, label_smoothing, type(self).__name__)
+        logp_reduction = default_logp_reduction(loss_type) if logp_reduction is None else logp_reduction
         if logp_reduction not in ("sum", "mean"):
             raise ValueError(f"{type(self).__name__}: logp_reduction must be 'sum' or 'mean', got {logp_reduction!r}")
         if not nll_weight >= 0:
@@ -58,7 +68,7 @@ class DPO(nn.Module):
                 raise ValueError("DPO: precomputed_reference=True holds no reference model, so ref_model must be None")
             self.ref_model = None
         else:
-            self.ref_model = frozen_copy(model) if ref_model is None else ref_model.eval().requires_grad_(False)
+            self.ref_model = reference_model(model) if ref_model is None else ref_model.eval().requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -73,6 +83,7 @@ class DPO(nn.Module):
         prompt_len: Tensor,
         chosen_ref_logp: Tensor | None = None,
         rejected_ref_logp: Tensor | None = None,
+        weight: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Per pair (b,): `loss` (the preference loss plus the weighted NLL), `chosen_rewards`, `rejected_rewards`,
         `chosen_logps`, `rejected_logps` (policy) and `nll` (per-token NLL of the chosen response)."""
@@ -106,12 +117,16 @@ class DPO(nn.Module):
             beta=self.beta, loss_type=self.loss_type, label_smoothing=self.label_smoothing,
         )
         chosen_logps = logps[:batch]
-        if self.logp_reduction == "sum":
-            nll = -chosen_logps / mask[:batch, 1:].sum(dim=-1).clamp(min=1)
-        else:
-            nll = -chosen_logps
+        chosen_tokens = mask[:batch, 1:].sum(dim=-1)
+        chosen_sums = chosen_logps if self.logp_reduction == "sum" else chosen_logps * chosen_tokens
+        nll = -chosen_sums / chosen_tokens.clamp(min=1)  # per pair, per token: a metric
         if self.nll_weight > 0:
-            losses = losses + self.nll_weight * nll
+            # RPO's term as TRL computes it: the chosen tokens' NLL averaged over every chosen token of the batch,
+            # so a long answer weighs by its length (the paper divides per sequence: equal for equal lengths)
+            batch_nll = -chosen_sums.sum() / chosen_tokens.sum().clamp(min=1)
+            losses = losses + self.nll_weight * batch_nll
+        if weight is not None:  # ScPO's instance weights multiply both terms (Prasad et al. 2024, eq. 1)
+            losses = losses * weight.to(losses)
 
         return dict(
             loss=losses, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
@@ -141,7 +156,9 @@ class DPO(nn.Module):
         prompt_len: Tensor,
         chosen_ref_logp: Tensor | None = None,
         rejected_ref_logp: Tensor | None = None,
+        weight: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """(loss, metrics) of a batch: chosen, rejected (b, n), prompt_len (b,), optional reference log-probs (b,)."""
-        values = self.pair_values(chosen, rejected, prompt_len, chosen_ref_logp, rejected_ref_logp)
+        """(loss, metrics) of a batch: chosen, rejected (b, n), prompt_len (b,), optional reference log-probs (b,),
+        optional per-pair loss weights (b,)."""
+        values = self.pair_values(chosen, rejected, prompt_len, chosen_ref_logp, rejected_ref_logp, weight)
         return values["loss"].mean(), self.summarize(values)

@@ -16,6 +16,8 @@ from accelerate import Accelerator
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
+from self_rewarding_lm_pytorch.adapters import adapter_model, trainable_names
+
 Score = float | int | Tensor
 
 
@@ -54,12 +56,27 @@ class EarlyStopper:
         self.min_delta = min_delta
         self.reset()
 
+    def fingerprint(self) -> str:
+        """What decides its scores and decisions (not the scores it has seen)."""
+        from self_rewarding_lm_pytorch.fingerprint import describe
+
+        return describe(dict(eval_fn=self.eval_fn, mode=self.mode, patience=self.patience, min_delta=self.min_delta))
+
     def reset(self):
         self.scores: list[float] = []
         self.best_score: float | None = None
         self.best_index: int | None = None  # position of the best score in `scores`
         self.num_bad_evals = 0
         self.best_state_dict: dict[str, Tensor] | None = None
+
+    def state_dict(self) -> dict:
+        """What it has seen, to resume a stage mid-way (plain values and CPU tensors)."""
+        return dict(scores=self.scores, best_score=self.best_score, best_index=self.best_index,
+                    num_bad_evals=self.num_bad_evals, best_state_dict=self.best_state_dict)
+
+    def load_state_dict(self, state: dict):
+        self.scores, self.best_score, self.best_index = list(state["scores"]), state["best_score"], state["best_index"]
+        self.num_bad_evals, self.best_state_dict = state["num_bad_evals"], state["best_state_dict"]
 
     @property
     def should_stop(self) -> bool:
@@ -102,6 +119,9 @@ class EarlyStopper:
             self.best_score, self.best_index = score, len(self.scores) - 1
             self.num_bad_evals = 0
             state_dict = extract_model_from_parallel(model).state_dict()
+            if adapter_model(model) is not None:  # LoRA: only the adapters change, so only they are kept
+                names = trainable_names(model)
+                state_dict = {name: t for name, t in state_dict.items() if name in names}
             self.best_state_dict = {name: t.detach().to("cpu", copy=True) for name, t in state_dict.items()}
         else:
             self.num_bad_evals += 1
@@ -112,7 +132,7 @@ class EarlyStopper:
         """Load the weights of the best evaluation into `model` (wrapped or not)."""
         if self.best_state_dict is None:
             raise RuntimeError("EarlyStopper.restore_best: no evaluation yet, so there are no best weights")
-        extract_model_from_parallel(model).load_state_dict(self.best_state_dict)
+        extract_model_from_parallel(model).load_state_dict(self.best_state_dict, strict=adapter_model(model) is None)
 
 
 def to_float(score: Score) -> float:

@@ -1,7 +1,7 @@
 """Judges score (prompt, response) candidates for pair generation.
 
 A judge returns a float tensor of scores, NaN where it produced no usable score; it never returns a
-sentinel number. Three kinds:
+sentinel number. Three kinds here, and `SelfConsistencyJudge` (self_consistency.py) beside them:
 - `SelfJudge`: the policy itself as LLM-as-a-judge (Yuan et al. 2024, section 2.2): the judge prompt of a
   `RewardConfig` is rendered per candidate, sampled K times in one batched call with its own token budget
   (the original counted the ~1.8k-character judge prompt against the response cap and never answered),
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -36,6 +37,7 @@ class Candidates:
     prompt_ids: list[Tensor]
     responses: list[str]
     response_ids: list[Tensor]  # without padding; may end in EOS
+    num_per_prompt: int = 1  # rows are prompt-major: rows [i * n, (i + 1) * n) answer the same prompt
 
 
 @dataclass
@@ -168,8 +170,23 @@ class RewardFnJudge:
         self.reward_fn = reward_fn
 
     def __call__(self, candidates: Candidates, seed: int | None = None) -> Judgements:
-        scores = [_score_or_nan(self.reward_fn(p, r)) for p, r in zip(candidates.prompts, candidates.responses)]
+        scores = [self.score(p, r) for p, r in zip(candidates.prompts, candidates.responses)]
         return Judgements(torch.tensor(scores, dtype=torch.float)[:, None])
+
+    def score(self, prompt: str, response: str) -> float:
+        """One call of `reward_fn`: a number or a bool is the score, None is no score; anything else (a string
+        like "5" included: converting it would hide a bug in the function) is an error naming the function."""
+        return check_reward_value(self.call(prompt, response), self.reward_fn, prompt, response)
+
+    def call(self, prompt: str, response: str):
+        """`reward_fn(prompt, response)`; an exception in it keeps its type and gains a note (shown in the
+        traceback) naming the function and the candidate it failed on."""
+        try:
+            return self.reward_fn(prompt, response)
+        except Exception as error:
+            name = getattr(self.reward_fn, "__qualname__", None) or repr(self.reward_fn)
+            error.add_note(f"raised by reward_fn {name} on prompt {prompt[:80]!r} and response {response[:80]!r}")
+            raise
 
     def is_valid_score(self, score: float) -> bool:
         return True
@@ -242,6 +259,20 @@ def strip_response(tokens: Tensor, pad_id: int, eos_id: int | None) -> Tensor:
         if len(is_eos):
             tokens = tokens[: is_eos[0, 0]]
     return tokens
+
+
+def check_reward_value(value, reward_fn: Callable, prompt: str, response: str, role: str = "reward_fn") -> float:
+    """`value` returned by `reward_fn(prompt, response)` as a float score (NaN for None); `role` names the
+    function in the error (`reward_fn`, `verifier`)."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, numbers.Real) or (torch.is_tensor(value) and value.numel() == 1 and not value.is_complex()):
+        return float(value)
+    name = getattr(reward_fn, "__qualname__", None) or repr(reward_fn)
+    raise TypeError(
+        f"{role} {name} returned {value!r} ({type(value).__name__}) for prompt {prompt[:60]!r} and response "
+        f"{response[:60]!r}; it must return a number, a bool, or None for no score"
+    )
 
 
 def _score_or_nan(score) -> float:

@@ -51,3 +51,32 @@ def check_logits(output, ids: Tensor) -> Tensor:
 def forward_logits(model: nn.Module, ids: Tensor, **kwargs) -> Tensor:
     """Call `model(ids, **kwargs)` and check that it kept the logits contract."""
     return check_logits(model(ids, **kwargs), ids)
+
+
+def vocab_size(model: nn.Module) -> int | None:
+    """The model's vocabulary size when it says (x-transformers' `num_tokens`, an HF config's `vocab_size`)."""
+    for owner in (model, getattr(model, "model", None)):
+        size = getattr(owner, "num_tokens", None) or getattr(getattr(owner, "config", None), "vocab_size", None)
+        if isinstance(size, int):
+            return size
+    return None
+
+
+def check_special_ids(model: nn.Module, pad_id: int, eos_id: int | None, where: str):
+    """An EOS id the model can never produce (negative, past the vocabulary) means no row ever stops, and one
+    equal to `pad_id` means every response is cut at its first EOS and padding is read as end of text."""
+    if eos_id is None:
+        return
+    if not isinstance(eos_id, int) or isinstance(eos_id, bool):
+        raise TypeError(f"{where}: eos_id must be an int token id or None, got {type(eos_id).__name__}")
+    size = vocab_size(model)
+    if eos_id < 0 or (size is not None and eos_id >= size):
+        raise ValueError(
+            f"{where}: eos_id {eos_id} is outside the model's vocabulary (0..{'?' if size is None else size - 1}), so "
+            f"generation would never stop at it: pass the tokenizer's EOS token id, or None"
+        )
+    if eos_id == pad_id:
+        raise ValueError(
+            f"{where}: eos_id and pad_id are both {eos_id}: padding would read as end of text. Keep pad_id outside "
+            f"the vocabulary (the default -1) or use another pad id"
+        )

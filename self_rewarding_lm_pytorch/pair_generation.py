@@ -27,12 +27,16 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, check_non_empty
-from self_rewarding_lm_pytorch.judges import Candidates, Judge, strip_response
+from self_rewarding_lm_pytorch.fingerprint import config_fingerprint, dataset_digest, describe, short, tokenizer_digest
+from self_rewarding_lm_pytorch.judges import Candidates, Judge, check_reward_value, strip_response
 from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.pair_selection import (  # noqa: F401  (public here too)
+    PairFilter,
     best_and_worst,
+    first_failed_filter,
     is_finite_reward,
     reward_within,
 )
@@ -45,6 +49,7 @@ from self_rewarding_lm_pytorch.pair_stats import (
 from self_rewarding_lm_pytorch.preference_data import PreferenceDataWriter, read_meta
 from self_rewarding_lm_pytorch.sampling import check_sampling_settings, sample, top_p
 from self_rewarding_lm_pytorch.sharding import is_fully_sharded
+from self_rewarding_lm_pytorch.tracking import MetricsLogger
 
 
 @dataclass(kw_only=True)
@@ -62,6 +67,7 @@ class PairGenerationConfig:
     is_valid_reward: Callable[[float], bool] = is_finite_reward
     is_valid_reward_pair: Callable[[float, float], bool] | None = None  # (chosen, rejected) -> keep?
     pick_paired_rewards: Callable[[Tensor], Tensor] = best_and_worst
+    pair_filters: tuple[PairFilter, ...] = ()  # e.g. (JudgementsAgree(),): drops counted per filter in the stats
     max_prompts: int | None = None  # prompts to try at most; None: every prompt of the dataset, once
     fail_fast_after_prompts: int = 64  # stop early when no judgement at all was usable after this many prompts
     accept_fewer_pairs: bool = False  # out of prompts with fewer pairs than asked: keep them instead of an error
@@ -82,9 +88,17 @@ class PairGenerationConfig:
             raise ValueError(f"{type(self).__name__}.max_prompts must be >= 1 or None, got {self.max_prompts}")
         if self.max_seq_len is not None and self.max_seq_len < 2:
             raise ValueError(f"{type(self).__name__}.max_seq_len must be >= 2 or None, got {self.max_seq_len}")
-        for name in ("is_valid_reward", "pick_paired_rewards"):
-            if not callable(getattr(self, name)):
-                raise TypeError(f"{type(self).__name__}.{name} must be callable")
+        for name in ("is_valid_reward", "pick_paired_rewards", "is_valid_reward_pair", "verifier"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"{type(self).__name__}.{name} must be callable, got a {type(value).__name__}")
+        self.pair_filters = tuple(self.pair_filters)
+        for i, pair_filter in enumerate(self.pair_filters):
+            if not (callable(pair_filter) and isinstance(getattr(pair_filter, "name", None), str)):
+                raise TypeError(
+                    f"{type(self).__name__}.pair_filters[{i}] must be a callable with a `name` (e.g. JudgementsAgree(), "
+                    f"MarginAtLeast(0.25)), got {type(pair_filter).__name__}"
+                )
 
 
 @dataclass
@@ -110,11 +124,16 @@ def generate_preference_pairs(
     eos_id: int | None = None,
     logp_reduction: Reduction = "sum",
     seed: int = 0,
+    fingerprint: dict[str, str] | None = None,
+    logger: MetricsLogger | None = None,
 ) -> PairGenerationStats:
     """Fill `folder` with `config.num_preference_pairs` pairs (resuming what is there) and return the counts.
 
     `model` is the policy at the start of the stage: it samples, its log-probs of the chosen and rejected
-    responses are stored as the DPO reference (`logp_reduction` must match the DPO stage's)."""
+    responses are stored as the DPO reference (`logp_reduction` must match the DPO stage's). `fingerprint`
+    identifies what makes the pairs (default: the config, the prompts, the judge, the tokenizer and the seed);
+    a folder holding pairs of another fingerprint is refused. The counts go to the trackers as `pairs/...` at
+    the stage's step 0 through `logger`."""
     check_non_empty(prompt_dataset, "prompt dataset")
     model = accelerator.unwrap_model(model)
     max_seq_len = config.max_seq_len or getattr(model, "max_seq_len", None)
@@ -127,10 +146,15 @@ def generate_preference_pairs(
             f"add prompts or lower max_prompts"
         )
 
+    if fingerprint is None:
+        fingerprint = dict(config_fingerprint(config), prompts=dataset_digest(prompt_dataset), judge=short(describe(judge)),
+                           tokenizer=tokenizer_digest(tokenizer_encode, tokenizer_decode),
+                           ids=f"{pad_id} {eos_id} {seed} {logp_reduction}")
     writer = None
     if accelerator.is_main_process:
         writer = PreferenceDataWriter(
-            folder, capacity=config.num_preference_pairs, max_len=max_seq_len, pad_id=pad_id, with_ref_logps=True
+            folder, capacity=config.num_preference_pairs, max_len=max_seq_len, pad_id=pad_id, with_ref_logps=True,
+            fingerprint=fingerprint,
         )
     accelerator.wait_for_everyone()
     meta = read_meta(folder)  # every process starts from the same commit
@@ -145,8 +169,11 @@ def generate_preference_pairs(
     global_batch = config.prompt_batch_size * accelerator.num_processes
     example_outputs: list[str] = []
 
+    bar = tqdm(total=budget, initial=cursor, desc="pairs", unit="prompt", disable=not accelerator.is_local_main_process)
     while num_pairs < config.num_preference_pairs and cursor < budget:
         if stats.judgements_valid == 0 and cursor >= config.fail_fast_after_prompts:
+            bar.write(f"pair generation stops early: no usable judgement in {cursor} prompts (fail_fast_after_prompts="
+                      f"{config.fail_fast_after_prompts})")
             break
         indices = order[cursor : min(cursor + global_batch, budget)]
         mine = indices[accelerator.process_index :: accelerator.num_processes]
@@ -171,6 +198,9 @@ def generate_preference_pairs(
                 stats.pairs_verified_worse += record["chosen_verified"] < record["rejected_verified"]
         example_outputs += [r.example_judge_output for r in results if r.example_judge_output][:2]
         num_pairs += len(kept)
+        bar.update(len(indices))
+        bar.set_postfix(dict(pairs=f"{num_pairs}/{config.num_preference_pairs}", parse=f"{stats.parse_rate:.2f}",
+                             ties=f"{stats.tie_rate:.2f}", identical=stats.pairs_identical))
 
         progress = dict(prompts_consumed=cursor, stats=asdict(stats))
         if writer is not None:
@@ -187,7 +217,8 @@ def generate_preference_pairs(
             )
         accelerator.wait_for_everyone()
 
-    accelerator.log({f"pairs/{k}": v for k, v in stats.summary().items()})
+    bar.close()
+    (logger or MetricsLogger(accelerator)).log({f"pairs/{k}": v for k, v in stats.summary().items()}, step=0)
 
     if num_pairs < config.num_preference_pairs and not (config.accept_fewer_pairs and num_pairs > 0):
         raise PairGenerationError(
@@ -248,20 +279,24 @@ def _judge_prompts(
     repeated_ids = [ids for ids in prompt_ids for _ in range(n)]
 
     # 2) judge every candidate; 3) average its valid scores
-    judgements = judge(Candidates(repeated_prompts, repeated_ids, texts, response_ids), seed=seed + 7919)
+    judgements = judge(Candidates(repeated_prompts, repeated_ids, texts, response_ids, num_per_prompt=n), seed=seed + 7919)
     scores = judgements.scores
     parsed = ~scores.isnan()
     valid = parsed.clone()
     valid[parsed] = torch.tensor(
         [judge.is_valid_score(float(s)) and bool(config.is_valid_reward(float(s))) for s in scores[parsed]], dtype=torch.bool
     )
+    valid_scores = scores.masked_fill(~valid, math.nan)  # (rows, K): what the pair filters see
     mean_scores = scores.masked_fill(~valid, 0).sum(-1) / valid.sum(-1)  # NaN where no valid score
     mean_scores = mean_scores.view(len(prompts), n)
     pair_indices = config.pick_paired_rewards(mean_scores) if prompts else None
 
     verified = None
     if config.verifier is not None:
-        verified = torch.tensor([float(config.verifier(p, t)) for p, t in zip(repeated_prompts, texts)]).view(len(prompts), n)
+        verified = torch.tensor([
+            check_reward_value(config.verifier(p, t), config.verifier, p, t, role="verifier")
+            for p, t in zip(repeated_prompts, texts)
+        ]).view(len(prompts), n)
 
     results = []
     for i, prompt in enumerate(prompts):
@@ -283,8 +318,13 @@ def _judge_prompts(
         chosen, rejected = pair_indices[i].tolist()
         if chosen >= 0 and rejected >= 0:
             chosen_score, rejected_score = float(mean_scores[i, chosen]), float(mean_scores[i, rejected])
+            dropped_by = first_failed_filter(config.pair_filters, valid_scores[i * n + chosen], valid_scores[i * n + rejected])
             if config.is_valid_reward_pair is not None and not config.is_valid_reward_pair(chosen_score, rejected_score):
                 row_stats.pairs_rejected = 1
+            elif texts[i * n + chosen] == texts[i * n + rejected]:
+                row_stats.pairs_identical = 1  # same text, different scores (a stochastic judge): teaches nothing
+            elif dropped_by is not None:
+                row_stats.pairs_filtered = {dropped_by: 1}
             else:
                 record = dict(
                     prompt_index=prompt_indices[i], prompt=prompt,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from torch import Tensor
@@ -24,6 +24,8 @@ class PairGenerationStats:
     prompts_scored: int = 0  # prompts with at least two scored candidates
     prompts_tied: int = 0  # ... whose candidates all scored the same: no pair (paper)
     pairs_rejected: int = 0  # pairs that `is_valid_reward_pair` refused
+    pairs_identical: int = 0  # pairs dropped because chosen and rejected are the same text
+    pairs_filtered: dict[str, int] = field(default_factory=dict)  # pairs dropped, by the name of the pair filter
     pairs_made: int = 0
     verifier_comparisons: int = 0  # candidate pairs the verifier ranks differently
     verifier_agreements: int = 0  # ... that the judge ranks the same way (strictly)
@@ -40,10 +42,15 @@ class PairGenerationStats:
 
     def add(self, other: PairGenerationStats):
         for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, dict):
+                setattr(self, f.name, {k: mine.get(k, 0) + theirs.get(k, 0) for k in {**mine, **theirs}})
+            else:
+                setattr(self, f.name, mine + theirs)
 
     def summary(self) -> dict:
         row = asdict(self)
+        row.update({f"pairs_filtered/{name}": count for name, count in row.pop("pairs_filtered").items()})
         row.update(parse_rate=self.parse_rate, tie_rate=self.tie_rate)
         if self.verifier_comparisons:
             row["judge_verifier_agreement"] = self.verifier_agreements / self.verifier_comparisons
@@ -87,7 +94,8 @@ def shortfall_message(
         f"made {num_pairs} of {config.num_preference_pairs} preference pairs after trying {stats.prompts_tried} prompts "
         f"(budget {budget}): {stats.judgements} judgements, {stats.judgements_parsed} parsed, "
         f"{stats.judgements_valid} valid, {stats.prompts_tied} prompts tied, {stats.pairs_rejected} pairs refused by "
-        f"is_valid_reward_pair."
+        f"is_valid_reward_pair, {sum(stats.pairs_filtered.values())} dropped by pair filters {stats.pairs_filtered or ''}, "
+        f"{stats.pairs_identical} pairs dropped as identical texts."
     )
     self_judge = getattr(judge, "reward_config", None)
     if stats.judgements_parsed == 0:
@@ -110,6 +118,14 @@ def shortfall_message(
             "Most prompts' candidates scored equal (ties give no pair, as in the paper): raise num_candidate_responses, "
             "num_judgements or the sampling temperature, or use a finer score scale."
         )
+    elif stats.pairs_identical > num_pairs:
+        cause = (
+            "Most pairs' chosen and rejected answers were the same text (such a pair teaches nothing and is dropped): "
+            "the model answers each prompt the same way; raise the sampling temperature or num_candidate_responses."
+        )
     else:
         cause = "The prompts ran out first: add prompts, raise max_prompts, or lower num_preference_pairs."
+    if num_pairs == 0:
+        # accept_fewer_pairs cannot help: a DPO stage needs at least one pair
+        return f"{counts} {cause} No pair was made, so the stage has nothing to train on."
     return f"{counts} {cause} To keep the pairs made so far instead, pass accept_fewer_pairs=True."

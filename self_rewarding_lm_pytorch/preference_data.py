@@ -6,17 +6,28 @@ A folder holds one stage's pairs:
     chosen_reward.npy, rejected_reward.npy          (capacity,) the scores that picked the pair
     chosen_ref_logp.npy, rejected_ref_logp.npy      (capacity,) optional: log p_ref(response | prompt), summed
     pairs.jsonl                    one human-readable record per pair (prompt, responses, scores, judge outputs)
-    meta.json                      num_pairs written so far, capacity, max_len, pad_id, complete
+    meta.json                      num_pairs committed, capacity, max_len, pad_id, complete, the fingerprint of
+                                   what made the pairs, and the checksums below
 
-Arrays are preallocated at `capacity`. `meta.json` is the commit point: rows and JSONL lines are flushed
-first, then `num_pairs` is advanced by an atomic rename. A run killed at any moment therefore resumes with
-exactly the pairs counted in meta.json; rows or JSONL lines past that count are overwritten or dropped.
+`meta.json` is the commit point. An append writes rows past the committed ones and JSONL lines past the
+committed bytes, flushes and fsyncs them, then advances `num_pairs`, `jsonl_bytes` and the SHA-256 of each
+array's committed rows and of the committed JSONL bytes in one atomic rename of meta.json. So after a kill at
+any moment, including during a resume's repair (which only cuts pairs.jsonl back to `jsonl_bytes`, a step that
+can be repeated), the committed pairs are exactly those counted in meta.json. Every open checks the arrays'
+shapes and the checksums of what is committed, and refuses a mismatch naming the file.
+
+Space: the arrays' blocks are reserved for real (`integrity.allocate`) before they are memory-mapped, so a full
+disk is a `DiskFullError` naming the folder and the bytes, never a SIGBUS from a sparse file.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,36 +35,154 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from self_rewarding_lm_pytorch.fingerprint import changed_parts
+from self_rewarding_lm_pytorch.integrity import (
+    CorruptFileError,
+    DiskFullError,
+    allocate,
+    atomic_write_json,
+    check_free_space,
+    content_digest,
+    remove_stale_temp_files,
+)
+
 META = "meta.json"
 JSONL = "pairs.jsonl"
-TOKEN_ARRAYS = ("chosen", "rejected")
-VALUE_ARRAYS = ("prompt_len", "chosen_reward", "rejected_reward")
+WAY_OUT = "delete the folder to generate its pairs again (or run with overwrite_checkpoints=True)"
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    dtype: type
+    per_token: bool  # a (capacity, max_len) row of tokens per pair, else one value per pair
+    when: str | None = None  # the meta.json flag that says the folder stores it; None: always
+
+
+# every array of a folder; a new per-pair column is one more row here
+ARRAYS = {
+    "chosen": ArraySpec(np.int64, per_token=True),
+    "rejected": ArraySpec(np.int64, per_token=True),
+    "prompt_len": ArraySpec(np.int64, per_token=False),
+    "chosen_reward": ArraySpec(np.float32, per_token=False),
+    "rejected_reward": ArraySpec(np.float32, per_token=False),
+    "chosen_ref_logp": ArraySpec(np.float32, per_token=False, when="with_ref_logps"),
+    "rejected_ref_logp": ArraySpec(np.float32, per_token=False, when="with_ref_logps"),
+}
+TOKEN_ARRAYS = tuple(name for name, spec in ARRAYS.items() if spec.per_token)
 REF_ARRAYS = ("chosen_ref_logp", "rejected_ref_logp")
 
 
-def _write_json_atomic(path: Path, obj: dict):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+def stored_arrays(meta: dict) -> list[str]:
+    return [name for name, spec in ARRAYS.items() if spec.when is None or meta.get(spec.when)]
+
+
+def row_shape(name: str, meta: dict) -> tuple[int, ...]:
+    return (meta["max_len"],) if ARRAYS[name].per_token else ()
+
+
+def row_bytes(name: str, meta: dict) -> int:
+    return int(np.prod(row_shape(name, meta), dtype=np.int64)) * np.dtype(ARRAYS[name].dtype).itemsize
+
+
+def write_meta(folder: Path, meta: dict):
+    meta = {k: v for k, v in meta.items() if k != "checksum"}
+    atomic_write_json(folder / META, dict(meta, checksum=content_digest(meta)))
 
 
 def read_meta(folder: str | Path) -> dict | None:
+    """The folder's verified meta.json, or None when there is none."""
     path = Path(folder) / META
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CorruptFileError(f"{path} is not valid JSON ({error}): it is truncated or damaged; {WAY_OUT}") from error
+    checksum = meta.pop("checksum", None) if isinstance(meta, dict) else None
+    if checksum != content_digest(meta):
+        raise CorruptFileError(f"{path} does not match its checksum: it was altered or damaged; {WAY_OUT}")
+    return meta
+
+
+def json_safe(value):
+    """`value` with non-finite floats as the strings 'inf', '-inf', 'nan': JSON has no Infinity or NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def open_array(folder: Path, name: str, meta: dict, mode: str) -> np.memmap:
+    """A stored array memory-mapped, checked against meta.json's shape and dtype."""
+    path = folder / f"{name}.npy"
+    try:
+        array = np.lib.format.open_memmap(path, mode=mode)
+    except Exception as error:  # numpy raises OSError, ValueError, even SyntaxError for a garbled header
+        raise CorruptFileError(f"{path} cannot be read as an array ({error}): it is missing, truncated or damaged; {WAY_OUT}") from error
+    expected = (meta["capacity"], *row_shape(name, meta))
+    if array.shape != expected or array.dtype != ARRAYS[name].dtype:
+        raise CorruptFileError(
+            f"{path} holds {array.dtype} {array.shape}, but {META} says {np.dtype(ARRAYS[name].dtype)} {expected}; {WAY_OUT}"
+        )
+    return array
+
+
+def verify_committed(folder: Path, meta: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, hashlib._Hash]:
+    """Check the committed rows of every array and the committed JSONL bytes against meta.json's checksums;
+    returns the running hashers, ready to take the next rows."""
+    num_pairs, digests = meta["num_pairs"], meta.get("digests", {})
+    hashers = {}
+    for name, array in arrays.items():
+        hasher = hashlib.sha256(np.ascontiguousarray(array[:num_pairs]))
+        if hasher.hexdigest() != digests.get(name):
+            raise CorruptFileError(
+                f"{folder / (name + '.npy')}: its {num_pairs} committed rows do not match the checksum in {META}; {WAY_OUT}"
+            )
+        hashers[name] = hasher
+
+    path = folder / JSONL
+    committed = meta.get("jsonl_bytes", 0)
+    size = path.stat().st_size if path.is_file() else 0
+    if size < committed:
+        raise CorruptFileError(f"{path} is {size:,} bytes, shorter than the {committed:,} committed in {META}; {WAY_OUT}")
+    jsonl_hasher = hashlib.sha256()
+    lines = 0
+    if committed:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(min(1 << 20, committed - f.tell())), b""):
+                jsonl_hasher.update(block)
+                lines += block.count(b"\n")
+    if jsonl_hasher.hexdigest() != meta.get("jsonl_digest", hashlib.sha256().hexdigest()) or lines != num_pairs:
+        raise CorruptFileError(
+            f"{path}: its committed {committed:,} bytes do not match {META} ({lines} lines for {num_pairs} pairs, or "
+            f"a different checksum); {WAY_OUT}"
+        )
+    return hashers, jsonl_hasher
 
 
 class PreferenceDataWriter:
-    """Append preference pairs to `folder`, resuming from what an earlier run committed there."""
+    """Append preference pairs to `folder`, resuming from what an earlier run committed there.
 
-    def __init__(self, folder: str | Path, *, capacity: int, max_len: int, pad_id: int, with_ref_logps: bool):
+    `fingerprint` (a dict of named digests, see fingerprint.py) identifies what makes the pairs: pairs made by
+    another plan (other prompts, another judge) are refused, naming what changed."""
+
+    def __init__(self, folder: str | Path, *, capacity: int, max_len: int, pad_id: int, with_ref_logps: bool,
+                 fingerprint: dict | None = None):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(self.folder)
         settings = dict(capacity=capacity, max_len=max_len, pad_id=pad_id, with_ref_logps=with_ref_logps)
 
         meta = read_meta(self.folder)
         if meta is None:
-            self.meta = dict(num_pairs=0, complete=False, **settings)
-            mode = "w+"
+            empty = hashlib.sha256().hexdigest()
+            self.meta = dict(num_pairs=0, complete=False, **settings, fingerprint=fingerprint, jsonl_bytes=0,
+                             jsonl_digest=empty, digests={name: empty for name in stored_arrays(settings)})
+            self.arrays = self._create_arrays()
+            (self.folder / JSONL).write_bytes(b"")
         else:
             differing = {k: (meta.get(k), v) for k, v in settings.items() if meta.get(k) != v}
             if differing:
@@ -61,36 +190,55 @@ class PreferenceDataWriter:
                     f"{self.folder} holds pairs written with other settings {differing} (on disk, requested); "
                     f"use another folder, or delete this one to start over"
                 )
+            changed = changed_parts(meta.get("fingerprint"), fingerprint) if fingerprint is not None else []
+            if changed:
+                raise ValueError(
+                    f"{self.folder} holds pairs made by a different plan (changed: {', '.join(changed)}). Use another "
+                    f"folder, or delete this one (overwrite_checkpoints=True) to make them again"
+                )
             self.meta = meta
-            mode = "r+"
+            self.arrays = {name: open_array(self.folder, name, meta, "r+") for name in stored_arrays(meta)}
+            # a rerun on a disk that filled up meanwhile: the clear error now, not a SIGBUS later
+            self._allocate_rows(self.num_pairs, self.meta["capacity"])
+        self.hashers, self.jsonl_hasher = verify_committed(self.folder, self.meta, self.arrays)
+        self._cut_jsonl()
+        if meta is None:
+            self._commit()
 
-        names = TOKEN_ARRAYS + VALUE_ARRAYS + (REF_ARRAYS if with_ref_logps else ())
-        self.arrays = {name: self._open(name, mode) for name in names}
-        self._truncate_jsonl(self.num_pairs)
-        if mode == "w+":
-            _write_json_atomic(self.folder / META, self.meta)
+    def _create_arrays(self) -> dict[str, np.memmap]:
+        names = stored_arrays(self.meta)
+        needed = sum(row_bytes(name, self.meta) for name in names) * self.meta["capacity"]
+        check_free_space(self.folder, needed, f"{self.meta['capacity']:,} preference pairs")
+        arrays = {}
+        for name in names:
+            shape = (self.meta["capacity"], *row_shape(name, self.meta))
+            arrays[name] = np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=ARRAYS[name].dtype, shape=shape)
+        self.arrays = arrays
+        self._allocate_rows(0, self.meta["capacity"])
+        return arrays
 
-    def _open(self, name: str, mode: str) -> np.memmap:
-        capacity, max_len = self.meta["capacity"], self.meta["max_len"]
-        shape, dtype = ((capacity, max_len), np.int64) if name in TOKEN_ARRAYS else ((capacity,), np.float32)
-        if name == "prompt_len":
-            dtype = np.int64
-        path = self.folder / f"{name}.npy"
-        if mode == "w+":
-            return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-        return np.lib.format.open_memmap(path, mode="r+")
+    def _allocate_rows(self, start: int, end: int):
+        """Reserve the disk blocks of rows [start, end) of every array (works for growth in chunks too)."""
+        for name, array in self.arrays.items():
+            size = row_bytes(name, self.meta)
+            allocate(array.filename, array.offset + start * size, (end - start) * size)
 
-    def _truncate_jsonl(self, num_lines: int):
-        """Drop JSONL lines written after the last commit (a run killed between the two writes)."""
+    def _cut_jsonl(self):
+        """Drop JSONL bytes written after the last commit (a run killed between the two writes). Cutting a file
+        back to a committed length keeps every committed byte, so a kill during this repair loses nothing."""
         path = self.folder / JSONL
-        if not path.exists():
-            path.touch()
-            return
-        with open(path, "rb") as f:
-            lines = f.readlines()
-        if len(lines) != num_lines:
-            with open(path, "wb") as f:
-                f.writelines(lines[:num_lines])
+        if path.stat().st_size != self.meta["jsonl_bytes"]:
+            os.truncate(path, self.meta["jsonl_bytes"])
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _commit(self):
+        self.meta["digests"] = {name: hasher.hexdigest() for name, hasher in self.hashers.items()}
+        self.meta["jsonl_digest"] = self.jsonl_hasher.hexdigest()
+        write_meta(self.folder, self.meta)
 
     @property
     def num_pairs(self) -> int:
@@ -126,7 +274,7 @@ class PreferenceDataWriter:
             self.meta["progress"] = progress
         if count == 0:
             if progress is not None:
-                _write_json_atomic(self.folder / META, self.meta)
+                self._commit()
             return 0
         start, max_len, pad_id = self.num_pairs, self.meta["max_len"], self.meta["pad_id"]
 
@@ -136,10 +284,18 @@ class PreferenceDataWriter:
             if chosen_ref_logp is None or rejected_ref_logp is None:
                 raise ValueError("this folder stores reference log-probs: pass chosen_ref_logp and rejected_ref_logp")
             columns.update(chosen_ref_logp=chosen_ref_logp, rejected_ref_logp=rejected_ref_logp)
+            for row, values in enumerate(zip(chosen_ref_logp[:count], rejected_ref_logp[:count])):
+                if not all(math.isfinite(float(v)) for v in values):
+                    prompt = records[row].get("prompt", "") if row < len(records) else ""
+                    raise ValueError(
+                        f"the reference log-probs of a pair are not finite {tuple(map(float, values))} (prompt "
+                        f"{str(prompt)[:60]!r}): the model produced non-finite logits; nothing of it was written to {self.folder}"
+                    )
 
+        # 1) rows past the committed ones (a kill here leaves them uncounted)
         for name, values in columns.items():
             array = self.arrays[name]
-            if name in TOKEN_ARRAYS:
+            if ARRAYS[name].per_token:
                 for row, seq in enumerate(values[:count]):
                     seq = torch.as_tensor(seq).long().cpu()
                     if len(seq) > max_len:
@@ -148,25 +304,37 @@ class PreferenceDataWriter:
                     array[start + row, len(seq) :] = pad_id
             else:
                 array[start : start + count] = np.asarray([float(v) for v in values[:count]], dtype=array.dtype)
-            array.flush()
-
-        with open(self.folder / JSONL, "a") as f:
-            for record in records[:count]:
-                f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-        self.meta["num_pairs"] = start + count  # the commit point
-        _write_json_atomic(self.folder / META, self.meta)
+        lines = b"".join(json.dumps(json_safe(r), allow_nan=False).encode() + b"\n" for r in records[:count])
+        try:
+            for name, array in self.arrays.items():
+                array.flush()
+                self.hashers[name].update(np.ascontiguousarray(array[start : start + count]))
+            # 2) JSONL lines past the committed bytes
+            self._cut_jsonl()
+            with open(self.folder / JSONL, "ab") as f:
+                f.write(lines)
+                f.flush()
+                os.fsync(f.fileno())
+            self.jsonl_hasher.update(lines)
+            # 3) the commit point
+            self.meta["num_pairs"] = start + count
+            self.meta["jsonl_bytes"] += len(lines)
+            self._commit()
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(error.errno, f"the disk of {self.folder} is full while committing {count} pairs "
+                                                 f"({len(lines):,} bytes of records): free some space, then run again") from error
+            raise
         return count
 
     def mark_complete(self):
         self.meta["complete"] = True
-        _write_json_atomic(self.folder / META, self.meta)
+        self._commit()
 
 
 class DPODataset(Dataset):
-    """The committed pairs of a folder written by `PreferenceDataWriter`, memory-mapped.
+    """The committed pairs of a folder written by `PreferenceDataWriter`, memory-mapped and verified at open
+    (shapes, checksums of the committed rows and records, finite reference log-probs).
 
     Items are dicts: `chosen`, `rejected` (max_len,) right-padded with the folder's pad_id, `prompt_len`,
     `chosen_reward`, `rejected_reward`, and `chosen_ref_logp`, `rejected_ref_logp` when stored.
@@ -179,8 +347,15 @@ class DPODataset(Dataset):
             raise FileNotFoundError(f"no preference data in {self.folder} ({META} is missing)")
         self.meta = meta
         self.pad_id = meta["pad_id"]
-        names = TOKEN_ARRAYS + VALUE_ARRAYS + (REF_ARRAYS if meta["with_ref_logps"] else ())
-        self.arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r") for name in names}
+        self.arrays = {name: open_array(self.folder, name, meta, "r") for name in stored_arrays(meta)}
+        verify_committed(self.folder, meta, self.arrays)
+        for name in REF_ARRAYS:
+            if name in self.arrays and not np.isfinite(self.arrays[name][: len(self)]).all():
+                raise CorruptFileError(f"{self.folder / (name + '.npy')} holds non-finite reference log-probs; {WAY_OUT}")
+
+    def fingerprint(self) -> str:
+        """The checksums of the committed pairs: identifies the content without reading it again."""
+        return content_digest([self.meta["num_pairs"], self.meta["digests"], self.meta["jsonl_digest"]])[:16]
 
     @property
     def has_ref_logps(self) -> bool:
@@ -195,6 +370,15 @@ class DPODataset(Dataset):
         return {name: torch.from_numpy(np.array(array[index])) for name, array in self.arrays.items()}
 
     def records(self) -> list[dict]:
-        """The human-readable JSONL records of the committed pairs."""
-        with open(self.folder / JSONL) as f:
-            return [json.loads(line) for line, _ in zip(f, range(len(self)))]
+        """The human-readable JSONL records of the committed pairs (non-finite scores are the strings 'inf',
+        '-inf', 'nan')."""
+        path = self.folder / JSONL
+        with open(path, "rb") as f:
+            data = f.read(self.meta["jsonl_bytes"])
+        records = []
+        for number, line in enumerate(data.splitlines(), start=1):
+            try:
+                records.append(json.loads(line))
+            except ValueError as error:
+                raise CorruptFileError(f"{path} line {number} is not valid JSON ({error}); {WAY_OUT}") from error
+        return records

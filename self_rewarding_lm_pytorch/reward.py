@@ -2,21 +2,25 @@
 
 A `RewardConfig` renders the LLM-as-a-judge prompt for a (prompt, response) pair and parses the score out of
 the judge's answer. Templates hold `{{ prompt }}` and `{{ response }}`; the score pattern holds `{{ reward }}`,
-which matches an integer or a decimal. The rest of the pattern is literal text (regex characters in it are
-escaped) with any run of whitespace matching any amount of whitespace. The parser takes the last match, because judges
+which matches an integer or a decimal in ASCII digits. The rest of the pattern is literal text (regex characters in
+it are escaped) with any run of whitespace matching any amount of whitespace, including none. The parser takes the last match, because judges
 often restate the format ("Score: <total points>") before answering.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import textwrap
 from dataclasses import dataclass
 from typing import Callable
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w*)\s*\}\}")
-NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))"
+# ASCII digits only ("٣" is not a score); never starts inside a run of digits, and possessive quantifiers never
+# backtrack into one: with whitespace runs collapsed first (see `parse`), a scan is linear in the text's length
+NUMBER = r"(?<![0-9])([-+]?(?:[0-9]++(?:\.[0-9]*+)?|\.[0-9]++))"
+WHITESPACE = re.compile(r"\s+")
 
 # the paper's additive 5-point judge prompt (Figure 2), reproduced in meaning
 DEFAULT_LLM_AS_JUDGE_PROMPT = """
@@ -127,8 +131,15 @@ class RewardConfig:
         """The judge's score: the last match of the score pattern, or None when there is none (or it is not finite)."""
         if self.parse_reward is not None:
             score = self.parse_reward(judge_output)
-            return None if score is None else float(score)
-        matches = self._pattern.findall(judge_output)
+            if score is not None and not isinstance(score, numbers.Real):
+                raise TypeError(
+                    f"RewardConfig.parse_reward returned {score!r} ({type(score).__name__}) for the judge output "
+                    f"{judge_output[:60]!r}; it must return a number, or None for no score"
+                )
+            return None if score is None or not math.isfinite(score) else float(score)
+        # each whitespace run becomes one space, matched by ` ?` in the pattern: the same language as `\s*`, but a
+        # long run of spaces is no longer retried from every position (quadratic with a template like " {{ reward }}")
+        matches = self._pattern.findall(WHITESPACE.sub(" ", judge_output))
         if not matches:
             return None
         score = float(matches[-1])
@@ -142,5 +153,6 @@ class RewardConfig:
 
 
 def _literal(text: str) -> str:
-    """Regex for literal `text` in which any run of whitespace matches any amount of whitespace."""
-    return r"\s*".join(re.escape(part) for part in re.split(r"\s+", text))
+    """Regex for literal `text`, against text whose whitespace runs are single spaces: a run of whitespace in
+    `text` matches one space or none."""
+    return " ?".join(re.escape(part) for part in WHITESPACE.split(text))

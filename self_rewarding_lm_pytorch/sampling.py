@@ -289,7 +289,9 @@ def _run_idle(net: nn.Module, device: torch.device):
 def _pick(logits: Tensor, temperature: float, filter_fn, filter_kwargs: dict, generator) -> Tensor:
     if temperature == 0:
         return logits.argmax(dim=-1)
+    # temperature first, then the filter, as transformers' generate and Meta's Llama code do: at T < 1 the
+    # nucleus of the sharpened distribution is smaller than that of the raw logits
+    logits = logits / temperature
     if filter_fn is not None:
         logits = filter_fn(logits, **filter_kwargs)
-    probs = (logits / temperature).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]

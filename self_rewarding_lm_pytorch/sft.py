@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -16,6 +18,8 @@ from self_rewarding_lm_pytorch.model_contract import forward_logits
 from self_rewarding_lm_pytorch.model_utils import set_dropout
 from self_rewarding_lm_pytorch.optim import adamw_for_stage, steps_per_epoch
 from self_rewarding_lm_pytorch.sharding import check_supported_sharding, prepare_for_training
+from self_rewarding_lm_pytorch.tracking import MetricsLogger
+from self_rewarding_lm_pytorch.train_state import TrainState, loop_fingerprint, shuffle_generator, step_is_finite
 
 
 @dataclass
@@ -37,6 +41,8 @@ class SFTConfig:
     dropout: float = 0.1
     valid_every: int | None = None  # steps between validation losses; None: only at the end
     valid_batch_size: int | None = None
+    checkpoint_every: int | None = None  # optimizer steps between resumable saves; None: none
+    skip_nonfinite_steps: bool = False  # a NaN/inf loss or gradient skips that update instead of stopping
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum_steps", "num_epochs"):
@@ -52,8 +58,9 @@ class SFTConfig:
             raise ValueError(f"SFTConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.valid_every is not None and self.valid_dataset is None:
             raise ValueError("SFTConfig.valid_every is set but there is no valid_dataset to evaluate on")
-        if self.valid_every is not None and self.valid_every < 1:
-            raise ValueError(f"SFTConfig.valid_every must be >= 1 or None, got {self.valid_every}")
+        for name in ("valid_every", "checkpoint_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"SFTConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
 
 
 def sft_nll(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -69,7 +76,9 @@ def sft_nll(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]
 class SFTTrainer:
     """Fine-tune `model` on `(seq, prompt_len)` examples; `trainer()` trains and returns the logged rows.
 
-    Pass an `SFTConfig`, or its fields as keyword arguments.
+    Pass an `SFTConfig`, or its fields as keyword arguments. With `checkpoint_every`, the loop's state is saved
+    to `checkpoint_folder/sft-step-{n}.pt` and a rerun resumes from the latest (train_state.py). Rows go to the
+    trackers through `logger` (default: prefix `sft`, steps from 1).
     """
 
     def __init__(
@@ -80,21 +89,26 @@ class SFTTrainer:
         pad_id: int = -1,
         accelerator: Accelerator | None = None,
         accelerate_kwargs: dict | None = None,
+        checkpoint_folder: str | Path = "./checkpoints/sft",
+        logger: MetricsLogger | None = None,
         **config_kwargs,
     ):
         if config is not None and config_kwargs:
             raise TypeError(f"pass either an SFTConfig or its fields, not both (got {sorted(config_kwargs)})")
+        self.checkpoint_folder = Path(checkpoint_folder)
         self.config = config = config or SFTConfig(**config_kwargs)
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
         check_supported_sharding(self.accelerator, "SFTTrainer")
         self.pad_id = pad_id
+        self.logger = logger or MetricsLogger(self.accelerator, "sft")
 
         validate_sft_dataset(config.train_dataset, pad_id, "SFT train_dataset")
         if config.valid_dataset is not None:
             validate_sft_dataset(config.valid_dataset, pad_id, "SFT valid_dataset")
 
         collate = SFTCollate(pad_id)
-        train_loader = DataLoader(config.train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, collate_fn=collate)
+        train_loader = DataLoader(config.train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, collate_fn=collate,
+                                  generator=shuffle_generator())
         self.valid_loader = None
         if config.valid_dataset is not None:
             self.valid_loader = DataLoader(
@@ -129,29 +143,40 @@ class SFTTrainer:
 
     def log(self, row: dict):
         self.history.append(row)
-        self.accelerator.log({f"sft/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+        self.logger.log(row, step=row["step"])
 
     def train(self) -> list[dict]:
         accelerator, config = self.accelerator, self.config
         accelerator.gradient_accumulation_steps = config.grad_accum_steps
         self.model.train()
 
-        progress = tqdm(total=self.num_train_steps, desc="sft", disable=not accelerator.is_local_main_process)
-        step = 0
+        state = TrainState(accelerator, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                           loader=self.train_loader, folder=self.checkpoint_folder, prefix="sft",
+                           every=config.checkpoint_every, name="sft",
+                           fingerprint=loop_fingerprint(config) if config.checkpoint_every else {})
+        saved = state.resume()
+        step = saved["step"] if saved else 0
+        self.history = saved["history"] if saved else []
+        self.logger.resumed_at(step)  # the rows up to `step` reached the trackers before the interruption
+        progress = tqdm(total=self.num_train_steps, initial=step, desc="sft", disable=not accelerator.is_local_main_process)
         micro_losses = []
 
         while step < self.num_train_steps:
-            for batch in self.train_loader:
+            for batch in state.batches():
                 # 1) forward and backward one micro-batch; Accelerate syncs and divides by grad_accum_steps
                 with accelerator.accumulate(self.model):
                     nll, tokens = sft_nll(self.model, batch)
                     loss = nll.sum() / tokens.sum().clamp(min=1)
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm is not None:
-                        accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
-                    self.optimizer.step()
+                    micro_losses.append(loss.detach())
+                    finite = True
+                    if accelerator.sync_gradients:  # NaN/inf stops here, before it reaches the weights
+                        grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm or math.inf)
+                        finite = step_is_finite(accelerator, micro_losses, grad_norm, name="sft", step=step + 1,
+                                                skip=config.skip_nonfinite_steps, last_save=state.describe_last_save())
+                    if finite:
+                        self.optimizer.step()
                     self.optimizer.zero_grad()
-                micro_losses.append(loss.detach())
 
                 if not accelerator.sync_gradients:
                     continue
@@ -172,6 +197,9 @@ class SFTTrainer:
                 self.log(row)
                 progress.update(1)
                 progress.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "step"})
+
+                # 4) resumable state every checkpoint_every steps, and at the end
+                state.save_if_due(step, history=self.history, finished=step >= self.num_train_steps)
 
                 if step >= self.num_train_steps:
                     break

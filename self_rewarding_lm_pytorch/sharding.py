@@ -103,6 +103,53 @@ def load_full_state_dict(model: nn.Module, state_dict: dict[str, Tensor], strict
     set_model_state_dict(unwrapped, state_dict, options=StateDictOptions(full_state_dict=True, strict=strict))
 
 
+def reshard(model: nn.Module):
+    """Put a sharded model's sharded parameters back in place. FSDP2 keeps the root's gathered (plain) parameters
+    registered after a forward (the root is not resharded after forward), so an optimizer built then would hold
+    those instead of the shards that training updates."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in extract_model_from_parallel(model).modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def full_optimizer_state_dict(model: nn.Module, optimizer) -> dict:
+    """The optimizer's state; for a sharded model gathered into full tensors (collective; every process calls it)."""
+    unwrapped = extract_model_from_parallel(model)
+    if not is_fully_sharded(unwrapped):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(unwrapped, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state_dict(model: nn.Module, optimizer, state: dict):
+    """Load a state from `full_optimizer_state_dict` (every process, the same full state), sharding it when needed."""
+    unwrapped = extract_model_from_parallel(model)
+    if not is_fully_sharded(unwrapped):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(unwrapped, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def local_weights(model: nn.Module) -> dict[str, Tensor]:
+    """The model's state dict with each sharded tensor as this rank's shard (no communication)."""
+    return {name: t.to_local() if hasattr(t, "to_local") else t for name, t in extract_model_from_parallel(model).state_dict().items()}
+
+
+def same_on_every_rank(value: str, model: nn.Module) -> str:
+    """`value` when the model is not sharded; else the values of all ranks joined (collective): a description of a
+    sharded model's weights that every rank agrees on."""
+    if not is_fully_sharded(extract_model_from_parallel(model)):
+        return value
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return "/".join(values)
+
+
 def prepare_for_training(accelerator: Accelerator, model: nn.Module, *others):
     """`accelerator.prepare(model, *others)`, except that a model sharded directly (Accelerate not in FSDP mode) is
     left as it is: Accelerate would wrap it in DDP, whose gradient all-reduce FSDP2 already does."""

@@ -21,12 +21,17 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
+from self_rewarding_lm_pytorch.checkpoint import atomic_torch_save, load_model_weights, read_checkpoint
 from self_rewarding_lm_pytorch.data import PromptResponse, normalize_sft_item, validate_sft_dataset
 from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.logprobs import reference_logprobs
+from self_rewarding_lm_pytorch.model_contract import check_special_ids
 from self_rewarding_lm_pytorch.sampling import check_sampling_settings, sample, top_p
 from self_rewarding_lm_pytorch.sharding import check_supported_sharding, max_over_ranks
+from self_rewarding_lm_pytorch.tracking import MetricsLogger
+from self_rewarding_lm_pytorch.train_state import loop_fingerprint
 
 
 class SPIN(DPO):
@@ -68,7 +73,8 @@ class SelfPlayConfig:
     adam_kwargs: dict = field(default_factory=dict)
     dropout: float = 0.1
     valid_every: int | None = None
-    checkpoint_every: int | None = None  # optimizer steps within an iteration
+    checkpoint_every: int | None = None  # optimizer steps within an iteration; the last step is always saved
+    skip_nonfinite_steps: bool = False
     temperature: float = 1.0
     top_p: float | None = None
     generation_batch_size: int = 16
@@ -107,13 +113,15 @@ class SelfPlayConfig:
             dropout=self.dropout,
             valid_every=self.valid_every,
             checkpoint_every=self.checkpoint_every,
+            skip_nonfinite_steps=self.skip_nonfinite_steps,
         )
 
 
 class SPINTrainer:
     """`SPINTrainer(model, train_sft_dataset=..., max_seq_len=..., spin_kwargs=dict(λ=0.1))()` runs SPIN.
 
-    Pass a `SelfPlayConfig` or its fields. Checkpoints (every `checkpoint_every` steps) go to
+    Pass a `SelfPlayConfig` or its fields. Checkpoints (every `checkpoint_every` steps and at each iteration's
+    last step, so an iteration shorter than `checkpoint_every` still leaves one) go to
     `checkpoint_folder/iteration-{t}-step-{n}.pt`; the returned history has one row per optimizer step."""
 
     def __init__(
@@ -127,6 +135,7 @@ class SPINTrainer:
         accelerate_kwargs: dict | None = None,
         checkpoint_folder: str | Path = "./checkpoints/spin",
         seed: int = 0,
+        logger: MetricsLogger | None = None,
         **config_kwargs,
     ):
         if config is not None and config_kwargs:
@@ -136,12 +145,18 @@ class SPINTrainer:
         spin_items(self.config.train_sft_dataset, pad_id, self.config.max_seq_len)
         if self.config.valid_sft_dataset is not None:
             spin_items(self.config.valid_sft_dataset, pad_id, self.config.max_seq_len)
+        check_special_ids(model, pad_id, eos_id, "SPINTrainer")
+        if eos_id is None:
+            from self_rewarding_lm_pytorch.stage_checks import warn_missing_eos  # stage_checks imports this module
+
+            warn_missing_eos("SPINTrainer", f"max_seq_len={self.config.max_seq_len}")
         self.model = model
         self.pad_id, self.eos_id = pad_id, eos_id
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
         check_supported_sharding(self.accelerator, "SPINTrainer")
         self.checkpoint_folder = Path(checkpoint_folder)
         self.seed = seed
+        self.logger = logger or MetricsLogger(self.accelerator, "spin")
         self.history: list[dict] = []
 
     def opponent_pairs(self, dataset: Dataset, iteration: int) -> list[dict]:
@@ -152,6 +167,9 @@ class SPINTrainer:
 
         mine = list(range(len(items)))[accelerator.process_index :: accelerator.num_processes]
         pairs = []
+        # generation and the reference log-probs take as long as training: a bar (main process) shows them
+        progress = tqdm(total=len(mine), desc=f"spin answers (iteration {iteration})", unit="prompt",
+                        disable=not accelerator.is_local_main_process)
         # a sharded model: every rank makes as many sampler and log-prob calls as the busiest one (with no rows when
         # it has none left), since each forward is a collective
         num_calls = max_over_ranks(math.ceil(len(mine) / config.generation_batch_size), model)
@@ -170,33 +188,79 @@ class SPINTrainer:
             fake = [torch.cat([items[i].prompt, g[g != self.pad_id].cpu()]) for i, g in zip(indices, generated)]
             prompt_len = torch.tensor([items[i].prompt_len for i in indices], dtype=torch.long)
             logps = reference_logprobs(model, real + fake, torch.cat([prompt_len, prompt_len]), self.pad_id,
-                                       config.dpo_config().logp_reduction).tolist()
+                                       config.dpo_config().logp_reduction)
+            if not torch.isfinite(logps).all():
+                raise FloatingPointError(
+                    f"SPIN iteration {iteration}: θt's log-probs of SFT items {indices} are not finite (the model's "
+                    f"logits are NaN or inf), so they cannot be SPIN's reference; check the previous stage's weights"
+                )
+            logps = logps.tolist()
             for j, index in enumerate(indices):
                 pairs.append(dict(
                     index=index, chosen=real[j], rejected=fake[j], prompt_len=int(prompt_len[j]),
                     chosen_ref_logp=logps[j], rejected_ref_logp=logps[len(indices) + j],
                 ))
+            progress.update(len(indices))
+        progress.close()
         if accelerator.num_processes > 1:
             pairs = gather_object(pairs)
         return sorted(pairs, key=lambda pair: pair["index"])
 
+    def finished_iterations(self) -> int:
+        """With `checkpoint_every`: how many leading iterations a killed run finished (each saves its last step,
+        marked finished); their rows rejoin the history and the model takes the last one's weights."""
+        if not self.config.checkpoint_every:
+            return 0
+        done = 0
+        for iteration in range(self.config.num_iterations):
+            saved = sorted(self.checkpoint_folder.glob(f"iteration-{iteration}-step-*.pt"),
+                           key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+            if not saved:
+                break
+            state = read_checkpoint(saved[-1], way_out="delete it to resume from the save before it")
+            if not state["finished"]:
+                break
+            self.history += [dict(row, iteration=iteration) for row in state["history"]]
+            load_model_weights(self.accelerator.unwrap_model(self.model), state, saved[-1])
+            self.logger.resumed_at(state["step"])  # the trackers' steps go on after the finished iterations'
+            self.logger.continue_after_last()
+            done += 1
+        return done
+
+    def iteration_pairs(self, dataset: Dataset, iteration: int, split: str) -> PairList:
+        """θt's (real, generated) pairs; with `checkpoint_every` they are saved, because a resumed iteration no
+        longer has θt to make them again."""
+        path = self.checkpoint_folder / f"iteration-{iteration}-{split}-pairs.pt"
+        fingerprint = loop_fingerprint(self.config)
+        if self.config.checkpoint_every and path.is_file():
+            saved = read_checkpoint(path, way_out="delete it and the iteration's step files to run the iteration again")
+            if saved["fingerprint"] == fingerprint:
+                return PairList(saved["pairs"], self.pad_id)
+            raise ValueError(f"{path} was made by other SPIN settings; delete {self.checkpoint_folder} to start over")
+        pairs = self.opponent_pairs(dataset, iteration)
+        if self.config.checkpoint_every and self.accelerator.is_main_process:
+            atomic_torch_save(dict(pairs=pairs, fingerprint=fingerprint), path)
+        self.accelerator.wait_for_everyone()
+        return PairList(pairs, self.pad_id)
+
     def train(self) -> list[dict]:
         config = self.config
-        for iteration in range(config.num_iterations):
+        for iteration in range(self.finished_iterations(), config.num_iterations):
             # 1) θt answers every prompt; 2) its log-probs are the reference
-            train_pairs = PairList(self.opponent_pairs(config.train_sft_dataset, iteration), self.pad_id)
+            train_pairs = self.iteration_pairs(config.train_sft_dataset, iteration, "train")
             valid_pairs = None
             if config.valid_sft_dataset is not None:
-                valid_pairs = PairList(self.opponent_pairs(config.valid_sft_dataset, iteration), self.pad_id)
+                valid_pairs = self.iteration_pairs(config.valid_sft_dataset, iteration, "valid")
 
             # 3) θt+1 learns to prefer the real answers over θt's
             trainer = DPOTrainer(
                 self.model, train_pairs, config.dpo_config(), valid_dataset=valid_pairs, pad_id=self.pad_id,
                 accelerator=self.accelerator, checkpoint_folder=self.checkpoint_folder,
-                checkpoint_prefix=f"iteration-{iteration}", metric_prefix="spin",
+                checkpoint_prefix=f"iteration-{iteration}", metric_prefix="spin", logger=self.logger,
             )
             for row in trainer.train():
                 self.history.append(dict(row, iteration=iteration))
+            self.logger.continue_after_last()  # the next iteration's steps follow this one's on the trackers
             self.accelerator.free_memory()
         return self.history
 

@@ -8,7 +8,7 @@ reward model / function (`ExternalRewardDPOConfig`). Everything is validated at 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Hashable
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -16,8 +16,10 @@ from torch.utils.data import Dataset
 from self_rewarding_lm_pytorch.data import check_non_empty
 from self_rewarding_lm_pytorch.dpo import DPOConfig
 from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig
+from self_rewarding_lm_pytorch.pair_selection import MarginAtLeast
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.sampling import check_sampling_settings
+from self_rewarding_lm_pytorch.self_consistency import stripped_response
 from self_rewarding_lm_pytorch.sft import SFTConfig
 from self_rewarding_lm_pytorch.spin import SelfPlayConfig
 
@@ -28,6 +30,10 @@ def check_preference_stage(config):
     check_non_empty(config.prompt_dataset, f"{name}.prompt_dataset")
     PairGenerationConfig.__post_init__(config)
     DPOConfig.__post_init__(config)
+    if config.precompute_reference is not None:
+        raise ValueError(
+            f"{name}.precompute_reference does not apply: pair generation stores the reference log-probs with the pairs"
+        )
     if config.valid_every is not None:
         raise ValueError(
             f"{name}.valid_every has nothing to validate on: a preference stage makes its own pairs. Judge held-out "
@@ -66,18 +72,56 @@ class ExternalRewardDPOConfig(PairGenerationConfig, DPOConfig):
     reward_model: nn.Module | None = None
     reward_fn: Callable[[str, str], float | bool | None] | None = None
     reward_model_batch_size: int = 32
+    # the orchestrator calls reward_fn once, on the first prompt and an empty answer, when it is built, so a
+    # function that fails or returns a non-number stops the run before any stage; False skips that call
+    check_reward_fn_on_sample: bool = True
 
     def __post_init__(self):
         check_preference_stage(self)
         if (self.reward_model is None) == (self.reward_fn is None):
             raise ValueError("ExternalRewardDPOConfig needs exactly one of reward_model and reward_fn")
+        if self.reward_fn is not None and not callable(self.reward_fn):
+            raise TypeError(
+                f"ExternalRewardDPOConfig.reward_fn must be a callable (prompt: str, response: str) -> float | bool | "
+                f"None, got a {type(self.reward_fn).__name__}"
+            )
+        if self.reward_model is not None and not isinstance(self.reward_model, nn.Module):
+            raise TypeError(
+                f"ExternalRewardDPOConfig.reward_model must be an nn.Module scoring token ids, got a "
+                f"{type(self.reward_model).__name__}; for a Python function use reward_fn"
+            )
         if self.reward_fn is None and self.reward_model_batch_size < 1:
             raise ValueError(f"ExternalRewardDPOConfig.reward_model_batch_size must be >= 1, got {self.reward_model_batch_size}")
         if self.reward_fn is not None and self.reward_model_batch_size != 32:
             raise ValueError("ExternalRewardDPOConfig.reward_model_batch_size applies to reward_model only")
 
 
-FinetuneConfig = SFTConfig | SelfPlayConfig | SelfRewardDPOConfig | ExternalRewardDPOConfig
+@dataclass(kw_only=True)
+class SelfConsistencyDPOConfig(PairGenerationConfig, DPOConfig):
+    """A self-consistency iteration (ScPO, Prasad et al. 2024): the model answers `prompt_dataset` N times
+    (`num_candidate_responses`; the paper samples 8 or more), no judge prompt is used: each answer scores the share
+    of the N answers with the same `answer_key`, and DPO trains on the most- vs least-voted answer (a prompt whose
+    answers all agree gives no pair). `min_vote_margin` keeps only pairs whose vote shares differ by at least that
+    much (the paper's threshold); `margin_weighted_loss=True` weights each pair's loss by that difference."""
+
+    prompt_dataset: Dataset
+    answer_key: Callable[[str], Hashable | None] = stripped_response
+    min_vote_margin: float | None = None
+
+    def __post_init__(self):
+        check_preference_stage(self)
+        if not callable(self.answer_key):
+            raise TypeError(f"SelfConsistencyDPOConfig.answer_key must be callable (response -> answer), got {self.answer_key!r}")
+        if self.min_vote_margin is not None:
+            if not 0 < self.min_vote_margin <= 1:
+                raise ValueError(
+                    f"SelfConsistencyDPOConfig.min_vote_margin is a difference of vote shares, in (0, 1]; got {self.min_vote_margin}"
+                )
+            if not any(isinstance(f, MarginAtLeast) for f in self.pair_filters):
+                self.pair_filters = (*self.pair_filters, MarginAtLeast(self.min_vote_margin, name="vote_margin"))
+
+
+FinetuneConfig = SFTConfig | SelfPlayConfig | SelfRewardDPOConfig | ExternalRewardDPOConfig | SelfConsistencyDPOConfig
 
 
 def create_default_paper_config(

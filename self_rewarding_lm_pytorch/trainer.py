@@ -9,38 +9,59 @@ through `STAGE_RUNNERS`. Stage i writes `stage-{i:02d}-{kind}.pt` and, for prefe
 are skipped (their checkpoint is loaded), an interrupted stage's pair generation continues from the pairs on disk,
 then its training starts over. `trainer(overwrite_checkpoints=True)` or the environment variable
 SELF_REWARDING_CLEAR_CHECKPOINTS=1 clears this run's files first; that is never the default.
+
+`log_with="tensorboard"` (any Accelerate tracker name, or several) sends every stage's numbers to that tracker
+under the stage's name, at a global step that keeps growing across stages (tracking.py).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from datetime import timedelta
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch import Tensor, nn
 
-from self_rewarding_lm_pytorch.checkpoint import load_checkpoint, save_checkpoint
-from self_rewarding_lm_pytorch.dpo import DPOTrainer
-from self_rewarding_lm_pytorch.judges import RewardFnJudge, RewardModelJudge, SelfJudge
-from self_rewarding_lm_pytorch.pair_generation import generate_preference_pairs
+from self_rewarding_lm_pytorch.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from self_rewarding_lm_pytorch.dpo import DPOConfig, DPOTrainer
+from self_rewarding_lm_pytorch.fingerprint import changed_parts, config_fingerprint, describe, short, tokenizer_digest
+from self_rewarding_lm_pytorch.integrity import content_digest, remove_stale_temp_files
+from self_rewarding_lm_pytorch.judges import Judge, RewardFnJudge, RewardModelJudge, SelfJudge
+from self_rewarding_lm_pytorch.model_contract import check_special_ids
+from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig, generate_preference_pairs
 from self_rewarding_lm_pytorch.preference_data import DPODataset
 from self_rewarding_lm_pytorch.reward import RewardConfig
+from self_rewarding_lm_pytorch.self_consistency import SelfConsistencyJudge
 from self_rewarding_lm_pytorch.sft import SFTConfig, SFTTrainer
-from self_rewarding_lm_pytorch.sharding import check_supported_sharding, full_state_dict
+from self_rewarding_lm_pytorch.sharding import (
+    check_supported_sharding,
+    full_state_dict,
+    local_weights,
+    max_over_ranks,
+    same_on_every_rank,
+)
 from self_rewarding_lm_pytorch.spin import SelfPlayConfig, SPINTrainer
+from self_rewarding_lm_pytorch.stage_checks import check_stages
 from self_rewarding_lm_pytorch.stages import (
     ExternalRewardDPOConfig,
     FinetuneConfig,
+    SelfConsistencyDPOConfig,
     SelfRewardDPOConfig,
     create_default_paper_config,
 )
+from self_rewarding_lm_pytorch.tracking import MetricsLogger
 
 CLEAR_CHECKPOINTS_ENV = "SELF_REWARDING_CLEAR_CHECKPOINTS"
+# settings that do not change a stage's result: editing them keeps the stage's files usable
+NOT_RESULT_FIELDS = ("checkpoint_every",)
+# a preference stage's pairs do not depend on its DPO settings (but its stored reference log-probs use logp_reduction)
+DPO_ONLY_FIELDS = {f.name for f in fields(DPOConfig)} - {f.name for f in fields(PairGenerationConfig)} - {"logp_reduction"}
 
 
 class SelfRewardingTrainer:
@@ -48,7 +69,12 @@ class SelfRewardingTrainer:
 
     `tokenizer_encode(str) -> Tensor` and `tokenizer_decode(Tensor) -> str` turn prompts into token ids and
     generated tokens back into text (for the judge and the pair records). `evaluate(model) -> dict`, if given,
-    runs after every stage on every process; its numbers join that stage's summary.
+    runs after every stage on every process; its numbers join that stage's summary and the trackers.
+    `judge_tokenizer_encode` encodes the self-judge's prompts (default: `tokenizer_encode`), e.g. the chat
+    template with a judge's own system prompt. `log_with` (with `project_name`, under `logging_dir`, default
+    `checkpoints_folder/logs`) names Accelerate trackers; they are initialised and closed by `train()`.
+    `collective_timeout_s`: how long a process waits for the others in a collective before failing with an
+    error (when the trainer builds the Accelerator; with your own, pass `InitProcessGroupKwargs(timeout=...)` to it).
     """
 
     def __init__(
@@ -63,9 +89,15 @@ class SelfRewardingTrainer:
         eos_id: int | None = None,
         checkpoints_folder: str | Path = "./checkpoints",
         accelerate_kwargs: dict | None = None,
+        collective_timeout_s: float = 1800.0,
         accelerator: Accelerator | None = None,
         seed: int = 0,
         evaluate: Callable[[nn.Module], dict] | None = None,
+        judge_tokenizer_encode: Callable[[str], Tensor] | None = None,
+        log_with: str | list | None = None,
+        project_name: str = "self-rewarding",
+        logging_dir: str | Path | None = None,
+        tracker_init_kwargs: dict | None = None,
     ):
         if isinstance(finetune_configs, dict):
             finetune_configs = create_default_paper_config(**finetune_configs)
@@ -77,18 +109,39 @@ class SelfRewardingTrainer:
                 raise TypeError(f"finetune_configs[{index}] is a {type(config).__name__}; stages are one of {known}")
         if not callable(tokenizer_encode) or not callable(tokenizer_decode):
             raise TypeError("tokenizer_encode and tokenizer_decode must be callables (str -> Tensor, Tensor -> str)")
+        if judge_tokenizer_encode is not None and not callable(judge_tokenizer_encode):
+            raise TypeError("judge_tokenizer_encode must be a callable (str -> Tensor) or None")
+        if accelerator is not None and log_with is not None:
+            raise ValueError("log_with is given with an accelerator: build that Accelerator with log_with=... instead")
+
+        check_special_ids(model, pad_id, eos_id, "SelfRewardingTrainer")
 
         self.model = model
         self.stages = list(finetune_configs)
         self.encode, self.decode = tokenizer_encode, tokenizer_decode
+        self.judge_encode = judge_tokenizer_encode or tokenizer_encode
         self.reward_config = self_reward_prompt_config or RewardConfig()
+        # every stage's inputs against the model and tokenizer, now rather than when the stage starts
+        check_stages(self.stages, model, encode=tokenizer_encode, reward_config=self.reward_config,
+                     pad_id=pad_id, eos_id=eos_id)
         self.pad_id, self.eos_id = pad_id, eos_id
         self.folder = Path(checkpoints_folder)
-        self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
+        if accelerator is None:
+            logging_dir = Path(logging_dir) if logging_dir is not None else self.folder / "logs"
+            tracking = dict(log_with=log_with, project_dir=logging_dir) if log_with is not None else {}
+            # a process that dies or hangs must not keep the others waiting forever in a collective
+            handlers = list((accelerate_kwargs or {}).get("kwargs_handlers", []))
+            if not any(isinstance(h, InitProcessGroupKwargs) for h in handlers):
+                handlers.append(InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_s)))
+            accelerator = Accelerator(**tracking, **{**(accelerate_kwargs or {}), "kwargs_handlers": handlers})
+        self.accelerator = accelerator
         check_supported_sharding(self.accelerator, "SelfRewardingTrainer")
+        self.log_with, self.project_name, self.tracker_init_kwargs = log_with, project_name, tracker_init_kwargs or {}
+        self.next_step = 0  # the global step where the next stage starts logging
         self.seed = seed
         self.evaluate = evaluate
         self.summaries: list[dict] = []
+        self._fingerprints: dict[int, dict] = {}
 
     # files of stage i
     def stage_name(self, index: int) -> str:
@@ -100,15 +153,29 @@ class SelfRewardingTrainer:
     def pairs_folder(self, index: int) -> Path:
         return self.folder / f"{self.stage_name(index)}.pairs"
 
-    def fingerprint(self, index: int) -> str:
-        """What identifies stage i of this plan in its checkpoint: kind, position and plain settings."""
-        config = self.stages[index]
-        plain = {
-            f.name: getattr(config, f.name)
-            for f in fields(config)
-            if isinstance(getattr(config, f.name), (int, float, str, bool, type(None)))
-        }
-        return f"{self.stage_name(index)} {sorted(plain.items())}"
+    def fingerprint(self, index: int) -> dict[str, str]:
+        """What identifies stage i's result (fingerprint.py): its settings, callables and datasets, the trainer's
+        ids, seed, judge prompt and tokenizer, and the fingerprint of stage i - 1 (stage 0: the initial weights),
+        so a change anywhere upstream is a different plan. Computed once per trainer."""
+        if index not in self._fingerprints:
+            config = self.stages[index]
+            parts = config_fingerprint(config, skip=NOT_RESULT_FIELDS)
+            parts.update(
+                stage=self.stage_name(index), pad_id=str(self.pad_id), eos_id=str(self.eos_id), seed=str(self.seed),
+                tokenizer=tokenizer_digest(self.encode, self.decode),
+                upstream=short(describe(self.fingerprint(index - 1))) if index else
+                same_on_every_rank(content_digest(local_weights(self.model))[:16], self.model),
+            )
+            if isinstance(config, SelfRewardDPOConfig) and config.reward_config is None:
+                parts["reward_config"] = short(describe(self.reward_config))
+            if isinstance(config, SelfRewardDPOConfig) and self.judge_encode is not self.encode:
+                parts["judge_tokenizer"] = tokenizer_digest(self.judge_encode, self.decode)
+            self._fingerprints[index] = parts
+        return self._fingerprints[index]
+
+    def pairs_fingerprint(self, index: int) -> dict[str, str]:
+        """The parts of stage i's fingerprint that make its pairs (its DPO settings do not)."""
+        return {k: v for k, v in self.fingerprint(index).items() if k not in DPO_ONLY_FIELDS}
 
     def clear_checkpoints(self):
         """Delete this trainer's stage files (only `stage-*` entries: the folder may hold other things)."""
@@ -124,10 +191,11 @@ class SelfRewardingTrainer:
             path = self.checkpoint_path(index)
             if not path.is_file():
                 break
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if saved.get("fingerprint") != self.fingerprint(index):
+            saved = read_checkpoint(path, way_out=f"delete it to run stage {index} again")
+            changed = changed_parts(saved.get("fingerprint"), self.fingerprint(index))
+            if changed:
                 raise ValueError(
-                    f"{path} was written by a different plan (its settings differ from stage {index}'s). "
+                    f"{path} was written by a different plan: stage {index} changed ({', '.join(changed)}). "
                     f"Use another checkpoints_folder, or clear it with trainer(overwrite_checkpoints=True) or "
                     f"{CLEAR_CHECKPOINTS_ENV}=1"
                 )
@@ -136,15 +204,32 @@ class SelfRewardingTrainer:
 
     def train(self, overwrite_checkpoints: bool = False) -> list[dict]:
         """Run every stage not already finished; returns one summary dict per stage."""
+        if self.log_with is not None:
+            self.accelerator.init_trackers(self.project_name, config=dict(num_stages=len(self.stages), seed=self.seed),
+                                           init_kwargs=self.tracker_init_kwargs)
+        try:
+            return self._train(overwrite_checkpoints)
+        finally:
+            if self.log_with is not None:
+                for tracker in self.accelerator.trackers:  # not end_training(): it would end the process group too
+                    tracker.finish()
+                self.accelerator.trackers = []
+
+    def _train(self, overwrite_checkpoints: bool) -> list[dict]:
         if overwrite_checkpoints or os.environ.get(CLEAR_CHECKPOINTS_ENV, "") not in ("", "0"):
             self.clear_checkpoints()
+        if self.accelerator.is_main_process:
+            remove_stale_temp_files(self.folder)  # what writers killed mid-write left behind
+        for index in range(len(self.stages)):
+            self.fingerprint(index)  # now: stage 0's includes the weights the run starts from
 
         done = self.finished_stages()
         self.summaries = []
         for index in range(done):
             extras = load_checkpoint(self.model, self.checkpoint_path(index)) if index == done - 1 else \
-                torch.load(self.checkpoint_path(index), map_location="cpu", weights_only=True)
+                read_checkpoint(self.checkpoint_path(index))
             self.summaries.append(dict(extras.get("summary", {}), resumed=True, checkpoint=str(self.checkpoint_path(index))))
+            self.next_step = extras.get("next_step", 0)
         if done:
             self.print(f"resuming after stage {done - 1}: loaded {self.checkpoint_path(done - 1)}")
 
@@ -155,14 +240,28 @@ class SelfRewardingTrainer:
             self.print(f"stage {index}: {type(config).__name__}")
 
             summary = dict(stage=index, kind=STAGE_KINDS[type(config)])
-            summary.update(STAGE_RUNNERS[type(config)](self, index, config))
+            logger = MetricsLogger(self.accelerator, self.stage_name(index), start_step=self.next_step)
+            try:
+                summary.update(STAGE_RUNNERS[type(config)](self, index, config, logger))
+            except RuntimeError as error:
+                if self.accelerator.num_processes > 1 and is_lost_peer(error):
+                    error.add_note(
+                        f"stage {index}: process {self.accelerator.process_index} of {self.accelerator.num_processes} "
+                        f"lost the others (one died, or hung past the collective timeout): see the other processes' "
+                        f"logs. Rerun to resume from the last saved state"
+                    )
+                raise
             if self.evaluate is not None:
-                summary.update(self.evaluate(self.model))
+                numbers = self.evaluate(self.model)
+                summary.update(numbers)
+                logger.log({f"evaluate/{k}": v for k, v in numbers.items()})  # at the stage's last step
+            self.next_step = logger.last_step + 1
 
+            check_finite_weights(self.model, f"stage {index} ({self.stage_name(index)})")
             self.save_pretrained(index)  # before the checkpoint: the .pt file is what marks the stage finished
             save_checkpoint(
                 self.accelerator, self.model, self.checkpoint_path(index),
-                stage_index=index, fingerprint=self.fingerprint(index), summary=summary,
+                stage_index=index, fingerprint=self.fingerprint(index), summary=summary, next_step=self.next_step,
             )
             summary["checkpoint"] = str(self.checkpoint_path(index))
             self.summaries.append(summary)
@@ -188,49 +287,74 @@ class SelfRewardingTrainer:
 
 # stage runners: build the stage's trainer on the (unwrapped) model, run it, return numbers for the summary
 
-def run_sft(trainer: SelfRewardingTrainer, index: int, config: SFTConfig) -> dict:
-    history = SFTTrainer(trainer.model, config, pad_id=trainer.pad_id, accelerator=trainer.accelerator).train()
+def run_sft(trainer: SelfRewardingTrainer, index: int, config: SFTConfig, logger: MetricsLogger) -> dict:
+    history = SFTTrainer(trainer.model, config, pad_id=trainer.pad_id, accelerator=trainer.accelerator,
+                         checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", logger=logger).train()
     return _last_numbers(history, ("loss", "valid_loss"))
 
 
-def run_spin(trainer: SelfRewardingTrainer, index: int, config: SelfPlayConfig) -> dict:
+def run_spin(trainer: SelfRewardingTrainer, index: int, config: SelfPlayConfig, logger: MetricsLogger) -> dict:
     spin = SPINTrainer(
         trainer.model, config, pad_id=trainer.pad_id, eos_id=trainer.eos_id, accelerator=trainer.accelerator,
-        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.iterations",
+        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.iterations", logger=logger,
     )
     return _last_numbers(spin.train(), ("loss", "rewards/accuracies", "rewards/margins"))
 
 
-def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config) -> dict:
+def make_judge(trainer: SelfRewardingTrainer, config) -> Judge:
+    """Who scores a preference stage's candidates: the model with its judge prompt, its answers' votes, or an
+    external reward."""
     if isinstance(config, SelfRewardDPOConfig):
-        judge = SelfJudge(
+        return SelfJudge(
             trainer.model, config.reward_config or trainer.reward_config,
-            tokenizer_encode=trainer.encode, tokenizer_decode=trainer.decode,
+            tokenizer_encode=trainer.judge_encode, tokenizer_decode=trainer.decode,
             num_judgements=config.num_judgements, max_new_tokens=config.judge_max_new_tokens,
             temperature=config.judge_temperature, top_p=config.judge_top_p,
             pad_id=trainer.pad_id, eos_id=trainer.eos_id, batch_size=config.judge_batch_size,
         )
-    elif config.reward_fn is not None:
-        judge = RewardFnJudge(config.reward_fn)
-    else:
-        judge = RewardModelJudge(config.reward_model, pad_id=trainer.pad_id, batch_size=config.reward_model_batch_size)
+    if isinstance(config, SelfConsistencyDPOConfig):
+        return SelfConsistencyJudge(config.answer_key)
+    if config.reward_fn is not None:
+        return RewardFnJudge(config.reward_fn)
+    return RewardModelJudge(config.reward_model, pad_id=trainer.pad_id, batch_size=config.reward_model_batch_size)
+
+
+def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config, logger: MetricsLogger) -> dict:
+    judge = make_judge(trainer, config)
 
     stats = generate_preference_pairs(
         trainer.model, config.prompt_dataset, judge, config,
         folder=trainer.pairs_folder(index),
         tokenizer_encode=trainer.encode, tokenizer_decode=trainer.decode,
         accelerator=trainer.accelerator, pad_id=trainer.pad_id, eos_id=trainer.eos_id,
-        logp_reduction=config.logp_reduction, seed=trainer.seed + index,
+        logp_reduction=config.logp_reduction, seed=trainer.seed + index, fingerprint=trainer.pairs_fingerprint(index),
+        logger=logger,
     )
     pairs = DPODataset(trainer.pairs_folder(index))
     history = DPOTrainer(
         trainer.model, pairs, config, accelerator=trainer.accelerator,
-        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", checkpoint_prefix="dpo",
+        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", checkpoint_prefix="dpo", logger=logger,
     ).train()
     summary = _last_numbers(history, ("loss", "rewards/accuracies", "rewards/margins"))
     summary.update(pairs=len(pairs), judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate)
-    summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen"))})
+    summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen", "pairs_filtered"))})
     return summary
+
+
+def is_lost_peer(error: Exception) -> bool:
+    """Whether a collective failed because another process is gone or silent (gloo / NCCL wording)."""
+    text = str(error).lower()
+    return any(word in text for word in ("connection reset", "connection closed", "timed out", "timeout", "broken pipe", "peer"))
+
+
+def check_finite_weights(model: nn.Module, what: str):
+    """A stage whose weights hold NaN or inf is never saved as finished (a later run would build on it)."""
+    bad = [name for name, p in local_weights(model).items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if max_over_ranks(len(bad), model):  # sharded: every rank sees its own shards, and all must raise together
+        raise FloatingPointError(
+            f"{what} ended with non-finite weights in {len(bad)} tensors ({', '.join(bad[:3])}...); it is not saved as "
+            f"finished. Lower the learning rate, check the data, or set skip_nonfinite_steps=True in its config"
+        )
 
 
 def _last_numbers(history: list[dict], keys: tuple[str, ...]) -> dict:
@@ -245,6 +369,7 @@ STAGE_RUNNERS = {
     SelfPlayConfig: run_spin,
     SelfRewardDPOConfig: run_preference_dpo,
     ExternalRewardDPOConfig: run_preference_dpo,
+    SelfConsistencyDPOConfig: run_preference_dpo,
 }
 
 STAGE_KINDS = {
@@ -252,4 +377,5 @@ STAGE_KINDS = {
     SelfPlayConfig: "spin",
     SelfRewardDPOConfig: "self-reward-dpo",
     ExternalRewardDPOConfig: "external-reward-dpo",
+    SelfConsistencyDPOConfig: "self-consistency-dpo",
 }

@@ -1,8 +1,12 @@
+import os
+
 import pytest
 import torch
 from x_transformers import Decoder, TransformerWrapper
 
-torch.set_num_threads(2)
+# 2 threads on an idle 2-core machine; SELF_REWARDING_TEST_THREADS=1 where other work shares the cores (threads
+# oversubscribed across processes run 10x slower)
+torch.set_num_threads(int(os.environ.get("SELF_REWARDING_TEST_THREADS", "2")))
 
 
 def tiny_transformer(num_tokens: int = 32, max_seq_len: int = 64, dim: int = 32, depth: int = 1, **decoder_kwargs):

@@ -12,10 +12,13 @@ of a rank's 8 candidates, 1 of the last batch's 4 and none on the rank without p
 """
 
 import os
+import signal
 import sys
+from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
 from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import (
@@ -26,6 +29,7 @@ from self_rewarding_lm_pytorch import (
     SelfRewardDPOConfig,
     SelfRewardingTrainer,
     SFTConfig,
+    SFTTrainer,
 )
 from self_rewarding_lm_pytorch.sharding import full_state_dict, fully_shard_model
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
@@ -36,9 +40,15 @@ def checksum(prompt: str, response: str) -> float:
 
 
 def main(folder: str):
-    accelerator = Accelerator(cpu=True)
+    timeout = float(os.environ.get("PIPELINE_COLLECTIVE_TIMEOUT_S", 1800))
+    accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout))])
     if os.environ.get("PIPELINE_FAIL_ON_RANK") == str(accelerator.process_index):
         raise RuntimeError(f"deliberate failure on rank {accelerator.process_index}")
+    for variable, sig in (("PIPELINE_KILL_RANK_IN_SFT", signal.SIGKILL), ("PIPELINE_STOP_RANK_IN_SFT", signal.SIGSTOP)):
+        if os.environ.get(variable) == str(accelerator.process_index):
+            # this rank dies (or freezes) without a word in the middle of training, after its first optimizer step
+            log = SFTTrainer.log
+            SFTTrainer.log = lambda self, row, sig=sig: os.kill(os.getpid(), sig) if row["step"] == 1 else log(self, row)
 
     tokenizer, short, long = CharTokenizer(), SortDigitsTask(length=2, seed=0), SortDigitsTask(length=4, seed=1)
 

@@ -1,8 +1,11 @@
+import os
+
 import pytest
 import torch
 from accelerate import Accelerator
 
 from self_rewarding_lm_pytorch.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
+from self_rewarding_lm_pytorch.integrity import CorruptFileError, remove_stale_temp_files
 
 
 def test_checkpoint_of_a_prepared_model_loads_strictly_into_a_fresh_model(tmp_path, make_transformer):
@@ -39,3 +42,49 @@ def test_loading_refuses_pickled_code(tmp_path, make_transformer):
 def test_missing_checkpoint_names_the_path(tmp_path, make_transformer):
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
         load_checkpoint(make_transformer(), tmp_path / "nothing.pt")
+
+
+def garble(path, offset_fraction=0.5, length=1024):
+    data = bytearray(path.read_bytes())
+    start = int(len(data) * offset_fraction)
+    data[start : start + length] = bytes(255 - b for b in data[start : start + length])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: garble(p, 0.6),  # 1 KB of garbled tensor bytes: torch's zip reader loads it without a word
+        lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),  # truncated
+        lambda p: p.write_bytes(b""),  # empty
+        lambda p: garble(p, 0.0, 64),  # garbled header
+    ],
+    ids=["garbled", "truncated", "empty", "header"],
+)
+def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path, make_transformer, damage):
+    accelerator = Accelerator(cpu=True)
+    path = tmp_path / "stage.pt"
+    save_checkpoint(accelerator, make_transformer(dim=64), path, stage=1)
+    damage(path)
+    with pytest.raises(CorruptFileError, match="stage.pt") as error:
+        load_checkpoint(make_transformer(dim=64), path)
+    assert "delete it" in str(error.value)
+
+
+def test_a_file_without_checksum_is_refused(tmp_path, make_transformer):
+    torch.save(dict(model=make_transformer().state_dict()), tmp_path / "plain.pt")
+    with pytest.raises(CorruptFileError, match="plain.pt has no checksum"):
+        load_checkpoint(make_transformer(), tmp_path / "plain.pt")
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".stage.pt.tmp-{dead.stdout.strip()}"
+    stale.write_bytes(b"half")
+    mine = tmp_path / f".other.pt.tmp-{os.getpid()}"
+    mine.write_bytes(b"in progress")
+    assert remove_stale_temp_files(tmp_path) == [stale]
+    assert mine.exists() and not stale.exists()

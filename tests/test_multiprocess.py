@@ -16,6 +16,7 @@ from self_rewarding_lm_pytorch import DPODataset, load_checkpoint
 
 SCRIPT = Path(__file__).with_name("multiprocess_pipeline.py")
 SHARDED_SAMPLING_SCRIPT = Path(__file__).with_name("multiprocess_sharded_sampling.py")
+SHARDED_RESUME_SCRIPT = Path(__file__).with_name("multiprocess_sharded_resume.py")
 TIMEOUT_S = 300
 PREFERENCE_STAGES = ("stage-02-self-reward-dpo", "stage-03-external-reward-dpo")
 
@@ -127,3 +128,35 @@ def test_sharded_sampling_equals_unsharded_sampling(tmp_path):
     for rank in (0, 1):
         results = json.loads((tmp_path / f"rank-{rank}.json").read_text())
         assert len(results) == 10 and all(results.values()), results
+
+
+def test_a_sharded_stage_resumes_inside_the_stage_as_if_never_stopped(tmp_path):
+    """SFT and DPO (reference log-probs computed up front) on an FSDP2-sharded model, resumed from their step-2
+    checkpoint: the gathered weights and optimizer state go back into the sharded model, and the resumed run ends with
+    the uninterrupted run's weights (a fresh optimizer state would move them by about the learning rate)."""
+    run = launch(tmp_path, SHARDED_RESUME_SCRIPT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "resuming sft from step 2" in run.stdout and "resuming dpo from step 2" in run.stdout, run.stdout[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["sft"] == 0, result
+    # DPO resumed on 2 processes is not bit-exact, sharded or not (the same 1.2e-3 with DDP; exact on 1 process): a
+    # difference in the data-parallel resume itself, not in the sharded save and load checked here
+    assert result["dpo"] < 5e-3, result
+    for stage in ("sft", "dpo"):
+        assert result[f"{stage} steps saved"] == [f"{stage}-step-{step}.pt" for step in range(1, 5)]
+
+
+def test_a_rank_killed_mid_training_ends_the_run_naming_it(tmp_path):
+    """Rank 1 is SIGKILLed after its first SFT step: the launch ends (no hang) and names the dead rank."""
+    run = launch(tmp_path, PIPELINE_KILL_RANK_IN_SFT="1", PIPELINE_COLLECTIVE_TIMEOUT_S="20")
+    assert run.returncode != 0
+    assert "rank      : 1" in run.stderr and "SIGKILL" in run.stderr
+
+
+@pytest.mark.slow
+def test_a_frozen_rank_makes_the_others_fail_within_the_collective_timeout(tmp_path):
+    """Rank 1 freezes (SIGSTOP: alive, so the launcher sees no failure): rank 0 gives up after the 10 s collective
+    timeout with an error that says what happened, instead of waiting forever."""
+    run = launch(tmp_path, PIPELINE_STOP_RANK_IN_SFT="1", PIPELINE_COLLECTIVE_TIMEOUT_S="10")
+    assert run.returncode != 0
+    assert "Timed out" in run.stderr and "process 0 of 2 lost the others" in run.stderr

@@ -1,4 +1,6 @@
 
+import json
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -120,7 +122,8 @@ def test_untrained_judge_gives_a_bounded_error_with_counts(char_model, tmp_path)
     stats = error.value.stats
     # it gave up after the fail-fast budget (two batches of 4), not after every prompt, and said so
     assert stats.prompts_tried == 8 and stats.judgements == 8 * 4 * 2 and stats.judgements_parsed == 0
-    assert "trying 8 prompts" in str(error.value) and "accept_fewer_pairs" in str(error.value)
+    # no pair was made: accept_fewer_pairs could not help, so it is not suggested
+    assert "trying 8 prompts" in str(error.value) and "accept_fewer_pairs" not in str(error.value)
 
 
 def checksum(prompt: str, response: str) -> float:
@@ -153,23 +156,29 @@ class Interrupt(Exception):
     pass
 
 
+CRASH = dict(after_calls=None, calls=0)
+
+
+def dies_when_told(prompt, response):
+    CRASH["calls"] += 1
+    if CRASH["after_calls"] is not None and CRASH["calls"] > CRASH["after_calls"]:
+        raise Interrupt
+    return digit_count(prompt, response)
+
+
 def test_resume_after_interruption_gives_the_same_pairs(char_model, tmp_path):
     prompts = SortDigitsTask(seed=6).prompts(32)
-    generate(char_model, prompts, RewardFnJudge(digit_count), tmp_path / "whole", num_preference_pairs=10)
+    generate(char_model, prompts, RewardFnJudge(dies_when_told), tmp_path / "whole", num_preference_pairs=10)
+    CRASH["calls"] = 0
 
-    calls = 0
-
-    def dies_in_third_batch(prompt, response):
-        nonlocal calls
-        calls += 1
-        if calls > 2 * 4 * 4 + 5:  # two batches of 4 prompts x 4 candidates, then part of the third
-            raise Interrupt
-        return digit_count(prompt, response)
-
-    with pytest.raises(Interrupt):
-        generate(char_model, prompts, RewardFnJudge(dies_in_third_batch), tmp_path / "resumed", num_preference_pairs=10)
+    # the same judge function both times (another one would be another plan, refused): it dies when told to
+    CRASH["after_calls"] = 2 * 4 * 4 + 5  # two batches of 4 prompts x 4 candidates, then part of the third
+    with pytest.raises(Interrupt) as error:
+        generate(char_model, prompts, RewardFnJudge(dies_when_told), tmp_path / "resumed", num_preference_pairs=10)
+    assert "raised by reward_fn dies_when_told on prompt 'sort" in error.value.__notes__[0]
     assert 0 < len(DPODataset(tmp_path / "resumed")) < 10
-    generate(char_model, prompts, RewardFnJudge(digit_count), tmp_path / "resumed", num_preference_pairs=10)
+    CRASH["after_calls"] = None
+    generate(char_model, prompts, RewardFnJudge(dies_when_told), tmp_path / "resumed", num_preference_pairs=10)
 
     whole, resumed = DPODataset(tmp_path / "whole"), DPODataset(tmp_path / "resumed")
     assert len(resumed) == 10 and resumed.records() == whole.records()
@@ -210,3 +219,30 @@ def test_a_judge_prompt_too_long_for_the_model_names_the_lengths_and_the_fixes(c
     with pytest.raises(ValueError, match=r"judge prompt is \d+ tokens; .* needs \d+ positions, but the model has "
                                          r"max_seq_len 48. Use a shorter RewardConfig prompt"):
         generate(char_model, SortDigitsTask(seed=9).prompts(8), judge, tmp_path)
+
+
+def test_a_changed_plan_does_not_reuse_the_pairs_on_disk(char_model, tmp_path):
+    """Resuming with fewer prompts (every prompt_index now points elsewhere) or with another reward function is
+    refused, naming what changed; the original reused the old pairs."""
+    prompts = SortDigitsTask(seed=9).prompts(32)
+    CRASH.update(after_calls=2 * 4 * 4, calls=0)  # killed after two batches
+    with pytest.raises(Interrupt):
+        generate(char_model, prompts, RewardFnJudge(dies_when_told), tmp_path, num_preference_pairs=10)
+    CRASH.update(after_calls=None)
+    with pytest.raises(ValueError, match=r"different plan \(changed: prompts\)"):
+        generate(char_model, prompts[4:], RewardFnJudge(dies_when_told), tmp_path, num_preference_pairs=10)
+    with pytest.raises(ValueError, match=r"different plan \(changed: judge\)"):
+        generate(char_model, prompts, RewardFnJudge(lambda p, r: -digit_count(p, r)), tmp_path, num_preference_pairs=10)
+    generate(char_model, prompts, RewardFnJudge(dies_when_told), tmp_path, num_preference_pairs=10)  # same plan: resumes
+    assert len(DPODataset(tmp_path)) == 10
+
+
+def test_infinite_scores_are_written_as_valid_json(char_model, tmp_path):
+    def strict(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    generate(char_model, SortDigitsTask(seed=10).prompts(16), RewardFnJudge(lambda p, r: float("inf") if "1" in r else 0.0),
+             tmp_path, is_valid_reward=lambda s: True, accept_fewer_pairs=True)
+    lines = (tmp_path / "pairs.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=strict) for line in lines]
+    assert any(r["chosen_score"] == "inf" for r in records)

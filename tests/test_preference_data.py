@@ -1,8 +1,10 @@
 import json
+import os
 
 import pytest
 import torch
 
+from self_rewarding_lm_pytorch.integrity import CorruptFileError
 from self_rewarding_lm_pytorch.preference_data import DPODataset, PreferenceDataWriter
 
 
@@ -73,3 +75,99 @@ def test_too_long_sequences_and_missing_reference_logps_are_errors(tmp_path):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="meta.json"):
         DPODataset(tmp_path)
+
+
+def committed(tmp_path, n=3):
+    writer(tmp_path).append(**pairs(n))
+    return tmp_path
+
+
+def flip(path, offset, length=8):
+    data = bytearray(path.read_bytes())
+    data[offset : offset + length] = bytes(255 - b for b in data[offset : offset + length])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        (lambda d: flip(d / "pairs.jsonl", 5), "pairs.jsonl"),  # a garbled record
+        (lambda d: (d / "pairs.jsonl").write_bytes(b""), "pairs.jsonl"),  # emptied
+        (lambda d: (d / "pairs.jsonl").unlink(), "pairs.jsonl"),  # missing
+        (lambda d: (d / "pairs.jsonl").write_bytes((d / "pairs.jsonl").read_bytes()[:-3]), "pairs.jsonl"),  # half a line
+        (lambda d: flip(d / "chosen.npy", 128 + 8), "chosen.npy"),  # a garbled committed row
+        (lambda d: flip(d / "prompt_len.npy", 10), "prompt_len.npy"),  # a garbled header
+        (lambda d: (d / "rejected.npy").write_bytes((d / "rejected.npy").read_bytes()[:100]), "rejected.npy"),  # truncated
+        (lambda d: (d / "meta.json").write_text((d / "meta.json").read_text()[:40]), "meta.json"),  # truncated
+        (lambda d: (d / "meta.json").write_text((d / "meta.json").read_text().replace('"num_pairs": 3', '"num_pairs": 2')),
+         "meta.json"),  # edited
+    ],
+    ids=["jsonl-garbled", "jsonl-empty", "jsonl-missing", "jsonl-short", "array-row", "array-header", "array-truncated",
+         "meta-truncated", "meta-edited"],
+)
+def test_damaged_files_are_refused_naming_the_file_on_resume_and_on_read(tmp_path, damage, named):
+    damage(committed(tmp_path))
+    with pytest.raises(CorruptFileError, match=named.replace(".", r"\.")):
+        writer(tmp_path)
+    with pytest.raises(CorruptFileError, match=named.replace(".", r"\.")):
+        DPODataset(tmp_path)
+
+
+def test_a_kill_during_the_repair_of_the_jsonl_loses_no_committed_record(tmp_path, monkeypatch):
+    """The repair cuts pairs.jsonl back to its committed length; the original rewrote the file, and a second kill
+    inside that rewrite wiped every committed record."""
+    committed(tmp_path)
+    with open(tmp_path / "pairs.jsonl", "a") as f:
+        f.write('{"pair": "uncommitted"}\n{"pair": "half')
+
+    real_truncate = os.truncate
+
+    def killed_midway(path, length):
+        raise KeyboardInterrupt  # the moment of the kill
+
+    monkeypatch.setattr(os, "truncate", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        writer(tmp_path)
+    monkeypatch.setattr(os, "truncate", real_truncate)
+    resumed = writer(tmp_path)
+    resumed.append(**pairs(1, offset=3))
+    assert [r["pair"] for r in DPODataset(tmp_path).records()] == [0, 1, 2, 3]
+
+
+def test_non_finite_reference_logps_are_refused_when_written(tmp_path):
+    with pytest.raises(ValueError, match="reference log-probs of a pair are not finite"):
+        writer(tmp_path).append(**(pairs(2) | dict(chosen_ref_logp=[-1.0, float("nan")])))
+    assert len(DPODataset(tmp_path)) == 0
+
+
+DISK_FULL = """
+import sys
+from self_rewarding_lm_pytorch.integrity import DiskFullError
+from self_rewarding_lm_pytorch.preference_data import PreferenceDataWriter
+try:
+    PreferenceDataWriter(sys.argv[1], capacity=2000, max_len=256, pad_id=-1, with_ref_logps=True)  # 8.2 MB of arrays
+except DiskFullError as error:
+    print("DiskFullError:", error)
+"""
+
+
+def test_a_full_disk_is_a_clear_error_not_a_sigbus(tmp_path):
+    """On a 2 MB tmpfs (mounted in a user namespace): the writer raises naming the folder and the bytes needed;
+    the original's sparse arrays died of SIGBUS at the first page written past the disk's end."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare to mount a small tmpfs")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = tmp_path / "disk_full.py"
+    script.write_text(DISK_FULL)
+    command = (f"mount -t tmpfs -o size=2m none {mount} && mkdir {mount}/pairs && "
+               f"{sys.executable} {script} {mount}/pairs")
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=120)
+    if "mount" in run.stderr and run.returncode != 0 and "DiskFullError" not in run.stdout:
+        pytest.skip(f"cannot mount a small tmpfs here: {run.stderr.strip()[:200]}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "DiskFullError" in run.stdout and f"{mount}/pairs" in run.stdout and "bytes needed" in run.stdout

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "examples" / "quickstart.py"
-STAGES = ["stage-00-sft", "stage-01-spin", "stage-02-self-reward-dpo", "stage-03-external-reward-dpo"]
+STAGES = ["stage-00-sft", "stage-01-spin", "stage-02-self-consistency-dpo", "stage-03-external-reward-dpo"]
 
 
 def test_quickstart_runs_every_stage_and_each_changes_the_model(tmp_path):

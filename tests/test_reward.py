@@ -88,3 +88,38 @@ def test_template_errors(kwargs, message):
 def test_custom_parse_function():
     config = RewardConfig("{{ prompt }} {{ response }}", parse_reward=lambda text: len(text) if text else None)
     assert config.parse("abc") == 3.0 and config.parse("") is None
+
+
+def test_only_ascii_digits_are_scores():
+    assert DEFAULT.parse("Score: ٣") is None  # Arabic-Indic three
+    assert DEFAULT.parse("Score: ３") is None  # full-width three
+    assert DEFAULT.parse("Score: ٣\nScore: 2") == 2.0
+
+
+def test_a_whitespace_run_matches_any_whitespace_including_none():
+    config = RewardConfig(reward_regex_template="Rating:\n  {{ reward }} points")
+    assert config.parse("Rating:7points") == 7.0
+    assert config.parse("Rating: \t\n 7 \n points") == 7.0
+
+
+LINEAR_CHECK = """
+from self_rewarding_lm_pytorch.reward import RewardConfig
+templates = [(" {{ reward }}", False), ("Score: {{ reward }}", True), ("{{ reward }}/10", True), ("Rating:\\n {{ reward }} pts", True)]
+texts = [" " * 100_000, "1" * 100_000, "Score:" + " " * 100_000 + "x", "- " * 50_000, "1." * 50_000, "\\t\\n" * 50_000 + "5",
+         "Score: " * 14_000, "+" * 100_000, "." * 100_000]
+for template, dedent in templates:
+    config = RewardConfig(prompt_template="{{ prompt }}{{ response }}", reward_regex_template=template, auto_dedent=dedent)
+    for text in texts:
+        config.parse(text)
+print("done")
+"""
+
+
+def test_parsing_100k_character_outputs_is_linear_for_every_template():
+    """Each parse takes milliseconds; the quadratic parser took minutes on the first text (10k spaces: 3.6 s).
+    Run in a subprocess so a regression fails at the bound instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", LINEAR_CHECK], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "done", run.stderr[-2000:]

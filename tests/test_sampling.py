@@ -298,3 +298,34 @@ def test_a_ddp_wrapped_model_keeps_its_kv_cache(make_transformer, tmp_path):
         assert torch.equal(sample(ddp, prompts, seq_len=20, temperature=0.0), sample(net, prompts, seq_len=20, temperature=0.0))
     finally:
         dist.destroy_process_group()
+
+
+class _FixedLogits(nn.Module):
+    """Every position predicts the same hand-built distribution."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = nn.Parameter(logits, requires_grad=False)
+
+    def forward(self, ids):
+        return self.logits.expand(*ids.shape, -1)
+
+
+def test_temperature_is_applied_before_top_p_as_in_transformers():
+    # at T = 1 the 0.9-nucleus of this distribution holds 6 tokens; sharpened by T = 0.7 it holds 5
+    logits = torch.tensor([0.30, 0.22, 0.16, 0.12, 0.08, 0.05, 0.04, 0.03]).log()
+    model = _FixedLogits(logits)
+    tokens = sample(model, [torch.tensor([0])], temperature=0.7, filter_fn=top_p, filter_kwargs=dict(thres=0.9),
+                    max_new_tokens=1, num_samples=4000, generator=0, cache_kv=False)
+    seen = set(tokens[:, 0].tolist())
+
+    pytest.importorskip("transformers")
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    warped = TopPLogitsWarper(0.9)(None, TemperatureLogitsWarper(0.7)(None, logits[None].clone()))
+    expected = set((warped[0] > -math.inf).nonzero()[:, 0].tolist())
+    assert expected == {0, 1, 2, 3, 4}
+    assert seen == expected
+    # and the kept tokens' probabilities are transformers' (4000 draws: within 0.03)
+    frequency = torch.bincount(tokens[:, 0], minlength=8).float() / len(tokens)
+    assert torch.allclose(frequency, warped[0].softmax(-1), atol=0.03)

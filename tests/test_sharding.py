@@ -41,3 +41,20 @@ def test_deepspeed_zero_3_is_refused_at_construction(stage, refused):
             check_supported_sharding(accelerator, "SFTTrainer")
     else:
         check_supported_sharding(accelerator, "SFTTrainer")
+
+
+def test_dpo_on_a_sharded_model_precomputes_the_reference_and_refuses_a_frozen_copy(monkeypatch):
+    """Pairs without reference log-probs: a sharded model gets them computed before training (no reference model
+    held), and asking for a live reference (a frozen copy, which a sharded model cannot have) fails at construction.
+    (`is_fully_sharded` is stubbed: building the trainer is what is checked; the sharded runs are multi-process.)"""
+    import self_rewarding_lm_pytorch.dpo as dpo
+
+    monkeypatch.setattr(dpo, "is_fully_sharded", lambda model: True)
+    model = lambda: TransformerWrapper(num_tokens=16, max_seq_len=16, attn_layers=Decoder(dim=32, depth=1, heads=2))
+    pairs = [dict(chosen=torch.tensor([1, 2, 3, 4]), rejected=torch.tensor([1, 2, 5, 6]), prompt_len=2)] * 2
+    kwargs = dict(batch_size=2, num_train_steps=1, accelerate_kwargs=dict(cpu=True))
+    with pytest.raises(ValueError, match=r"DPOTrainer: the model is sharded.*precompute_reference is False"):
+        dpo.DPOTrainer(model(), pairs, precompute_reference=False, **kwargs)
+    trainer = dpo.DPOTrainer(model(), pairs, **kwargs)
+    assert trainer.ref_model is None
+    assert torch.isfinite(torch.tensor(trainer.train_loader.dataset[0]["chosen_ref_logp"])).all()

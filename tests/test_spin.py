@@ -72,7 +72,14 @@ def test_each_iteration_generates_with_the_model_at_its_start(tmp_path, monkeypa
 
 def test_checkpoints_at_multiples_of_checkpoint_every(tmp_path):
     spin_trainer(char_model(), tmp_path, num_train_steps=5, checkpoint_every=2, valid_sft_dataset=None)()
-    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["iteration-0-step-2.pt", "iteration-0-step-4.pt"]
+    # every 2 steps, and the last step (marked finished) so that a rerun knows the iteration is done
+    saved = sorted(p.name for p in tmp_path.glob("iteration-0-step-*.pt"))
+    assert saved == ["iteration-0-step-2.pt", "iteration-0-step-4.pt", "iteration-0-step-5.pt"]
+
+
+def test_checkpoint_every_longer_than_the_iteration_still_saves_its_last_step(tmp_path):
+    spin_trainer(char_model(), tmp_path, num_train_steps=2, checkpoint_every=100, valid_sft_dataset=None)()
+    assert sorted(p.name for p in tmp_path.glob("iteration-0-step-*.pt")) == ["iteration-0-step-2.pt"]
 
 
 def test_bad_spin_settings_fail_at_construction():
@@ -83,3 +90,27 @@ def test_bad_spin_settings_fail_at_construction():
         SelfPlayConfig(train_sft_dataset=data, max_seq_len=24, spin_kwargs=dict(λ=0.0))
     with pytest.raises(ValueError, match="no room to generate"):
         SPINTrainer(char_model(), train_sft_dataset=data, max_seq_len=4, accelerate_kwargs=dict(cpu=True))
+
+
+def test_a_resumed_run_logs_its_next_iteration_after_the_finished_ones(tmp_path):
+    """Iteration 0 finished before the kill: the rerun skips it, and iteration 1's rows reach the trackers at the
+    global steps of an uninterrupted run (3 steps per iteration: 4, 5, 6), not again at 1, 2, 3."""
+    from self_rewarding_lm_pytorch.tracking import MetricsLogger
+
+    settings = dict(num_iterations=2, num_train_steps=3, checkpoint_every=3, valid_sft_dataset=None)
+    spin_trainer(char_model(), tmp_path, **settings)()
+    for path in tmp_path.glob("iteration-1-*"):
+        path.unlink()  # killed before iteration 1 saved anything
+
+    class Recorder(MetricsLogger):
+        steps: list[int] = []
+
+        def log(self, values, step=None):
+            super().log(values, step)
+            self.steps.append(self.last_step)
+
+    trainer = spin_trainer(char_model(), tmp_path, **settings)
+    trainer.logger = Recorder(trainer.accelerator, "spin")
+    history = trainer()
+    assert [(row["iteration"], row["step"]) for row in history] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]
+    assert Recorder.steps == [4, 5, 6]

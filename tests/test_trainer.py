@@ -94,7 +94,9 @@ def test_readme_spin_alone_trains_the_model(tmp_path):
     spin_trainer()
     changed = [k for k, v in transformer.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) == len(before)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["iteration-0-step-1.pt", "iteration-0-step-2.pt"]
+    # the state at each step (resumable), and θ0's pairs: a resumed iteration no longer has θ0 to make them again
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "iteration-0-step-1.pt", "iteration-0-step-2.pt", "iteration-0-train-pairs.pt"]
 
 
 def test_readme_custom_reward_prompt_is_the_one_used(tmp_path):

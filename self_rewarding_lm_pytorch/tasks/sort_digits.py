@@ -71,6 +71,12 @@ def parse_response(response: str) -> list[int] | None:
     return [int(t) for t in tokens]
 
 
+def answer_key(response: str) -> tuple[int, ...] | None:
+    """The answer a response gives, for self-consistency votes: its digits, or None when it is not a digit list."""
+    answer = parse_response(response)
+    return None if answer is None else tuple(answer)
+
+
 def is_correct(prompt: str, response: str) -> bool:
     """The exact checker: the response is the prompt's digits in ascending order."""
     return parse_response(response) == sorted(parse_prompt(prompt))
@@ -102,6 +108,10 @@ class SortDigitsTask:
 
     def prompts(self, n: int) -> list[str]:
         return [make_prompt(self.random_digits()) for _ in range(n)]
+
+    def reseed(self, seed: int) -> SortDigitsTask:
+        """The same task drawing from another seed (e.g. a held-out split)."""
+        return SortDigitsTask(self.length, seed, self.tokenizer)
 
     def _example(self, prompt: str, response: str) -> tuple[Tensor, int]:
         prompt_ids = self.tokenizer.encode(prompt)

@@ -1,0 +1,168 @@
+"""Judge-training (EFT) examples built from the model's OWN answers (Yuan et al. 2024, section 2.1).
+
+The paper's seed judge data are its seed model's responses, labelled once. A judge learns best on the distribution
+it will judge, so here the model answers seed prompts, a seed labeller (human labels, or a checker where the task
+has one) labels each distinct answer once, and each (prompt, answer, label) becomes an SFT example: the judge
+prompt of a `RewardConfig`, then the target text for the label. This runs once, before the first self-reward
+iteration: no labeller is called inside the iterations.
+
+    judge_set = own_answer_judge_examples(model, seed_prompts, labeller=is_correct, reward_config=reward_config,
+                                          tokenizer_encode=encode, tokenizer_decode=decode, eos_id=eos_id,
+                                          max_new_tokens=16)
+    SFTConfig(train_dataset=ift_examples + judge_set.examples, ...)
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from self_rewarding_lm_pytorch.data import as_token_tensor
+from self_rewarding_lm_pytorch.judges import strip_response
+from self_rewarding_lm_pytorch.reward import RewardConfig
+from self_rewarding_lm_pytorch.sampling import sample, top_p
+
+
+def two_point_targets(correct: str = "Score: 5", wrong: str = "Score: 0") -> Callable[[float | bool], str]:
+    """Targets for a labeller that says right or wrong: a small model learns to check an answer far more reliably
+    than to grade partial credit."""
+
+    def target(label: float | bool) -> str:
+        return correct if label else wrong
+
+    target.__name__ = f"two_point_targets({correct!r}, {wrong!r})"
+    return target
+
+
+def five_point_targets(template: str = "Score: {score}") -> Callable[[float | bool], str]:
+    """Targets on the paper's 0-5 scale: the labeller gives a score in [0, 5], rounded to an integer."""
+
+    def target(label: float | bool) -> str:
+        score = float(label)
+        if not 0 <= score <= 5:
+            raise ValueError(f"five_point_targets: the labeller returned {score}, outside the 0-5 scale")
+        return template.format(score=round(score))
+
+    target.__name__ = f"five_point_targets({template!r})"
+    return target
+
+
+@dataclass
+class JudgeTrainingSet:
+    """EFT examples `(judge prompt + target + EOS, judge prompt length)`, ready for an SFT stage, and their counts."""
+
+    examples: list[tuple[Tensor, int]]
+    target_counts: dict[str, int]  # examples per target text, after balancing
+    answers_sampled: int
+    distinct_answers: int  # (prompt, answer) pairs labelled: the labeller's calls
+    label_counts_before_balancing: dict[str, int] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def own_answer_judge_examples(
+    model: nn.Module,
+    prompts: Sequence[str],
+    *,
+    labeller: Callable[[str, str], float | bool],
+    reward_config: RewardConfig,
+    tokenizer_encode: Callable[[str], Tensor],
+    tokenizer_decode: Callable[[Tensor], str],
+    targets: Callable[[float | bool], str] = two_point_targets(),
+    rationale: Callable[[str, str], str] | None = None,
+    num_samples: int = 4,
+    max_new_tokens: int = 64,
+    temperature: float | Sequence[float] = 0.7,
+    top_p_threshold: float | None = 0.9,
+    balance: bool = True,
+    pad_id: int = -1,
+    eos_id: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> JudgeTrainingSet:
+    """Sample `num_samples` answers per prompt from `model` (at each `temperature` when several are given: greedy
+    and sampled answers are the two kinds the judge will see), label each distinct (prompt, answer) once with
+    `labeller(prompt, answer)`, and render each as a judge example whose target is `targets(label)`, after
+    `rationale(prompt, answer)` when given: a judgement that reasons before it scores, as the paper's judge prompt
+    asks ("Briefly justify your total score"), e.g. a reference answer worked out before comparing.
+
+    `balance=True` keeps as many examples of each target as of the rarest one (a random subset, seeded): a small
+    model's answers are mostly right or mostly wrong, and a judge trained on that skew learns to say the common
+    label; when every answer gets the same target there is nothing to balance, and that is an error (a judge
+    trained on one label can only say that label). Examples with a target the judge's `reward_config` cannot parse
+    are refused: the judge would learn an answer that pair generation then cannot read."""
+    if not prompts:
+        raise ValueError("own_answer_judge_examples got no prompts")
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompts[{i}] is a {type(prompt).__name__}; prompts are strings (encoded with tokenizer_encode)")
+
+    # 1) the model's answers, `num_samples` per prompt and temperature, in batches
+    temperatures = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
+    answers: list[tuple[str, str]] = []
+    for t in temperatures:
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start : start + batch_size])
+            ids = [as_token_tensor(tokenizer_encode(p), "encoded prompt") for p in chunk]
+            out = sample(
+                model, ids, temperature=t,
+                filter_fn=top_p if top_p_threshold is not None and t > 0 else None,
+                filter_kwargs=dict(thres=top_p_threshold) if top_p_threshold is not None and t > 0 else None,
+                pad_id=pad_id, eos_id=eos_id, max_new_tokens=max_new_tokens, num_samples=1 if t == 0 else num_samples,
+                generator=seed + start,
+            )
+            texts = [tokenizer_decode(strip_response(row.cpu(), pad_id, eos_id)) for row in out]
+            per_prompt = len(texts) // len(chunk)
+            answers += [(chunk[i // per_prompt], text) for i, text in enumerate(texts)]
+
+    # 2) each distinct answer labelled once, rendered as a judge prompt and its target
+    distinct = list(dict.fromkeys(answers))
+    by_target: dict[str, list[tuple[str, str]]] = {}
+    for prompt, answer in distinct:
+        label = labeller(prompt, answer)
+        if not isinstance(label, (bool, int, float)):
+            raise TypeError(f"labeller {getattr(labeller, '__name__', labeller)!r} returned {label!r} for {answer!r}; "
+                            f"it must return a number or a bool")
+        target = targets(label)
+        if reward_config.parse(target) is None:
+            raise ValueError(f"the target {target!r} does not parse with the RewardConfig's reward regex: the judge "
+                             f"would learn to answer in a format pair generation cannot read")
+        by_target.setdefault(target, []).append((prompt, answer))
+    before = {target: len(items) for target, items in by_target.items()}
+
+    # 3) balanced labels (seeded), then the SFT examples
+    if balance and len(by_target) == 1:
+        raise ValueError(
+            f"all {len(distinct)} distinct answers got the same judge target {next(iter(by_target))!r}: a judge trained "
+            f"on them can only say that. Sample at other temperatures (e.g. temperature=(0.0, 0.7)), use more prompts, "
+            f"or train the model further first (or pass balance=False to keep them as they are)"
+        )
+    if balance:
+        rarest = min(before.values())
+        rng = random.Random(seed)
+        by_target = {target: rng.sample(items, rarest) for target, items in by_target.items()}
+    examples = []
+    for target, items in by_target.items():
+        for prompt, answer in items:
+            judge_prompt = as_token_tensor(tokenizer_encode(reward_config.render(prompt, answer)), "encoded judge prompt")
+            text = target if rationale is None else f"{rationale(prompt, answer)}{target}"
+            if reward_config.parse(text) != reward_config.parse(target):
+                raise ValueError(f"with its rationale, the judge target {text!r} parses to {reward_config.parse(text)}, "
+                                 f"not {reward_config.parse(target)}: the rationale must not look like a score")
+            answer_ids = as_token_tensor(tokenizer_encode(text), "encoded target")
+            tail = [answer_ids] + ([torch.tensor([eos_id])] if eos_id is not None else [])
+            examples.append((torch.cat([judge_prompt, *tail]), len(judge_prompt)))
+    random.Random(seed + 1).shuffle(examples)
+    return JudgeTrainingSet(
+        examples=examples,
+        target_counts=dict(Counter({t: len(items) for t, items in by_target.items()})),
+        answers_sampled=len(answers),
+        distinct_answers=len(distinct),
+        label_counts_before_balancing=before,
+    )

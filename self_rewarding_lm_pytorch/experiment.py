@@ -1,0 +1,364 @@
+"""An experiment runner for self-improvement: arms over the same prompts and seeds, measured the same way.
+
+For each seed: one seed model is trained (SFT on instruction examples, then judge-training examples built from its
+OWN answers, `own_answer_judge_examples`) and shared by every arm. Each arm then runs `iterations` preference stages
+from that model, each through `SelfRewardingTrainer` on the same prompts as every other arm, and after each the
+model is measured on held-out prompts:
+- `exact_match`: greedy answers the task's checker accepts,
+- `judge_bacc`: the model's LLM-as-a-judge (greedy, one judgement) against the checker on the model's own sampled
+  answers, balanced accuracy (mean of the rates on right and on wrong answers), a score above the middle of the
+  judge's scale meaning "right",
+- `vote_bacc`: the same for self-consistency, an answer in the strict majority of its prompt's samples meaning "right",
+- from the stage's pair generation (the checker as verifier): pairs kept, and the share whose chosen answer the checker
+  rates better / worse / neither (`pairs_better`, `pairs_worse`, `pairs_neither`).
+The model before any preference stage is the `sft` row at iteration 0. Only the public API is used; every row is
+appended to `runs.jsonl` as soon as it is measured, and a rerun skips the rows already there (each iteration's
+stage also resumes from its own checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from self_rewarding_lm_pytorch import (
+    ExternalRewardDPOConfig,
+    JudgementsAgree,
+    PairGenerationError,
+    RewardConfig,
+    SelfConsistencyDPOConfig,
+    SelfConsistencyJudge,
+    SelfJudge,
+    SelfRewardDPOConfig,
+    SelfRewardingTrainer,
+    SFTConfig,
+    own_answer_judge_examples,
+    sample,
+    two_point_targets,
+)
+from self_rewarding_lm_pytorch.judges import Candidates, strip_response
+
+
+@dataclass
+class ExperimentTask:
+    """What the runner needs of a task: a model, a tokenizer, data generators and a checker."""
+
+    make_model: Callable[[int], nn.Module]  # seed -> a fresh model
+    encode: Callable[[str], Tensor]
+    decode: Callable[[Tensor], str]
+    instruction_examples: Callable[[int, int], list]  # (n, seed) -> SFT items (prompt + answer + EOS, prompt_len)
+    prompts: Callable[[int, int], list[str]]  # (n, seed) -> prompts
+    checker: Callable[[str, str], bool]  # (prompt, response) -> right?
+    answer_key: Callable[[str], Hashable | None]  # the final answer of a response, for self-consistency
+    reward_config: RewardConfig  # the judge prompt
+    max_seq_len: int
+    max_new_tokens: int  # answers
+    judge_max_new_tokens: int
+    eos_id: int | None
+    pad_id: int = -1
+    judge_rationale: Callable[[str, str], str] | None = None  # (prompt, response) -> text the EFT judge writes first
+
+
+@dataclass
+class ExperimentSettings:
+    """Sizes and hyperparameters shared by every arm. Defaults: the run recorded in docs/results.md."""
+
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    iterations: int = 2
+    # seed model
+    num_instruction_examples: int = 500
+    sft_epochs: int = 4
+    sft_learning_rate: float = 1e-3
+    num_eft_prompts: int = 600
+    eft_samples_per_prompt: int = 4
+    eft_temperatures: tuple[float, ...] = (0.0, 0.4)  # greedy and sampled answers: both kinds the judge will see
+    eft_epochs: int = 1
+    eft_learning_rate_factor: float = 1.0
+    # each preference iteration
+    prompts_per_iteration: int = 768
+    num_preference_pairs: int = 384  # at most; `accept_fewer_pairs` keeps what the prompts give
+    num_candidates: int = 8  # self-consistency needs votes (the paper samples 8 or more); also the random control's
+    num_judged_candidates: int = 4  # the LLM-judge arms (the paper's N = 4), each judged num_judgements times
+    temperature: float = 0.4  # candidates (and judgements); a small model's samples at 0.7 are mostly wrong
+    num_judgements: int = 3
+    min_vote_margin: float | None = 0.5
+    dpo_learning_rate: float = 1e-5
+    dpo_beta: float = 0.1
+    dpo_epochs: int = 2
+    dpo_batch_size: int = 16
+    nll_weight: float = 1.0
+    # measurement
+    num_eval_prompts: int = 400
+    num_judge_eval_prompts: int = 96
+    eval_split_seed: int = 10_000  # the held-out prompts; tune on another split, report this one
+
+    def dpo_kwargs(self) -> dict:
+        return dict(
+            learning_rate=self.dpo_learning_rate, end_learning_rate=self.dpo_learning_rate / 10, beta=self.dpo_beta,
+            num_epochs=self.dpo_epochs, batch_size=self.dpo_batch_size, grad_accum_steps=1, dropout=0.0,
+            nll_weight=self.nll_weight,
+        )
+
+    def pair_kwargs(self, task: ExperimentTask, num_candidates: int | None = None) -> dict:
+        return dict(
+            num_preference_pairs=self.num_preference_pairs, accept_fewer_pairs=True,
+            num_candidate_responses=num_candidates or self.num_candidates, temperature=self.temperature, top_p=None,
+            prompt_batch_size=64, response_max_new_tokens=task.max_new_tokens, max_seq_len=task.max_seq_len,
+            verifier=task.checker,
+        )
+
+
+@dataclass
+class Arm:
+    """One way of making preference pairs: `stage(prompts, task, settings)` gives the iteration's stage config."""
+
+    name: str
+    stage: Callable[[list[str], ExperimentTask, ExperimentSettings], object]
+
+
+def self_judge_arm(prompts, task, settings, **extra):
+    """LLM-as-a-judge (Yuan et al. 2024): the model judges its own answers `num_judgements` times."""
+    return SelfRewardDPOConfig(
+        prompt_dataset=prompts, reward_config=task.reward_config, num_judgements=settings.num_judgements,
+        judge_max_new_tokens=task.judge_max_new_tokens, judge_temperature=settings.temperature, judge_top_p=None,
+        **settings.pair_kwargs(task, settings.num_judged_candidates), **settings.dpo_kwargs(), **extra,
+    )
+
+
+def self_judge_agreeing_arm(prompts, task, settings):
+    """LLM-as-a-judge with consistency filtering: a pair stays only when all its judgements agree on its order."""
+    return self_judge_arm(prompts, task, settings, pair_filters=(JudgementsAgree(1.0),))
+
+
+def self_consistency_arm(prompts, task, settings):
+    """ScPO (Prasad et al. 2024): most- vs least-voted answer, vote-margin threshold, margin-weighted loss."""
+    return SelfConsistencyDPOConfig(
+        prompt_dataset=prompts, answer_key=task.answer_key, min_vote_margin=settings.min_vote_margin,
+        margin_weighted_loss=True, **settings.pair_kwargs(task), **settings.dpo_kwargs(),
+    )
+
+
+def checker_arm(prompts, task, settings):
+    """The upper bound: the task's checker judges (it is not the model's own judgement)."""
+    return ExternalRewardDPOConfig(
+        prompt_dataset=prompts, reward_fn=lambda p, r: float(task.checker(p, r)),
+        **settings.pair_kwargs(task), **settings.dpo_kwargs(),
+    )
+
+
+class RandomScores:
+    """The control: a random score per candidate, so pairs are random pairs of the same candidates."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+
+    def __call__(self, prompt: str, response: str) -> float:
+        return self.rng.random()
+
+
+def random_arm(prompts, task, settings):
+    return ExternalRewardDPOConfig(
+        prompt_dataset=prompts, reward_fn=RandomScores(len(prompts)), **settings.pair_kwargs(task), **settings.dpo_kwargs(),
+    )
+
+
+DEFAULT_ARMS = (
+    Arm("self_judge", self_judge_arm),
+    Arm("self_judge_agree", self_judge_agreeing_arm),
+    Arm("self_consistency", self_consistency_arm),
+    Arm("checker", checker_arm),
+    Arm("random", random_arm),
+)
+
+
+# measurement
+
+
+def balanced_accuracy(predicted: Sequence[bool], actual: Sequence[bool]) -> float:
+    """Mean of the true-positive and true-negative rates; NaN when either class is absent."""
+    positives = [p for p, a in zip(predicted, actual) if a]
+    negatives = [not p for p, a in zip(predicted, actual) if not a]
+    if not positives or not negatives:
+        return math.nan
+    return (sum(positives) / len(positives) + sum(negatives) / len(negatives)) / 2
+
+
+@torch.no_grad()
+def measure(model: nn.Module, task: ExperimentTask, settings: ExperimentSettings, eval_prompts: list[str],
+            judge_prompts: list[str], seed: int) -> dict:
+    """Held-out exact match, and the LLM judge's and the votes' balanced accuracy on the model's own answers."""
+    greedy = sample(model, [task.encode(p) for p in eval_prompts], temperature=0.0, eos_id=task.eos_id,
+                    pad_id=task.pad_id, max_new_tokens=task.max_new_tokens, seq_len=task.max_seq_len)
+    answers = [task.decode(strip_response(row.cpu(), task.pad_id, task.eos_id)) for row in greedy]
+    exact_match = sum(task.checker(p, a) for p, a in zip(eval_prompts, answers)) / len(eval_prompts)
+
+    n = settings.num_candidates
+    prompt_ids = [task.encode(p) for p in judge_prompts]
+    sampled = sample(model, prompt_ids, temperature=settings.temperature, eos_id=task.eos_id, pad_id=task.pad_id,
+                     max_new_tokens=task.max_new_tokens, seq_len=task.max_seq_len, num_samples=n, generator=seed)
+    response_ids = [strip_response(row.cpu(), task.pad_id, task.eos_id) for row in sampled]
+    candidates = Candidates(
+        prompts=[p for p in judge_prompts for _ in range(n)], prompt_ids=[ids for ids in prompt_ids for _ in range(n)],
+        responses=[task.decode(ids) for ids in response_ids], response_ids=response_ids, num_per_prompt=n,
+    )
+    right = [task.checker(p, r) for p, r in zip(candidates.prompts, candidates.responses)]
+
+    judge = SelfJudge(model, task.reward_config, tokenizer_encode=task.encode, tokenizer_decode=task.decode,
+                      num_judgements=1, max_new_tokens=task.judge_max_new_tokens, temperature=0.0, top_p=None,
+                      pad_id=task.pad_id, eos_id=task.eos_id, batch_size=64)
+    judge_scores = judge(candidates).scores[:, 0]
+    low, high = task.reward_config.score_range or (0.0, 5.0)
+    judge_says_right = [bool(s > (low + high) / 2) for s in judge_scores.tolist()]  # NaN (no score) is "wrong"
+    votes = SelfConsistencyJudge(task.answer_key)(candidates).scores[:, 0]
+    vote_says_right = [bool(v > 0.5) for v in votes.tolist()]
+    return dict(
+        exact_match=exact_match,
+        sampled_accuracy=sum(right) / len(right),
+        judge_bacc=balanced_accuracy(judge_says_right, right),
+        judge_parse_rate=float((~judge_scores.isnan()).float().mean()),
+        vote_bacc=balanced_accuracy(vote_says_right, right),
+    )
+
+
+# the run
+
+
+@dataclass
+class ExperimentRunner:
+    task: ExperimentTask
+    settings: ExperimentSettings = field(default_factory=ExperimentSettings)
+    arms: Sequence[Arm] = DEFAULT_ARMS
+    out_dir: Path = Path("experiments/self_improvement")
+    show_progress: bool = True
+
+    def __post_init__(self):
+        self.out_dir = Path(self.out_dir)
+        names = [arm.name for arm in self.arms]
+        if len(set(names)) != len(names) or "sft" in names:
+            raise ValueError(f"arm names must be distinct and not 'sft' (the seed model's row), got {names}")
+
+    @property
+    def runs_path(self) -> Path:
+        return self.out_dir / "runs.jsonl"
+
+    def done_rows(self) -> list[dict]:
+        if not self.runs_path.is_file():
+            return []
+        with open(self.runs_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def record(self, row: dict):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.runs_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def run(self) -> list[dict]:
+        """Every seed, arm and iteration not already in runs.jsonl; returns all rows."""
+        settings, task = self.settings, self.task
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "settings.json").write_text(json.dumps(asdict(settings), indent=1))
+        done = {(r["seed"], r["arm"], r["iteration"]) for r in self.done_rows()}
+        eval_prompts = task.prompts(settings.num_eval_prompts, settings.eval_split_seed)
+        judge_prompts = task.prompts(settings.num_judge_eval_prompts, settings.eval_split_seed + 1)
+        held_out = set(eval_prompts) | set(judge_prompts)
+
+        units = len(settings.seeds) * (1 + len(self.arms) * settings.iterations)
+        bar = tqdm(total=units, desc="experiment", disable=not self.show_progress, position=0)
+        for seed in settings.seeds:
+            seed_dir = self.out_dir / f"seed-{seed}"
+            model = self.seed_model(seed, seed_dir, held_out)
+            seed_state = {k: v.clone() for k, v in model.state_dict().items()}
+            if (seed, "sft", 0) not in done:
+                self.record(dict(seed=seed, arm="sft", iteration=0, **measure(model, task, settings, eval_prompts, judge_prompts, seed)))
+            bar.update(1)
+            # the same fresh prompts for every arm: iteration i draws from seed-specific, held-out-free prompts
+            iteration_prompts = [
+                [p for p in task.prompts(2 * settings.prompts_per_iteration, 1_000 * seed + i) if p not in held_out]
+                [: settings.prompts_per_iteration]
+                for i in range(1, settings.iterations + 1)
+            ]
+            for arm in self.arms:
+                model.load_state_dict(seed_state)
+                for iteration in range(1, settings.iterations + 1):
+                    bar.set_postfix(seed=seed, arm=arm.name, iteration=iteration)
+                    stage = arm.stage(iteration_prompts[iteration - 1], task, settings)
+                    trainer = SelfRewardingTrainer(
+                        model, finetune_configs=[stage], tokenizer_encode=task.encode, tokenizer_decode=task.decode,
+                        self_reward_prompt_config=task.reward_config, pad_id=task.pad_id, eos_id=task.eos_id,
+                        checkpoints_folder=seed_dir / arm.name / f"iteration-{iteration}",
+                        accelerate_kwargs=dict(cpu=True), seed=1_000 * seed + iteration,
+                    )
+                    try:
+                        summary = trainer()[0]
+                    except PairGenerationError as error:  # a result, not a crash: this judge made no pair
+                        summary = dict(pairs=0, no_pairs=str(error)[:300])
+                    if (seed, arm.name, iteration) not in done:
+                        row = dict(seed=seed, arm=arm.name, iteration=iteration, **pair_numbers(summary))
+                        row.update(measure(model, task, settings, eval_prompts, judge_prompts, seed))
+                        self.record(row)
+                    bar.update(1)
+        bar.close()
+        return self.done_rows()
+
+    def seed_model(self, seed: int, seed_dir: Path, held_out: set[str]) -> nn.Module:
+        """SFT on instruction examples, then on judge examples from the model's own answers (labelled once by the
+        checker), as one two-stage plan resumed from `seed_dir`."""
+        task, settings = self.task, self.settings
+        torch.manual_seed(seed)
+        model = task.make_model(seed)
+        ift = task.instruction_examples(settings.num_instruction_examples, seed)
+        sft = dict(batch_size=32, grad_accum_steps=1, dropout=0.0, learning_rate=settings.sft_learning_rate,
+                   end_learning_rate=settings.sft_learning_rate / 10, warmup_steps=10)
+        plan = lambda stages: SelfRewardingTrainer(  # noqa: E731
+            model, finetune_configs=stages, tokenizer_encode=task.encode, tokenizer_decode=task.decode,
+            pad_id=task.pad_id, eos_id=task.eos_id, checkpoints_folder=seed_dir / "seed-model",
+            accelerate_kwargs=dict(cpu=True), seed=seed,
+        )
+        plan([SFTConfig(train_dataset=ift, num_epochs=settings.sft_epochs, **sft)])()
+
+        eft_prompts = [p for p in task.prompts(2 * settings.num_eft_prompts, 500 + seed) if p not in held_out]
+        judge_set = own_answer_judge_examples(
+            model, eft_prompts[: settings.num_eft_prompts], labeller=task.checker, reward_config=task.reward_config,
+            tokenizer_encode=task.encode, tokenizer_decode=task.decode, targets=two_point_targets(),
+            rationale=task.judge_rationale,
+            num_samples=settings.eft_samples_per_prompt, max_new_tokens=task.max_new_tokens,
+            temperature=settings.eft_temperatures, top_p_threshold=None, pad_id=task.pad_id, eos_id=task.eos_id, seed=seed,
+        )
+        (seed_dir / "eft.json").write_text(json.dumps(dict(
+            target_counts=judge_set.target_counts, before_balancing=judge_set.label_counts_before_balancing,
+            answers_sampled=judge_set.answers_sampled, distinct_answers=judge_set.distinct_answers)))
+        # the two-stage plan starts from the same initial weights as the one-stage plan above, so its first stage is
+        # recognised as finished (a stage's fingerprint includes the weights it started from)
+        torch.manual_seed(seed)
+        model = task.make_model(seed)
+        # IFT replayed beside EFT, so that learning to judge does not erase answering; at a lower learning rate, so
+        # that the answers the judge learned on stay the answers it will judge
+        eft_sft = dict(sft, learning_rate=settings.sft_learning_rate * settings.eft_learning_rate_factor,
+                       end_learning_rate=settings.sft_learning_rate * settings.eft_learning_rate_factor / 10)
+        stages = [SFTConfig(train_dataset=ift, num_epochs=settings.sft_epochs, **sft),
+                  SFTConfig(train_dataset=judge_set.examples + ift, num_epochs=settings.eft_epochs, **eft_sft)]
+        plan(stages)()
+        return model
+
+
+def pair_numbers(summary: dict) -> dict:
+    """Pairs kept and the checker's view of them, from a preference stage's summary."""
+    better = summary.get("pairs_chosen_verified_better", 0.0)
+    worse = summary.get("pairs_chosen_verified_worse", 0.0)
+    row = dict(pairs=summary.get("pairs", 0), pairs_better=better, pairs_worse=worse,
+               pairs_neither=1.0 - better - worse if summary.get("pairs") else math.nan)
+    row.update({k: v for k, v in summary.items() if k.startswith("pairs_filtered/") or k == "no_pairs"})
+    return row
+
+
+def with_settings(settings: ExperimentSettings, **changes) -> ExperimentSettings:
+    """A copy with some settings changed, e.g. for a learning-rate sweep."""
+    return replace(settings, **changes)

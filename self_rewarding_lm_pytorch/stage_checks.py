@@ -1,0 +1,141 @@
+"""Checks of a whole plan when the orchestrator is built, so a mistake surfaces before hours of earlier stages.
+
+A config checks its own fields (`__post_init__`); what needs the model and the tokenizer too is checked here:
+every prompt is a string that leaves room for an answer, the judge prompt rendered with the longest prompt and
+a full-length answer fits the model, `reward_fn` returns a number on a sample, and generation has an EOS id.
+Each error names the stage index, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+from torch import Tensor, nn
+
+from self_rewarding_lm_pytorch.data import as_token_tensor
+from self_rewarding_lm_pytorch.judges import check_reward_value
+from self_rewarding_lm_pytorch.reward import RewardConfig
+from self_rewarding_lm_pytorch.sampling import absolute_position_limit
+from self_rewarding_lm_pytorch.spin import SelfPlayConfig, spin_items
+from self_rewarding_lm_pytorch.stages import ExternalRewardDPOConfig, SelfRewardDPOConfig
+
+MISSING_EOS = (
+    "eos_id is None but {where} generates text: without it every generated answer runs on to its full token budget "
+    "({budget}), past the end of the answer, and the judge and the preference pairs see that text. Pass eos_id "
+    "(the tokenizer's end-of-sequence id; `hf_tokenizer_functions` returns it)."
+)
+
+
+def model_length_limit(model: nn.Module) -> int | None:
+    """The longest sequence the model takes: learned absolute positions, else its declared `max_seq_len`."""
+    return absolute_position_limit(model) or getattr(model, "max_seq_len", None)
+
+
+def check_stages(
+    stages: list,
+    model: nn.Module,
+    *,
+    encode: Callable[[str], Tensor],
+    reward_config: RewardConfig,
+    pad_id: int,
+    eos_id: int | None,
+):
+    """Raise at construction for inputs a stage would fail on when it starts; warn once for a missing eos_id."""
+    generating = []
+    for index, config in enumerate(stages):
+        if isinstance(config, SelfPlayConfig):
+            _check_spin(index, config, pad_id)
+            generating.append((index, config, "max_seq_len"))
+        elif isinstance(config, (SelfRewardDPOConfig, ExternalRewardDPOConfig)):
+            prompt_ids = _check_prompts(index, config, model, encode)
+            if isinstance(config, SelfRewardDPOConfig):
+                _check_judge_prompt_fits(index, config, model, encode, config.reward_config or reward_config, prompt_ids)
+            elif config.reward_fn is not None and config.check_reward_fn_on_sample:
+                _check_reward_fn(index, config)
+            generating.append((index, config, "response_max_new_tokens"))
+    if eos_id is None and generating:
+        index, config, budget = generating[0]
+        warn_missing_eos(f"stage {index} ({type(config).__name__})", f"{budget}={getattr(config, budget)}")
+
+
+_warned_missing_eos = False
+
+
+def warn_missing_eos(where: str, budget: str):
+    """Warn, once per process, that generation runs without an EOS id."""
+    global _warned_missing_eos
+    if not _warned_missing_eos:
+        _warned_missing_eos = True
+        warnings.warn(MISSING_EOS.format(where=where, budget=budget), UserWarning, stacklevel=4)
+
+
+def _stage(index: int, config) -> str:
+    return f"finetune_configs[{index}] ({type(config).__name__})"
+
+
+def _check_spin(index: int, config: SelfPlayConfig, pad_id: int):
+    for field in ("train_sft_dataset", "valid_sft_dataset"):
+        dataset = getattr(config, field)
+        if dataset is None:
+            continue
+        try:
+            spin_items(dataset, pad_id, config.max_seq_len)
+        except ValueError as error:
+            raise ValueError(f"{_stage(index, config)}.{field}: {error}") from None
+
+
+def _check_prompts(index: int, config, model: nn.Module, encode) -> dict[int, Tensor]:
+    """Every prompt is a string whose tokens leave room for an answer; returns {prompt index: token ids}."""
+    stage = _stage(index, config)
+    max_seq_len = config.max_seq_len or getattr(model, "max_seq_len", None)
+    if max_seq_len is None:
+        raise ValueError(f"{stage}.max_seq_len is None and the model has no max_seq_len: set max_seq_len in the config")
+    prompt_ids = {}
+    for i in range(len(config.prompt_dataset)):
+        prompt = config.prompt_dataset[i]
+        if not isinstance(prompt, str):
+            raise TypeError(
+                f"{stage}.prompt_dataset[{i}] is a {type(prompt).__name__}; prompt datasets hold strings (each is "
+                f"encoded with tokenizer_encode): pass the prompts as text"
+            )
+        ids = as_token_tensor(encode(prompt), f"{stage}: tokenizer_encode(prompt_dataset[{i}])")
+        if len(ids) >= max_seq_len:
+            raise ValueError(
+                f"{stage}.prompt_dataset[{i}] ({prompt[:40]!r}...) is {len(ids)} tokens, leaving no room for an answer "
+                f"under max_seq_len={max_seq_len}: shorten or drop the prompt, or raise max_seq_len"
+            )
+        prompt_ids[i] = ids
+    return prompt_ids
+
+
+def _check_judge_prompt_fits(index: int, config: SelfRewardDPOConfig, model: nn.Module, encode,
+                             reward_config: RewardConfig, prompt_ids: dict[int, Tensor]):
+    """The judge prompt of the longest prompt with a full-length answer, plus the judge's own answer budget."""
+    limit = model_length_limit(model)
+    if limit is None:
+        return
+    longest = max(prompt_ids, key=lambda i: len(prompt_ids[i]))
+    template = len(as_token_tensor(encode(reward_config.render(config.prompt_dataset[longest], "")), "judge prompt"))
+    needed = template + config.response_max_new_tokens + config.judge_max_new_tokens
+    if needed > limit:
+        raise ValueError(
+            f"{_stage(index, config)}: the judge prompt rendered with its longest prompt (prompt_dataset[{longest}]) "
+            f"is {template} tokens; with a {config.response_max_new_tokens}-token answer (response_max_new_tokens) and "
+            f"{config.judge_max_new_tokens} tokens for the judgement (judge_max_new_tokens) it needs {needed} positions, "
+            f"but the model's max_seq_len is {limit}. Pass a shorter RewardConfig prompt_template (the paper's is about "
+            f"1,750 characters) as reward_config or self_reward_prompt_config, lower judge_max_new_tokens or "
+            f"response_max_new_tokens, or use a model with a longer max_seq_len"
+        )
+
+
+def _check_reward_fn(index: int, config: ExternalRewardDPOConfig):
+    """One call on the first prompt with an empty answer: the function runs and returns a number, bool or None."""
+    prompt = config.prompt_dataset[0]
+    try:
+        check_reward_value(config.reward_fn(prompt, ""), config.reward_fn, prompt, "")
+    except Exception as error:
+        raise (TypeError if isinstance(error, TypeError) else ValueError)(
+            f"{_stage(index, config)}.reward_fn failed on a sample (prompt_dataset[0], an empty answer): {error}. "
+            f"Fix the function, or pass check_reward_fn_on_sample=False if it must not be called before the stage"
+        ) from error

@@ -1,0 +1,83 @@
+"""Prompts and judge prompts through the tokenizer's chat template; only the assistant's reply is decoded."""
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="chat templates are HF tokenizers' (the [hf] extra)")
+
+from tiny_chat import apply_chat, chat_tokenizer, tiny_llama  # noqa: E402
+
+import self_rewarding_lm_pytorch.judges as judges  # noqa: E402
+from self_rewarding_lm_pytorch import DPODataset, RewardConfig, SelfRewardDPOConfig, SelfRewardingTrainer  # noqa: E402
+from self_rewarding_lm_pytorch.hf import ChatTemplate, HFCausalLM, hf_tokenizer_functions  # noqa: E402
+
+
+@pytest.mark.parametrize("system_prompt", [None, "be brief"])
+def test_prompts_are_the_ids_apply_chat_template_gives(system_prompt):
+    tokenizer = chat_tokenizer()
+    encode, decode, eos_id = hf_tokenizer_functions(tokenizer, chat_template=True, system_prompt=system_prompt)
+    messages = ([dict(role="system", content=system_prompt)] if system_prompt else []) + [dict(role="user", content="sort 3 1")]
+    assert encode("sort 3 1").tolist() == apply_chat(tokenizer, messages, add_generation_prompt=True)
+    assert eos_id == tokenizer.convert_tokens_to_ids("<|end|>")  # the template's end of turn, not </s>
+
+    # the sampler hands back the generated tokens only; decoding stops at the end of the assistant's turn
+    reply = tokenizer.encode("1 3", add_special_tokens=False)
+    turn_after = tokenizer.encode("<|user|>more", add_special_tokens=False)
+    assert decode(torch.tensor(reply + [eos_id] + turn_after + [-1, -1])) == "1 3"
+
+
+def test_a_training_example_is_the_templated_conversation_with_the_prompt_masked():
+    tokenizer = chat_tokenizer()
+    conversation = [dict(role="user", content="sort 3 1"), dict(role="assistant", content="1 3")]
+    ids, prompt_len = ChatTemplate(tokenizer, system_prompt="be brief").encode_example(conversation)
+    system = [dict(role="system", content="be brief")]
+    assert ids.tolist() == apply_chat(tokenizer, system + conversation, add_generation_prompt=False)
+    assert prompt_len == len(apply_chat(tokenizer, system + conversation[:1], add_generation_prompt=True))
+    assert tokenizer.decode(ids[prompt_len:]) == "1 3<|end|>"  # the reply and its end of turn train
+
+
+def test_without_a_template_the_error_says_what_to_do():
+    tokenizer = chat_tokenizer()
+    tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="no chat_template"):
+        hf_tokenizer_functions(tokenizer, chat_template=True)
+    with pytest.raises(ValueError, match="system_prompt needs chat_template=True"):
+        hf_tokenizer_functions(chat_tokenizer(), system_prompt="hi")
+
+
+def test_self_rewarding_stage_renders_task_and_judge_prompts_with_the_template(tmp_path, monkeypatch):
+    tokenizer = chat_tokenizer()
+    encode, decode, eos_id = hf_tokenizer_functions(tokenizer, chat_template=True, system_prompt="answer")
+    judge_encode, _, _ = hf_tokenizer_functions(tokenizer, chat_template=True, system_prompt="judge")
+    judge_inputs = []
+    real_sample = judges.sample
+
+    def recording_sample(model, prompts, *args, **kwargs):
+        judge_inputs.extend(p.tolist() for p in prompts)
+        return real_sample(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(judges, "sample", recording_sample)
+    # an untrained model writes no "Score: N": this parser scores any answer, so pairs get made
+    reward_config = RewardConfig("rate: {{ prompt }} / {{ response }}", parse_reward=lambda text: float(len(text) % 5))
+    stage = SelfRewardDPOConfig(
+        prompt_dataset=["sort 3 1", "sort 2 9", "sort 5 4", "sort 8 7"], reward_config=reward_config,
+        num_preference_pairs=2, num_candidate_responses=3, prompt_batch_size=4, response_max_new_tokens=5,
+        temperature=1.0, num_judgements=1, judge_max_new_tokens=3, batch_size=2, num_train_steps=1,
+        learning_rate=1e-4, end_learning_rate=1e-5, accept_fewer_pairs=True,
+    )
+    trainer = SelfRewardingTrainer(HFCausalLM(tiny_llama()), finetune_configs=[stage], tokenizer_encode=encode,
+                                   tokenizer_decode=decode, judge_tokenizer_encode=judge_encode, eos_id=eos_id,
+                                   checkpoints_folder=tmp_path, accelerate_kwargs=dict(cpu=True))
+    trainer()
+
+    pairs = DPODataset(trainer.pairs_folder(0))
+    assert len(pairs) >= 1
+    for pair, record in zip(pairs, pairs.records()):
+        messages = [dict(role="system", content="answer"), dict(role="user", content=record["prompt"])]
+        expected = apply_chat(tokenizer, messages, add_generation_prompt=True)
+        assert pair["chosen"][: pair["prompt_len"]].tolist() == expected
+        # the chosen reply was judged through the judge's own template
+        judge_messages = [dict(role="system", content="judge"),
+                          dict(role="user", content=reward_config.render(record["prompt"], record["chosen"]))]
+        assert apply_chat(tokenizer, judge_messages, add_generation_prompt=True) in judge_inputs
+        assert "<|" not in record["chosen"]  # special tokens of the template are not part of the reply

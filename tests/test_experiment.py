@@ -1,0 +1,68 @@
+"""The experiment runner's arithmetic (balanced accuracy, intervals, per-seed checks) and, marked slow, the claim
+itself: one seed of the bundled self-improvement experiment, where pairs from the model alone beat random pairs."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from self_rewarding_lm_pytorch.experiment import balanced_accuracy
+from self_rewarding_lm_pytorch.experiment_report import mean_and_interval, per_seed_checks, summary_table, write_report
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "self_improvement.py"
+
+
+def test_balanced_accuracy_by_hand():
+    # 3 right answers (2 called right), 1 wrong answer (called wrong): (2/3 + 1) / 2
+    assert balanced_accuracy([True, True, False, False], [True, True, True, False]) == pytest.approx(5 / 6)
+    # a judge that calls everything right is at chance however skewed the answers are
+    assert balanced_accuracy([True] * 10, [True] * 9 + [False]) == 0.5
+    assert math.isnan(balanced_accuracy([True, False], [True, True]))  # no wrong answer: undefined
+
+
+def test_mean_and_95_interval_over_seeds():
+    mean, half = mean_and_interval([0.1, 0.2, 0.3])
+    assert mean == pytest.approx(0.2)
+    assert half == pytest.approx(4.303 * 0.1 / math.sqrt(3))  # t(0.975, 2 dof) * sd / sqrt(n)
+    assert mean_and_interval([0.5])[0] == 0.5 and math.isnan(mean_and_interval([0.5])[1])
+    assert mean_and_interval([math.nan, 0.4])[0] == 0.4
+
+
+def rows():
+    out = []
+    for seed, (start, mine, rand) in enumerate([(0.40, 0.50, 0.38), (0.30, 0.33, 0.34)]):
+        out.append(dict(seed=seed, arm="sft", iteration=0, exact_match=start))
+        out.append(dict(seed=seed, arm="self_consistency", iteration=1, exact_match=mine, pairs=10))
+        out.append(dict(seed=seed, arm="random", iteration=1, exact_match=rand, pairs=10))
+    return out
+
+
+def test_per_seed_checks_count_gains_and_wins_over_the_control():
+    table = per_seed_checks(rows())
+    line = next(line for line in table.splitlines() if line.startswith("| self_consistency"))
+    assert "+10.0, +3.0" in line and "1/2" in line  # seed 1 loses to random (0.33 < 0.34)
+
+
+def test_report_files(tmp_path):
+    pytest.importorskip("matplotlib")
+    text = write_report(rows(), tmp_path, title="t")
+    assert "| sft | 0 | 2 |" in summary_table(rows()) and "| random | 1 | 2 |" in text
+    assert (tmp_path / "results.png").stat().st_size > 1000 and (tmp_path / "results.csv").read_text().startswith("seed,arm,iteration")
+
+
+@pytest.mark.slow
+def test_self_consistency_beats_random_pairs_on_one_seed(tmp_path):
+    """One seed of the recorded experiment, two arms: ScPO pairs from the model alone must gain over the seed model
+    and end above random pairs of the same candidates."""
+    spec = importlib.util.spec_from_file_location("self_improvement", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    from self_rewarding_lm_pytorch.experiment import DEFAULT_ARMS, ExperimentRunner, ExperimentSettings
+
+    arms = [arm for arm in DEFAULT_ARMS if arm.name in ("self_consistency", "random")]
+    rows = ExperimentRunner(example.sort_digits_task(), ExperimentSettings(seeds=(0,)), arms, tmp_path,
+                            show_progress=False).run()
+    em = {(r["arm"], r["iteration"]): r["exact_match"] for r in rows}
+    assert em[("self_consistency", 2)] > em[("random", 2)]
+    assert em[("self_consistency", 2)] > em[("sft", 0)]

@@ -1,0 +1,66 @@
+"""Every long phase shows a bar on the main process: pair generation (prompts, pairs kept, parse and tie rates),
+SPIN's answers and reference log-probs; a bar that halts early says why."""
+
+import pytest
+from accelerate import Accelerator
+
+from self_rewarding_lm_pytorch.dpo import DPOTrainer
+from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
+from self_rewarding_lm_pytorch.judges import RewardFnJudge, SelfJudge
+from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig, PairGenerationError, generate_preference_pairs
+from self_rewarding_lm_pytorch.reward import RewardConfig
+from self_rewarding_lm_pytorch.spin import SPINTrainer
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
+
+from test_dpo import sort_pairs
+
+TOKENIZER = CharTokenizer()
+
+
+@pytest.fixture
+def char_model(make_transformer):
+    return make_transformer(seed=0, num_tokens=CharTokenizer.num_tokens, max_seq_len=48, dim=32, depth=1)
+
+
+def generate(model, prompts, judge, folder, **config_kwargs):
+    config = PairGenerationConfig(**{**dict(num_preference_pairs=4, prompt_batch_size=4, response_max_new_tokens=6,
+                                             temperature=1.0, top_p=None), **config_kwargs})
+    return generate_preference_pairs(
+        model, prompts, judge, config, folder=folder, tokenizer_encode=TOKENIZER.encode,
+        tokenizer_decode=TOKENIZER.decode, accelerator=Accelerator(cpu=True), pad_id=-1, eos_id=TOKENIZER.eos_id,
+    )
+
+
+def test_pair_generation_shows_prompts_pairs_parse_and_tie_rates(char_model, tmp_path, capsys):
+    generate(char_model, SortDigitsTask(seed=1).prompts(16), RewardFnJudge(lambda p, r: float(sum(map(ord, r)))), tmp_path,
+             num_preference_pairs=3)
+    err = capsys.readouterr().err
+    assert "pairs:" in err and ("prompt/s" in err or "s/prompt" in err)
+    assert "/16" in err  # prompts done out of the budget
+    assert "pairs=3/3, parse=1.00, ties=0.00, identical=0" in err
+
+
+def test_pair_generation_that_gives_up_early_says_why(char_model, tmp_path, capsys):
+    judge = SelfJudge(char_model, RewardConfig("{{ prompt }}|{{ response }}|"), tokenizer_encode=TOKENIZER.encode,
+                      tokenizer_decode=TOKENIZER.decode, num_judgements=1, max_new_tokens=4, eos_id=0)
+    with pytest.raises(PairGenerationError):
+        generate(char_model, SortDigitsTask(seed=2).prompts(40), judge, tmp_path, fail_fast_after_prompts=8)
+    assert "pair generation stops early: no usable judgement in 8 prompts (fail_fast_after_prompts=8)" in \
+        "".join(capsys.readouterr())
+
+
+def test_spin_shows_its_answer_generation(char_model, tmp_path, capsys):
+    task = SortDigitsTask(length=3, seed=0)
+    SPINTrainer(char_model, train_sft_dataset=task.instruction_examples(12), max_seq_len=24, num_train_steps=1,
+                batch_size=4, eos_id=0, checkpoint_folder=tmp_path, accelerate_kwargs=dict(cpu=True))()
+    err = capsys.readouterr().err
+    assert "spin answers (iteration 0): 100%" in err and "12/12" in err
+
+
+def test_early_stopping_says_why_the_bar_halted(make_transformer, capsys):
+    scores = iter([1.0, 2.0, 3.0])
+    stopper = EarlyStopper(lambda model: next(scores), mode="min", patience=2)
+    DPOTrainer(make_transformer(num_tokens=128), sort_pairs(32, seed=0), batch_size=8, num_train_steps=100,
+               early_stopper=stopper, early_stop_every=1, accelerate_kwargs=dict(cpu=True))()
+    assert ("dpo: early stop at step 3: the score did not improve by more than 0 in 2 evaluations (patience); "
+            "best score 1 (min) at step 1, whose weights are restored") in "".join(capsys.readouterr())

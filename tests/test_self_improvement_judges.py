@@ -1,0 +1,210 @@
+"""The judges and filters a small model can be trusted with: self-consistency votes, consistency filtering,
+margin-weighted loss, and judge-training examples from the model's own answers."""
+
+import math
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from self_rewarding_lm_pytorch import (
+    Candidates,
+    JudgementsAgree,
+    MarginAtLeast,
+    RewardConfig,
+    SelfConsistencyDPOConfig,
+    SelfConsistencyJudge,
+    own_answer_judge_examples,
+    two_point_targets,
+)
+from self_rewarding_lm_pytorch.dpo_data import DPOCollate
+from self_rewarding_lm_pytorch.dpo_objective import DPO
+from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig, PairGenerationError, generate_preference_pairs
+from self_rewarding_lm_pytorch.pair_stats import PairGenerationStats
+from self_rewarding_lm_pytorch.preference_data import DPODataset
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, answer_key, is_correct
+
+NAN = math.nan
+TOKENIZER = CharTokenizer()
+
+
+def candidates(groups: list[list[str]]) -> Candidates:
+    n = len(groups[0])
+    responses = [r for group in groups for r in group]
+    prompts = [f"prompt {i}" for i, group in enumerate(groups) for _ in group]
+    ids = [torch.tensor([1])] * len(responses)
+    return Candidates(prompts, ids, responses, ids, num_per_prompt=n)
+
+
+def test_self_consistency_scores_are_vote_shares_per_prompt():
+    judge = SelfConsistencyJudge()
+    scores = judge(candidates([[" 1 2", "1 2 ", " 2 1", " 1 2"], [" 3", " 4", " 5", " 3"]])).scores[:, 0]
+    # " 1 2" and "1 2 " are the same stripped answer: 3 of 4 votes; prompts never vote for each other's answers
+    assert scores.tolist() == [0.75, 0.75, 0.25, 0.75, 0.5, 0.25, 0.25, 0.5]
+
+
+def test_self_consistency_answer_key_and_unanswered_candidates():
+    judge = SelfConsistencyJudge(answer_key=answer_key)  # the sort task's digits; None for a non-answer
+    scores = judge(candidates([[" 1 2", "1  2", "oops", " 2 1"]])).scores[:, 0]
+    assert scores[:2].tolist() == [0.5, 0.5]  # share over all N candidates, the unanswered one included
+    assert math.isnan(scores[2]) and scores[3] == 0.25
+
+
+def test_self_consistency_refuses_groups_that_do_not_split():
+    bad = candidates([[" 1", " 2"]])
+    bad.num_per_prompt = 3
+    with pytest.raises(ValueError, match="groups of 3"):
+        SelfConsistencyJudge()(bad)
+
+
+@pytest.mark.parametrize(
+    "chosen, rejected, min_share, keep",
+    [
+        ([5, 5, 4], [1, 0, 2], 1.0, True),  # every judgement of the chosen beats every judgement of the rejected
+        ([5, 2, 5], [1, 3, 1], 1.0, False),  # one chosen judgement (2) is below one rejected judgement (3)
+        ([5, 2, 5], [1, 3, 1], 0.75, True),  # 8 of 9 comparisons agree
+        ([5, NAN, NAN], [1, NAN, 0], 1.0, True),  # judgements without a score are left out
+        ([NAN, NAN, NAN], [1, 1, 1], 1.0, False),  # nothing to compare: not a consistent pair
+    ],
+)
+def test_judgements_agree(chosen, rejected, min_share, keep):
+    assert JudgementsAgree(min_share)(torch.tensor(chosen, dtype=torch.float), torch.tensor(rejected, dtype=torch.float)) is keep
+
+
+def test_vote_margin_filter_and_its_config():
+    assert MarginAtLeast(0.25)(torch.tensor([0.5]), torch.tensor([0.25]))
+    assert not MarginAtLeast(0.5)(torch.tensor([0.5]), torch.tensor([0.25]))
+    config = SelfConsistencyDPOConfig(prompt_dataset=["sort 1 2:"], num_preference_pairs=1, num_train_steps=1,
+                                      min_vote_margin=0.25)
+    assert [f.name for f in config.pair_filters] == ["vote_margin"]
+    with pytest.raises(ValueError, match="min_vote_margin"):
+        SelfConsistencyDPOConfig(prompt_dataset=["x"], num_preference_pairs=1, num_train_steps=1, min_vote_margin=2)
+    with pytest.raises(TypeError, match="pair_filters\\[0\\]"):
+        PairGenerationConfig(num_preference_pairs=1, pair_filters=(lambda c, r: True,))
+
+
+def test_stats_count_drops_per_filter_and_add_up():
+    a, b = PairGenerationStats(pairs_filtered={"x": 1}), PairGenerationStats(pairs_filtered={"x": 2, "y": 1})
+    a.add(b)
+    assert a.pairs_filtered == {"x": 3, "y": 1}
+    assert a.summary()["pairs_filtered/x"] == 3
+
+
+def test_pair_generation_drops_pairs_whose_judgements_disagree(make_transformer, tmp_path):
+    """A judge with one noisy judgement out of two: the filter drops exactly the pairs whose judgements cross."""
+
+    class ScriptedJudge:
+        num_judgements = 2
+
+        def __call__(self, cands, seed=None):
+            n = len(cands.responses)
+            # candidate j of each prompt scores (j, j) except candidate 0, scored (0, 9): its order is not agreed on
+            scores = torch.tensor([[float(i % 4), float(i % 4)] for i in range(n)])
+            scores[::4, 1] = 9.0
+            from self_rewarding_lm_pytorch.judges import Judgements
+            return Judgements(scores)
+
+        def is_valid_score(self, score):
+            return True
+
+    model = make_transformer(seed=0, num_tokens=CharTokenizer.num_tokens, max_seq_len=32, dim=16)
+    config = PairGenerationConfig(num_preference_pairs=8, num_candidate_responses=4, prompt_batch_size=4,
+                                  response_max_new_tokens=4, pair_filters=(JudgementsAgree(),))
+    with pytest.raises(PairGenerationError, match="8 dropped by pair filters") as error:
+        generate_preference_pairs(model, SortDigitsTask(seed=0).prompts(8), ScriptedJudge(), config,
+                                  folder=tmp_path, tokenizer_encode=TOKENIZER.encode, tokenizer_decode=TOKENIZER.decode,
+                                  accelerator=Accelerator(cpu=True), eos_id=TOKENIZER.eos_id)
+    # means: candidate 0 has 4.5 (chosen), candidate 1 has 1 (rejected); its judgements 0 and 9 vs 1 and 1 cross
+    assert error.value.stats.pairs_made == 0 and error.value.stats.pairs_filtered == {"judgements_agree": 8}
+
+    # without the noisy judgement every prompt gives a pair
+    class Agreeing(ScriptedJudge):
+        def __call__(self, cands, seed=None):
+            judgements = super().__call__(cands, seed)
+            judgements.scores[::4, 1] = 3.5
+            return judgements
+
+    stats = generate_preference_pairs(model, SortDigitsTask(seed=0).prompts(8), Agreeing(), config,
+                                      folder=tmp_path / "agreeing", tokenizer_encode=TOKENIZER.encode,
+                                      tokenizer_decode=TOKENIZER.decode, accelerator=Accelerator(cpu=True),
+                                      eos_id=TOKENIZER.eos_id)
+    assert stats.pairs_made == 8 and stats.pairs_filtered == {}
+
+
+def test_margin_weighted_loss_weights_each_pair(make_transformer):
+    model = make_transformer(seed=0, num_tokens=16, max_seq_len=16, dim=16)
+    torch.manual_seed(0)
+    items = [dict(chosen=torch.randint(0, 16, (6,)), rejected=torch.randint(0, 16, (6,)), prompt_len=2,
+                  chosen_ref_logp=-3.0, rejected_ref_logp=-2.0, chosen_reward=c, rejected_reward=r)
+             for c, r in [(0.75, 0.25), (1.0, 0.0)]]
+    for item in items:
+        item["rejected"][:2] = item["chosen"][:2]
+    dpo = DPO(model, 0.1, precomputed_reference=True, nll_weight=1.0)
+    plain = dpo.pair_values(**DPOCollate(-1)(items))["loss"]
+    weighted_batch = DPOCollate(-1, margin_weights=True)(items)
+    assert weighted_batch["weight"].tolist() == [0.5, 1.0]
+    weighted = dpo.pair_values(**weighted_batch)["loss"]
+    torch.testing.assert_close(weighted, plain * torch.tensor([0.5, 1.0]))
+    with pytest.raises(ValueError, match="chosen_reward"):
+        DPOCollate(-1, margin_weights=True)([{k: v for k, v in items[0].items() if k != "chosen_reward"}])
+
+
+def test_own_answer_judge_examples_are_labelled_once_balanced_and_parse(make_transformer):
+    model = make_transformer(seed=0, num_tokens=CharTokenizer.num_tokens, max_seq_len=64, dim=16)
+    reward_config = RewardConfig(prompt_template="judge {{ prompt }}{{ response }}|", reward_regex_template="Score: {{ reward }}")
+    calls = []
+
+    def labeller(prompt, response):
+        calls.append((prompt, response))
+        return len(calls) % 3 == 0  # a third of the distinct answers are "right"
+
+    prompts = SortDigitsTask(seed=0).prompts(12)
+    judge_set = own_answer_judge_examples(model, prompts, labeller=labeller, reward_config=reward_config,
+                                          tokenizer_encode=TOKENIZER.encode, tokenizer_decode=TOKENIZER.decode,
+                                          num_samples=3, max_new_tokens=4, temperature=1.0, eos_id=TOKENIZER.eos_id)
+    assert judge_set.answers_sampled == 36
+    assert len(calls) == len(set(calls)) == judge_set.distinct_answers  # each distinct answer labelled once
+    before = judge_set.label_counts_before_balancing
+    assert before["Score: 5"] < before["Score: 0"]
+    assert judge_set.target_counts == {"Score: 5": before["Score: 5"], "Score: 0": before["Score: 5"]}
+    seq, prompt_len = judge_set.examples[0]
+    text = TOKENIZER.decode(seq[prompt_len:])
+    assert seq[-1] == TOKENIZER.eos_id and reward_config.parse(text) in (0.0, 5.0)
+    assert TOKENIZER.decode(seq[:prompt_len]).startswith("judge sort ")
+
+    with pytest.raises(ValueError, match="does not parse"):
+        own_answer_judge_examples(model, prompts[:2], labeller=labeller, reward_config=reward_config,
+                                  targets=two_point_targets("right", "wrong"), tokenizer_encode=TOKENIZER.encode,
+                                  tokenizer_decode=TOKENIZER.decode, max_new_tokens=2)
+
+
+def test_self_consistency_stage_end_to_end(make_transformer, tmp_path):
+    """Votes from a tiny model's own samples make pairs; the stage trains on them with margin weights."""
+    from self_rewarding_lm_pytorch import SelfRewardingTrainer
+
+    model = make_transformer(seed=0, num_tokens=CharTokenizer.num_tokens, max_seq_len=32, dim=16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stage = SelfConsistencyDPOConfig(
+        # answer_key: the first character, so a random model's answers collide often enough to vote
+        prompt_dataset=SortDigitsTask(seed=0).prompts(32), answer_key=lambda r: r[:1] or None,
+        num_preference_pairs=4, num_candidate_responses=6, prompt_batch_size=8, response_max_new_tokens=3,
+        temperature=1.0, top_p=None, accept_fewer_pairs=True, min_vote_margin=0.1, margin_weighted_loss=True,
+        num_train_steps=2, batch_size=2, learning_rate=1e-3, end_learning_rate=1e-4, verifier=is_correct,
+    )
+    summary = SelfRewardingTrainer(model, finetune_configs=[stage], tokenizer_encode=TOKENIZER.encode,
+                                   tokenizer_decode=TOKENIZER.decode, eos_id=TOKENIZER.eos_id,
+                                   checkpoints_folder=tmp_path, accelerate_kwargs=dict(cpu=True))()[0]
+    assert summary["kind"] == "self-consistency-dpo" and summary["pairs"] > 0
+    pairs = DPODataset(tmp_path / "stage-00-self-consistency-dpo.pairs")
+    for record in pairs.records():
+        assert record["chosen_score"] - record["rejected_score"] >= 0.1 - 1e-6  # the vote margin held
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_own_answer_judge_examples_refuse_a_single_label(make_transformer):
+    model = make_transformer(seed=0, num_tokens=CharTokenizer.num_tokens, max_seq_len=64, dim=16)
+    reward_config = RewardConfig(prompt_template="j {{ prompt }}{{ response }}|", reward_regex_template="Score: {{ reward }}")
+    with pytest.raises(ValueError, match="same judge target 'Score: 0'.*temperature"):
+        own_answer_judge_examples(model, SortDigitsTask(seed=0).prompts(4), labeller=lambda p, r: False,
+                                  reward_config=reward_config, tokenizer_encode=TOKENIZER.encode,
+                                  tokenizer_decode=TOKENIZER.decode, max_new_tokens=3, temperature=(0.0, 1.0))
