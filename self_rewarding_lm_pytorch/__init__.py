@@ -19,6 +19,7 @@ from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.sampling import min_p, sample, top_k, top_p
 from self_rewarding_lm_pytorch.sft import SFTConfig, SFTTrainer
 from self_rewarding_lm_pytorch.self_consistency import SelfConsistencyJudge
+from self_rewarding_lm_pytorch.sharding import fully_shard_model
 from self_rewarding_lm_pytorch.spin import SPIN, SelfPlayConfig, SPINTrainer
 from self_rewarding_lm_pytorch.stages import (
     ExternalRewardDPOConfig,
@@ -67,6 +68,7 @@ __all__ = [
     "create_default_paper_config",
     "create_mock_dataset",
     "five_point_targets",
+    "fully_shard_model",
     "load_checkpoint",
     "min_p",
     "own_answer_judge_examples",

@@ -18,6 +18,7 @@ from torch import nn
 
 from self_rewarding_lm_pytorch.adapters import adapter_model, trainable_names
 from self_rewarding_lm_pytorch.integrity import CorruptFileError, atomic_write, content_digest
+from self_rewarding_lm_pytorch.sharding import full_state_dict, load_full_state_dict
 
 CHECKSUM = "checksum"
 
@@ -53,8 +54,9 @@ def save_checkpoint(accelerator: Accelerator, model: nn.Module, path: str | Path
     """Save `model`'s weights (unwrapped from DDP/FSDP/DeepSpeed) and `extra` plain values to `path`.
 
     Every process must call this: gathering a sharded state dict is collective; only the main process writes.
+    A sharded model's weights are gathered into one full state dict, which loads into the unsharded model.
     """
-    state_dict = accelerator.get_state_dict(model)
+    state_dict = full_state_dict(accelerator, model)
     if adapter_model(model) is not None:  # the adapters only: the frozen base is what the run started from
         names = trainable_names(model)
         state_dict = {k: v for k, v in state_dict.items() if k in names}
@@ -65,8 +67,8 @@ def save_checkpoint(accelerator: Accelerator, model: nn.Module, path: str | Path
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> dict:
-    """Load weights saved by `save_checkpoint` into `model` (strictly by default), after verifying the file's
-    checksum; returns the extras."""
+    """Load weights saved by `save_checkpoint` into `model` (strictly by default; sharded or not), after verifying
+    the file's checksum; returns the extras."""
     package = read_checkpoint(path)
     load_model_weights(model, package, path, strict=strict)
     return package
@@ -74,10 +76,11 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
 
 def load_model_weights(model: nn.Module, package: dict, path: str | Path, strict: bool = True):
     """Move the weights of a verified checkpoint `package` (from `read_checkpoint`) into `model`: all of them, or
-    for a package saved with adapters (`adapters_only`) the trainable weights, every one of which must be there."""
+    for a package saved with adapters (`adapters_only`) the trainable weights, every one of which must be there.
+    A sharded model receives the full weights sharded (every process calls this with the same package)."""
     state_dict = package.pop("model")
     if not package.pop("adapters_only", False):
-        model.load_state_dict(state_dict, strict=strict)
+        load_full_state_dict(model, state_dict, strict=strict)
         return
     missing = trainable_names(model) - set(state_dict)
     unexpected = set(state_dict) - set(model.state_dict())
@@ -86,4 +89,4 @@ def load_model_weights(model: nn.Module, package: dict, path: str | Path, strict
             f"{path} holds adapter weights that do not fit this model: missing {sorted(missing)[:4]}, "
             f"unexpected {sorted(unexpected)[:4]}. Attach the same adapters (same LoraConfig) before loading"
         )
-    model.load_state_dict(state_dict, strict=False)
+    load_full_state_dict(model, state_dict, strict=False)

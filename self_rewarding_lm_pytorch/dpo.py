@@ -24,6 +24,7 @@ from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.model_utils import set_dropout
 from self_rewarding_lm_pytorch.optim import adamw_for_stage, steps_per_epoch
 from self_rewarding_lm_pytorch.preference_loss import LossType, check_preference_loss_settings
+from self_rewarding_lm_pytorch.sharding import check_supported_sharding, is_fully_sharded, prepare_for_training
 from self_rewarding_lm_pytorch.tracking import MetricsLogger
 from self_rewarding_lm_pytorch.train_state import TrainState, loop_fingerprint, shuffle_generator, step_is_finite
 
@@ -46,7 +47,8 @@ class DPOConfig:
 
     `precompute_reference`: pairs without stored reference log-probs get them in one pass before training, so no
     reference model is held (dpo_reference.py). None (default): precompute unless the model has LoRA adapters,
-    whose reference (adapters off) costs no memory; False: a live reference.
+    whose reference (adapters off) costs no memory, and always for a sharded model (FSDP2); False: a live
+    reference (refused for a sharded model without adapters: it would be a frozen copy).
     """
 
     beta: float = 0.1
@@ -147,6 +149,7 @@ class DPOTrainer:
             raise TypeError(f"pass either a DPOConfig or its fields, not both (got {sorted(config_kwargs)})")
         self.config = config = config or DPOConfig(**config_kwargs)
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
+        check_supported_sharding(self.accelerator, "DPOTrainer")
         self.pad_id = pad_id = getattr(train_dataset, "pad_id", -1) if pad_id is None else pad_id
         self.checkpoint_folder, self.checkpoint_prefix, self.metric_prefix = Path(checkpoint_folder), checkpoint_prefix, metric_prefix
         self.logger = logger or MetricsLogger(self.accelerator, metric_prefix)
@@ -165,10 +168,19 @@ class DPOTrainer:
         self.ref_model = None
         if not (train_has_ref and valid_has_ref):
             precompute = config.precompute_reference
-            if precompute is None:
-                precompute = adapter_model(model) is None  # a frozen copy would be held otherwise
+            if precompute is None:  # a frozen copy would be held otherwise; a sharded model cannot have one
+                precompute = adapter_model(model) is None or is_fully_sharded(model)
+            if not precompute and is_fully_sharded(model) and adapter_model(model) is None:
+                raise ValueError(
+                    "DPOTrainer: the model is sharded (FSDP2), the pairs carry no reference log-probs and "
+                    "DPOConfig.precompute_reference is False, so a frozen copy of the model would be the reference; "
+                    "that copy is not supported for a sharded model. Leave precompute_reference at None (or True) "
+                    "to compute the reference log-probs before training, or store them with the pairs "
+                    "(chosen_ref_logp / rejected_ref_logp), as pair generation and SPIN do"
+                )
             if precompute:
-                model.to(self.accelerator.device)
+                if not is_fully_sharded(model):  # a sharded model is placed already; moving it swaps its parameters
+                    model.to(self.accelerator.device)
                 reference = dict(accelerator=self.accelerator, pad_id=pad_id, reduction=config.logp_reduction,
                                  batch_size=config.batch_size)
                 if not train_has_ref:
@@ -194,7 +206,7 @@ class DPOTrainer:
         set_dropout(model, config.dropout)
         optimizer, self.scheduler = adamw_for_stage(model, config, self.num_train_steps)
         # the scheduler is stepped by hand once per optimizer step: Accelerate's wrapper would step it once per process
-        self.model, self.optimizer, self.train_loader = self.accelerator.prepare(model, optimizer, train_loader)
+        self.model, self.optimizer, self.train_loader = prepare_for_training(self.accelerator, model, optimizer, train_loader)
         if self.valid_loader is not None:
             self.valid_loader = self.accelerator.prepare(self.valid_loader)
 

@@ -50,8 +50,11 @@ def with_reference_logprobs(
     like the live reference) under the accelerator's autocast, as the live reference would run."""
     model = extract_model_from_parallel(model)
     mine = list(range(len(dataset)))[accelerator.process_index :: accelerator.num_processes]
+    # every process runs the same number of batches (a short share ends with empty ones): a sharded model's
+    # forward is collective, so a rank with one pair fewer must still take part in the last one
+    per_process = -(-len(dataset) // accelerator.num_processes)
     scored = []
-    for start in range(0, len(mine), batch_size):
+    for start in range(0, per_process, batch_size):
         indices = mine[start : start + batch_size]
         pairs = [normalize_pair(dataset[i], pad_id, f"DPO train pair {i}") for i in indices]
         seqs = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]

@@ -35,13 +35,20 @@ class HFCausalLM(nn.Module):
         learned = any("wpe" in name or "embed_positions" in name for name, _ in model.named_modules())
         self.position_limit = self.max_seq_len if learned else None
 
-    def forward(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, ids: Tensor, mask: Tensor | None = None, **model_kwargs):
         """Logits (b, n, vocab). Right-padded sequences need no mask: a causal model's scored positions never see
-        the padding after them. `mask` (True = real token) may be given, e.g. by a reward model caller."""
-        return self.model(input_ids=ids, attention_mask=None if mask is None else mask.long(), use_cache=False).logits
+        the padding after them. `mask` (True = real token) may be given, e.g. by a reward model caller.
+
+        `model_kwargs` (the KV-cached decoder's cache and position ids) go to the HF model, and its whole output
+        comes back: the decoder calls this wrapper, not the HF model, so that a wrapper sharded as a whole (FSDP2)
+        gathers its parameters."""
+        attention_mask = None if mask is None else mask.long()
+        if model_kwargs:
+            return self.model(input_ids=ids, attention_mask=attention_mask, **model_kwargs)
+        return self.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits
 
     def make_decoder(self) -> HFKVDecoder:
-        return HFKVDecoder(self.model, self.position_limit)
+        return HFKVDecoder(self, self.position_limit)
 
     def save_pretrained(self, path: str | Path, state_dict: dict | None = None, **kwargs):
         """Save in the HF format (config + safetensors), loadable by `AutoModelForCausalLM.from_pretrained`.
@@ -65,11 +72,12 @@ class HFCausalLM(nn.Module):
 class HFKVDecoder:
     """The sampler's decoder for an HF model: its cache, an attention mask and explicit position ids."""
 
-    def __init__(self, model: nn.Module, position_limit: int | None):
-        self.model = model
+    def __init__(self, wrapper: HFCausalLM, position_limit: int | None):
+        self.wrapper = wrapper
         self.position_limit = position_limit
         # transformers 5 names the cache argument `cache`; 4.x names it `past_key_values`. A peft model's forward
         # takes **kwargs and passes them on: read the names from the model it wraps
+        model = wrapper.model
         forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward
         self.cache_argument = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
@@ -77,15 +85,26 @@ class HFKVDecoder:
         if self.position_limit is not None:
             # only finished rows (their output is discarded) can pass the limit: keep them inside the table
             positions = positions.clamp(max=self.position_limit - 1)
-        out = self.model(input_ids=ids, attention_mask=self.mask.long(), position_ids=positions, use_cache=True,
-                         **{self.cache_argument: cache})
+        out = self.wrapper(ids, self.mask, position_ids=positions, use_cache=True, **{self.cache_argument: cache})
         self.cache = out[self.cache_argument]
         return out.logits[:, -1]
 
-    def prefill(self, ids: Tensor, seq_start_pos: Tensor) -> Tensor:
-        self.mask = torch.arange(ids.shape[1], device=ids.device)[None, :] >= seq_start_pos[:, None]
-        positions = (self.mask.cumsum(dim=-1) - 1).clamp(min=0)
+    def prefill(self, ids: Tensor, seq_start_pos: Tensor, prefix_len: int = 0) -> Tensor:
+        mask = torch.arange(ids.shape[1], device=ids.device)[None, :] >= seq_start_pos[:, None]
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
         self.next_position = positions[:, -1] + 1
+        if prefix_len > 0:
+            # 1) the prefix once, for one row; 2) its cache shifted into every row (keys were computed at each row's
+            # own position ids, so they fit any row); 3) the rest of the rows. A cache of another kind: no sharing.
+            from self_rewarding_lm_pytorch.decoders import shared_prefix
+
+            prefix = shared_prefix(ids, seq_start_pos, prefix_len)
+            self.mask = torch.ones_like(prefix, dtype=torch.bool)
+            self._run(prefix, torch.arange(prefix_len, device=ids.device)[None])
+            if _expand_prefix_cache(self.cache, seq_start_pos):
+                self.mask = mask
+                return self._run(ids[:, prefix_len:], positions[:, prefix_len:], self.cache)
+        self.mask = mask
         return self._run(ids, positions)
 
     def step(self, new_ids: Tensor) -> Tensor:
@@ -98,6 +117,23 @@ class HFKVDecoder:
         self.cache.batch_repeat_interleave(n)
         self.mask = self.mask.repeat_interleave(n, dim=0)
         self.next_position = self.next_position.repeat_interleave(n, dim=0)
+
+
+def _expand_prefix_cache(cache, seq_start_pos: Tensor) -> bool:
+    """Place one row's cached prefix in every row (see decoders.py); False for a cache this does not know how to
+    shift (anything but full key / value tensors per layer: transformers 5 `layers`, 4.x `key_cache` lists)."""
+    from self_rewarding_lm_pytorch.decoders import expand_prefix_cache
+
+    layers = getattr(cache, "layers", None)
+    if layers is not None and all(type(layer).__name__ == "DynamicLayer" for layer in layers):
+        for layer in layers:
+            layer.keys, layer.values = (expand_prefix_cache(t, seq_start_pos) for t in (layer.keys, layer.values))
+        return True
+    if layers is None and isinstance(getattr(cache, "key_cache", None), list):
+        cache.key_cache = [expand_prefix_cache(t, seq_start_pos) for t in cache.key_cache]
+        cache.value_cache = [expand_prefix_cache(t, seq_start_pos) for t in cache.value_cache]
+        return True
+    return False
 
 
 def hf_tokenizer_functions(

@@ -13,7 +13,9 @@ sentinel number. Three kinds here, and `SelfConsistencyJudge` (self_consistency.
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -22,8 +24,9 @@ from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, pad_right
-from self_rewarding_lm_pytorch.reward import RewardConfig
+from self_rewarding_lm_pytorch.reward import PLACEHOLDER, RewardConfig
 from self_rewarding_lm_pytorch.sampling import absolute_position_limit, sample, top_p
+from self_rewarding_lm_pytorch.sharding import idle_forward, max_over_ranks
 
 
 @dataclass
@@ -53,7 +56,12 @@ class Judge(Protocol):
 
 
 class SelfJudge:
-    """The model judges its own candidates with the LLM-as-a-judge prompt of `reward_config`."""
+    """The model judges its own candidates with the LLM-as-a-judge prompt of `reward_config`.
+
+    `share_prefix`: the template's text before `{{ prompt }}` is the same in every judge prompt, so each sampler call
+    computes it once for all rows (its KV cache is reused), when its tokens are exactly the first tokens of every
+    encoded judge prompt (a BPE tokenizer may merge across the boundary; then the prompts are run whole, with a
+    warning once). The judgements are the same either way."""
 
     def __init__(
         self,
@@ -69,8 +77,12 @@ class SelfJudge:
         pad_id: int = -1,
         eos_id: int | None = None,
         batch_size: int = 16,
+        share_prefix: bool = True,
     ):
         self.model = model
+        self.share_prefix = share_prefix
+        self._prefix_ids: Tensor | None = None  # the template's prefix, encoded once
+        self._warned_unshared = False
         self.reward_config = reward_config
         self.batch_size = batch_size
         self.encode, self.decode = tokenizer_encode, tokenizer_decode
@@ -86,7 +98,7 @@ class SelfJudge:
             for prompt, response in zip(candidates.prompts, candidates.responses)
         ]
         limit = absolute_position_limit(extract_model_from_parallel(self.model))
-        longest = max(len(ids) for ids in judge_prompts)
+        longest = max((len(ids) for ids in judge_prompts), default=0)
         if limit is not None and longest + self.max_new_tokens > limit:
             raise ValueError(
                 f"a judge prompt is {longest} tokens; with room for a {self.max_new_tokens}-token answer it needs "
@@ -95,12 +107,18 @@ class SelfJudge:
                 f"response_max_new_tokens, or a model with a longer max_seq_len"
             )
         # K judgements per candidate, `batch_size` candidates per sampler call (each judge prompt is prefilled once):
-        # judge prompts are long, and their attention and cache grow with batch x length
+        # judge prompts are long, and their attention and cache grow with batch x length. A sharded model: every rank
+        # makes as many sampler calls as the busiest one (with no rows when it has none left).
+        prefix = self._shared_prefix(judge_prompts)
+        if prefix is not None:
+            judge_prompts = [ids[len(prefix):] for ids in judge_prompts]
         answers = []
-        for start in range(0, len(judge_prompts), self.batch_size):
+        for call in range(max_over_ranks(math.ceil(len(judge_prompts) / self.batch_size), self.model)):
+            start = call * self.batch_size
             answers += list(sample(
                 self.model,
                 judge_prompts[start : start + self.batch_size],
+                shared_prefix=prefix,
                 temperature=self.temperature,
                 filter_fn=top_p if self.top_p is not None else None,
                 filter_kwargs=dict(thres=self.top_p) if self.top_p is not None else None,
@@ -114,11 +132,33 @@ class SelfJudge:
         raw = [texts[i : i + self.num_judgements] for i in range(0, len(texts), self.num_judgements)]
         scores = torch.tensor(
             [[_score_or_nan(self.reward_config.parse(text)) for text in row] for row in raw], dtype=torch.float
-        )
+        ).reshape(len(raw), self.num_judgements)
         return Judgements(scores, raw)
 
     def is_valid_score(self, score: float) -> bool:
         return self.reward_config.is_in_range(score)
+
+    def _shared_prefix(self, judge_prompts: list[Tensor]) -> Tensor | None:
+        """The encoded template prefix if it begins every judge prompt (and leaves a token after it), else None."""
+        if not self.share_prefix or not judge_prompts:
+            return None
+        if self._prefix_ids is None:
+            template = self.reward_config.prompt_template
+            text = template[: PLACEHOLDER.search(template).start()]
+            self._prefix_ids = as_token_tensor(self.encode(text), "encoded judge prompt prefix") if text else torch.empty(0, dtype=torch.long)
+        prefix = self._prefix_ids
+        if len(prefix) == 0:
+            return None
+        if all(len(ids) > len(prefix) and torch.equal(ids[: len(prefix)], prefix) for ids in judge_prompts):
+            return prefix
+        if not self._warned_unshared:
+            self._warned_unshared = True
+            warnings.warn(
+                "SelfJudge: the encoded judge template prefix (the text before {{ prompt }}) is not the start of every "
+                "encoded judge prompt (the tokenizer merges across the boundary, or adds tokens at the end), so judge "
+                "prompts are run whole, without sharing the prefix's computation. The judgements are unaffected."
+            )
+        return None
 
 
 class RewardFnJudge:
@@ -173,14 +213,19 @@ class RewardModelJudge:
         seqs = [torch.cat([p, r]) for p, r in zip(candidates.prompt_ids, candidates.response_ids)]
         was_training = self.reward_model.training
         self.reward_model.eval()
-        scores = []
-        for start in range(0, len(seqs), self.batch_size):
-            ids, is_padding = pad_right(seqs[start : start + self.batch_size], self.pad_id)
+        scores = [torch.empty(0)]
+        # a sharded reward model: every rank runs as many forwards as the busiest one (idle ones when out of rows)
+        for call in range(max_over_ranks(math.ceil(len(seqs) / self.batch_size), self.reward_model)):
+            chunk = seqs[call * self.batch_size : (call + 1) * self.batch_size]
+            if not chunk:
+                idle_forward(self.reward_model)
+                continue
+            ids, is_padding = pad_right(chunk, self.pad_id)
             ids, is_padding = ids.to(device), is_padding.to(device)
             kwargs = dict(mask=~is_padding) if self.takes_mask else {}
-            scores.append(reward_model_scores(self.reward_model(ids.clamp(min=0), **kwargs), len(ids)))
+            scores.append(reward_model_scores(self.reward_model(ids.clamp(min=0), **kwargs), len(ids)).float().cpu())
         self.reward_model.train(was_training)
-        return Judgements(torch.cat(scores).float().cpu()[:, None])
+        return Judgements(torch.cat(scores)[:, None])
 
     def is_valid_score(self, score: float) -> bool:
         return True

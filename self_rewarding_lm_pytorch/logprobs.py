@@ -7,6 +7,7 @@ the labels. Position 0 has no prediction and never counts.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from self_rewarding_lm_pytorch.adapters import adapters_disabled
 from self_rewarding_lm_pytorch.data import pad_right
 from self_rewarding_lm_pytorch.model_contract import forward_logits
+from self_rewarding_lm_pytorch.sharding import idle_forward, is_fully_sharded
 
 Reduction = Literal["sum", "mean"]
 
@@ -98,15 +100,28 @@ def reference_logprobs(
     """log p(response | prompt) under `model` (eval mode, no grad, one batch) for 1-D prompt + response
     sequences: what pair generation and SPIN store as the DPO reference, computed by the very model that
     is the reference. A model with LoRA adapters computes them with its adapters off, the reference DPO's
-    live reference uses too (adapters.py)."""
+    live reference uses too (adapters.py). No sequences give an empty tensor; a sharded model's rank then still
+    runs one (idle) forward, matching the other ranks' forward."""
     device = next(model.parameters()).device
+    if not seqs:
+        if is_fully_sharded(model):
+            with _as_reference(model):
+                idle_forward(model)
+        return torch.empty(0)
     ids, is_padding = pad_right([torch.as_tensor(s).long().cpu() for s in seqs], pad_id)
     ids, is_padding, prompt_len = ids.to(device), is_padding.to(device), prompt_len.to(device)
+    with _as_reference(model):
+        logps = model_sequence_logprobs(model, ids, response_mask(ids, prompt_len, is_padding), reduction)
+    return logps.float().cpu()
+
+
+@contextmanager
+def _as_reference(model: nn.Module):
+    """Eval mode with the adapters (if any) off, for the duration."""
     was_training = model.training
     model.eval()
     try:
         with adapters_disabled(model):
-            logps = model_sequence_logprobs(model, ids, response_mask(ids, prompt_len, is_padding), reduction)
+            yield
     finally:
         model.train(was_training)
-    return logps.float().cpu()

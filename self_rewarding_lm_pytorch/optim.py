@@ -8,6 +8,8 @@ from torch import nn
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
+from self_rewarding_lm_pytorch.sharding import reshard
+
 
 def linear_warmup_decay(
     step: int, *, warmup_steps: int, decay_steps: int | None, start_lr: float, end_lr: float
@@ -52,7 +54,8 @@ def steps_per_epoch(num_examples: int, *, batch_size: int, num_processes: int, g
 
 def adamw_for_stage(model: nn.Module, config, total_steps: int) -> tuple[AdamW, LambdaLR]:
     """`adamw_with_schedule` from a stage config's learning_rate, end_learning_rate, warmup_steps, weight_decay
-    and adam_kwargs."""
+    and adam_kwargs. A sharded model is resharded first: the optimizer must hold its shards (sharding.reshard)."""
+    reshard(model)
     return adamw_with_schedule(
         model,
         learning_rate=config.learning_rate,

@@ -49,6 +49,7 @@ from self_rewarding_lm_pytorch.pair_stats import (
 )
 from self_rewarding_lm_pytorch.preference_data import PreferenceDataWriter, read_meta
 from self_rewarding_lm_pytorch.sampling import sample, top_p
+from self_rewarding_lm_pytorch.sharding import is_fully_sharded
 from self_rewarding_lm_pytorch.tracking import MetricsLogger
 
 
@@ -197,8 +198,10 @@ def _judge_prompts(
     logp_reduction: Reduction,
     seed: int,
 ) -> list[_PromptResult]:
-    if not prompts:
+    if not prompts and not is_fully_sharded(model):
         return []
+    # (a sharded model's rank with no prompts left goes on with empty lists: its sampler, judge and log-prob calls
+    # run the forwards that the other ranks' calls need)
     for prompt in prompts:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt datasets hold strings (they are encoded with tokenizer_encode), got {type(prompt).__name__}")
@@ -238,7 +241,7 @@ def _judge_prompts(
     valid_scores = scores.masked_fill(~valid, math.nan)  # (rows, K): what the pair filters see
     mean_scores = scores.masked_fill(~valid, 0).sum(-1) / valid.sum(-1)  # NaN where no valid score
     mean_scores = mean_scores.view(len(prompts), n)
-    pair_indices = config.pick_paired_rewards(mean_scores)
+    pair_indices = config.pick_paired_rewards(mean_scores) if prompts else None
 
     verified = None
     if config.verifier is not None:
@@ -296,9 +299,9 @@ def _judge_prompts(
 
     # 4) log p_ref of every kept pair's responses, from the generating model, in one batched forward
     pairs = [r.pair for r in results if r.pair is not None]
-    if pairs:
+    if pairs or is_fully_sharded(model):  # every rank of a sharded model runs this forward
         seqs = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-        prompt_len = torch.tensor([p["prompt_len"] for p in pairs] * 2)
+        prompt_len = torch.tensor([p["prompt_len"] for p in pairs] * 2, dtype=torch.long)
         logps = reference_logprobs(model, seqs, prompt_len, pad_id, logp_reduction)
         for j, pair in enumerate(pairs):
             pair["chosen_ref_logp"], pair["rejected_ref_logp"] = float(logps[j]), float(logps[len(pairs) + j])

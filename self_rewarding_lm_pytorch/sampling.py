@@ -4,27 +4,34 @@
 
 Each step reads the logits at the last position (they predict the next token), samples one token for every
 row at once, and stops when every row has produced its EOS or reached its cap. Models plug in through a small
-`Decoder` protocol: x-transformers' `TransformerWrapper` gets a KV-cached decoder, a model that defines
-`make_decoder()` brings its own (the HuggingFace adapter does), any other Module is re-run on the whole
-sequence each step.
+`Decoder` protocol (decoders.py): x-transformers' `TransformerWrapper` gets a KV-cached decoder, a model that
+defines `make_decoder()` brings its own (the HuggingFace adapter does), any other Module is re-run on the whole
+sequence each step. A prefix common to every prompt (`shared_prefix`) is computed once when the decoder can share it.
 """
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 from beartype import BeartypeConf, beartype
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, strip_right_padding
-from self_rewarding_lm_pytorch.model_contract import forward_logits
+from self_rewarding_lm_pytorch.decoders import (  # noqa: F401  (public here too)
+    Decoder,
+    RecomputeDecoder,
+    XTransformersKVDecoder,
+    absolute_position_limit,
+    make_decoder,
+)
+from self_rewarding_lm_pytorch.sharding import all_ranks_done, idle_forward, is_fully_sharded
 
 # filters: logits (b, vocab) -> logits with the excluded tokens at -inf
 
@@ -64,131 +71,10 @@ def check_sampling_settings(config, temperature_field: str, top_p_field: str):
         raise ValueError(f"{name}.{top_p_field} must be in (0, 1] or None, got {value}")
 
 
-# decoders: how a model produces next-token logits
-
-
-class Decoder(Protocol):
-    """What `sample` needs from a model family. Rows stay aligned: every row takes one token per step (finished rows
-    too, their output is discarded), so a backend keeps one shared length and never loops over rows."""
-
-    def prefill(self, ids: Tensor, seq_start_pos: Tensor) -> Tensor:
-        """`ids` (b, n) left-padded, row i's real tokens from `seq_start_pos[i]`; returns next-token logits (b, vocab)."""
-
-    def step(self, new_ids: Tensor) -> Tensor:
-        """Append `new_ids` (b,) to every row; returns next-token logits (b, vocab)."""
-
-    def repeat(self, n: int) -> None:
-        """Repeat every row n times in place (row i becomes rows i*n .. i*n+n-1), keeping what was prefilled."""
-
-
-def absolute_position_limit(net: nn.Module) -> int | None:
-    """The longest sequence a model with learned absolute positions can embed (x-transformers, or a model
-    declaring `position_limit`, like the HF adapter), else None."""
-    from x_transformers.x_transformers import AbsolutePositionalEmbedding
-
-    if hasattr(net, "position_limit"):
-        return net.position_limit
-
-    pos_emb = getattr(net, "pos_emb", None)
-    return pos_emb.max_seq_len if isinstance(pos_emb, AbsolutePositionalEmbedding) else None
-
-
-class XTransformersKVDecoder:
-    """x-transformers' own KV cache. Left padding needs `seq_start_pos` on every call (prefill and each step),
-    and steps feed only the new token with `input_not_include_cache=True` (see docs: platform facts)."""
-
-    def __init__(self, net: nn.Module):
-        self.net = net
-        self.position_limit = absolute_position_limit(net)
-
-    def _logits(self, ids: Tensor, **kwargs) -> Tensor:
-        logits, self.cache = self.net(ids, return_intermediates=True, seq_start_pos=self.seq_start_pos, **kwargs)
-        return logits[:, -1]
-
-    def prefill(self, ids: Tensor, seq_start_pos: Tensor) -> Tensor:
-        # prompts of one length need no left-pad mask: attention then keeps its unmasked causal path. (Their rows also
-        # share one length cap, so no row can outrun the position table while another still generates.)
-        self.seq_start_pos = seq_start_pos if bool(seq_start_pos.any()) else None
-        self.length = ids.shape[1]  # the cache's padded length, shared by all rows
-        return self._logits(ids)
-
-    def step(self, new_ids: Tensor) -> Tensor:
-        if self.position_limit is not None and self.seq_start_pos is not None:
-            # the padded cache may be longer than the position table: each row's position is length - its start, and
-            # only a finished row (output discarded) can pass the table; moving its start keeps it inside. A row still
-            # generating is never moved: `sample` checked that its prompt + budget fits.
-            self.seq_start_pos = self.seq_start_pos.clamp(min=self.length - self.position_limit + 1)
-        self.length += 1
-        return self._logits(rearrange(new_ids, "b -> b 1"), cache=self.cache, input_not_include_cache=True)
-
-    def repeat(self, n: int):
-        # x-transformers' own helper for beam search / caches: apply fn to every layer's cached (k, v)
-        from x_transformers.autoregressive_wrapper import modify_cached_kv
-
-        modify_cached_kv(self.cache, lambda t: repeat(t, "b ... -> (b n) ...", n=n))
-        if self.seq_start_pos is not None:
-            self.seq_start_pos = repeat(self.seq_start_pos, "b -> (b n)", n=n)
-
-
-class RecomputeDecoder:
-    """Any causal Module, re-run on the whole sequence every step (no cache).
-
-    Rows are kept left-aligned (each starts at position 0, padding after) and each row's logits are read at its own
-    last token: a causal model's output there cannot depend on the padding after it, so this is exact for any model,
-    whatever its position scheme, with no attention mask or `seq_start_pos`."""
-
-    def __init__(self, net: nn.Module):
-        self.net = net
-        self.position_limit = absolute_position_limit(net)
-
-    def prefill(self, ids: Tensor, seq_start_pos: Tensor) -> Tensor:
-        width = ids.shape[1]
-        self.lengths = width - seq_start_pos
-        self.width = width  # = max(lengths), tracked on the host so that steps never sync
-        # shift each row left by its start
-        columns = (torch.arange(width, device=ids.device) + rearrange(seq_start_pos, "b -> b 1")).clamp(max=width - 1)
-        self.ids = ids.gather(1, columns)
-        return self._logits()
-
-    def _logits(self) -> Tensor:
-        logits = forward_logits(self.net, self.ids[:, : self.width].clamp(min=0))
-        return logits[torch.arange(len(logits), device=logits.device), self.lengths - 1]
-
-    def step(self, new_ids: Tensor) -> Tensor:
-        position, self.width = self.lengths, self.width + 1
-        if self.position_limit is not None:
-            # only finished rows (output discarded) can reach the limit: they overwrite their last slot
-            position = position.clamp(max=self.position_limit - 1)
-            self.width = min(self.width, self.position_limit)
-        if self.width > self.ids.shape[1]:
-            self.ids = F.pad(self.ids, (0, 1), value=0)
-        self.ids[torch.arange(len(self.ids), device=self.ids.device), position] = new_ids
-        self.lengths = position + 1
-        return self._logits()
-
-    def repeat(self, n: int):
-        self.ids = repeat(self.ids, "b n -> (b r) n", r=n)
-        self.lengths = repeat(self.lengths, "b -> (b r)", r=n)
-
-
-def make_decoder(net: nn.Module, cache_kv: bool = True) -> Decoder:
-    """The decoder for `net`: its own `make_decoder()` if it has one, x-transformers' KV cache for a
-    `TransformerWrapper` that supports it, otherwise full recompute (`cache_kv=False` forces recompute)."""
-    from x_transformers import TransformerWrapper
-
-    net = extract_model_from_parallel(net, keep_torch_compile=False)  # as in `sample`
-    if cache_kv and hasattr(net, "make_decoder"):
-        return net.make_decoder()
-    # memory tokens and recycling turn x-transformers' cache off (`can_cache_kv`)
-    if cache_kv and isinstance(net, TransformerWrapper) and net.can_cache_kv:
-        return XTransformersKVDecoder(net)
-    return RecomputeDecoder(net)
-
-
 # sampling
 
 
-def _as_prompt_list(prompts: Tensor | Sequence[Tensor], pad_id: int) -> list[Tensor]:
+def _as_prompt_list(prompts: Tensor | Sequence[Tensor], pad_id: int, allow_empty: bool = False) -> list[Tensor]:
     if torch.is_tensor(prompts):
         if prompts.ndim == 1:
             prompts = prompts[None]
@@ -197,7 +83,7 @@ def _as_prompt_list(prompts: Tensor | Sequence[Tensor], pad_id: int) -> list[Ten
         rows = [strip_right_padding(as_token_tensor(row, f"prompt {i}"), pad_id, f"prompt {i}") for i, row in enumerate(prompts)]
     else:
         rows = [as_token_tensor(p, f"prompt {i}") for i, p in enumerate(prompts)]
-    if not rows:
+    if not rows and not allow_empty:
         raise ValueError("sample() got no prompts")
     for i, row in enumerate(rows):
         if len(row) == 0:
@@ -232,6 +118,7 @@ def sample(
     num_samples: int = 1,
     generator: torch.Generator | int | None = None,
     cache_kv: bool = True,
+    shared_prefix: Tensor | None = None,
 ) -> Tensor:
     """Continue every prompt, all rows in one batch.
 
@@ -245,8 +132,18 @@ def sample(
     Returns (num_prompts * num_samples, L) token ids, prompt-major (row i * num_samples + j is prompt i's j-th
     sample), right-padded with `pad_id`: the responses, or each prompt followed by its response if
     `output_keep_prompt`. The model is sampled in eval mode and its train/eval flag restored afterwards.
+
+    shared_prefix: 1-D token ids that precede every prompt (the prompts are then what follows it); the same result
+    as passing each prompt with the prefix in front (`output_keep_prompt` rows include it), but the prefix is
+    computed once for all rows when the model's decoder can share it (x-transformers' KV cache, the HF adapter).
+
+    A model sharded with FSDP2 (every rank calls `sample` together): ranks keep running forwards until every rank's
+    rows are finished, and a rank with no prompts in this call passes an empty list (it gets a (0, 0) tensor).
     """
-    rows = _as_prompt_list(prompts, pad_id)
+    # DDP and friends hide the model's type and methods; a compiled model would recompile at every new length
+    net = extract_model_from_parallel(net, keep_torch_compile=False)
+    sharded = is_fully_sharded(net)
+    rows = _as_prompt_list(prompts, pad_id, allow_empty=sharded)
     if seq_len is None and max_new_tokens is None:
         raise ValueError("sample() needs seq_len (total length cap) or max_new_tokens (new-token cap)")
     if max_new_tokens is not None and max_new_tokens < 1:
@@ -256,9 +153,17 @@ def sample(
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
 
-    # DDP and friends hide the model's type and methods; a compiled model would recompile at every new length
-    net = extract_model_from_parallel(net, keep_torch_compile=False)
+    prefix_len = 0
+    if shared_prefix is not None and len(shared_prefix) and rows:
+        prefix = as_token_tensor(shared_prefix, "shared_prefix")
+        rows = [torch.cat([prefix, row]) for row in rows]
+        # sharded: every rank must run the same forwards, and whether a rank shares depends on its rows: never share
+        prefix_len = 0 if sharded else len(prefix)
+
     device = next(net.parameters()).device
+    if not rows:  # a sharded model's rank with nothing to sample: it runs the forwards of the others
+        _run_idle(net, device)
+        return torch.empty(0, 0, dtype=torch.long, device=device)
     prompt_lens = torch.tensor([len(r) for r in rows])
 
     # 1) how many tokens each row may add
@@ -293,14 +198,14 @@ def sample(
     try:
         # 3) prefill once, then repeat the cache for each sample
         decoder = make_decoder(net, cache_kv)
-        logits = decoder.prefill(ids, seq_start_pos)
+        logits = _prefill(decoder, ids, seq_start_pos, prefix_len)
         if num_samples > 1:
             decoder.repeat(num_samples)
             logits = repeat(logits, "b v -> (b n) v", n=num_samples)
             budget = repeat(budget, "b -> (b n)", n=num_samples)
         # 4) decode until every row has finished
         generated, lengths = _decode_loop(decoder, logits, budget, temperature, filter_fn, filter_kwargs or {},
-                                          pad_id, eos_id, _make_generator(generator, device))
+                                          pad_id, eos_id, _make_generator(generator, device), net if sharded else None)
     finally:
         net.train(was_training)
 
@@ -329,26 +234,57 @@ def _decode_loop(
     pad_id: int,
     eos_id: int | None,
     generator: torch.Generator | None,
+    sharded_net: nn.Module | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sample until every row has finished: its EOS emitted or its budget used.
-    Returns the tokens (b, steps), right-padded with `pad_id`, and each row's length (EOS included)."""
+    Returns the tokens (b, steps), right-padded with `pad_id`, and each row's length (EOS included).
+
+    `sharded_net`: the model when it is sharded. The stop check is then an all-reduce over ranks, and a rank whose
+    rows are done runs idle forwards (not decoder steps: its cache need not grow) until every rank is done."""
     batch, device = logits.shape[0], logits.device
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     tokens = []
     max_steps = int(budget.max())
-    for step in range(max_steps):
-        sampled = _pick(logits.float(), temperature, filter_fn, filter_kwargs, generator)
-        tokens.append(sampled.masked_fill(finished, pad_id))
-        lengths += ~finished
-        finished |= budget <= step + 1
-        if eos_id is not None:
-            finished |= sampled == eos_id
-        if step + 1 == max_steps or bool(finished.all()):  # the one host sync per token
+    done = False
+    for step in itertools.count():
+        if not done:
+            sampled = _pick(logits.float(), temperature, filter_fn, filter_kwargs, generator)
+            tokens.append(sampled.masked_fill(finished, pad_id))
+            lengths += ~finished
+            finished |= budget <= step + 1
+            if eos_id is not None:
+                finished |= sampled == eos_id
+            done = step + 1 == max_steps or bool(finished.all())  # the one host sync per token
+        if sharded_net is None and done:
             break
-        # finished rows are fed their (discarded) sample, always a valid id, unlike pad_id
-        logits = decoder.step(sampled)
+        if sharded_net is not None and all_ranks_done(done, device):
+            break
+        if done:
+            idle_forward(sharded_net)
+        else:
+            # finished rows are fed their (discarded) sample, always a valid id, unlike pad_id
+            logits = decoder.step(sampled)
     return torch.stack(tokens, dim=-1), lengths
+
+
+def _prefill(decoder: Decoder, ids: Tensor, seq_start_pos: Tensor, prefix_len: int) -> Tensor:
+    # a decoder made before prefix sharing (a model's own `make_decoder`) gets the whole rows: the same result
+    if prefix_len and "prefix_len" in inspect.signature(decoder.prefill).parameters:
+        return decoder.prefill(ids, seq_start_pos, prefix_len=prefix_len)
+    return decoder.prefill(ids, seq_start_pos)
+
+
+def _run_idle(net: nn.Module, device: torch.device):
+    """A sharded model's rank with no rows: the prefill's forward, then one per step until every rank is done."""
+    was_training = net.training
+    net.eval()
+    try:
+        idle_forward(net)
+        while not all_ranks_done(True, device):
+            idle_forward(net)
+    finally:
+        net.train(was_training)
 
 
 def _pick(logits: Tensor, temperature: float, filter_fn, filter_kwargs: dict, generator) -> Tensor:

@@ -17,6 +17,7 @@ from self_rewarding_lm_pytorch.logprobs import response_mask, token_logprobs
 from self_rewarding_lm_pytorch.model_contract import forward_logits
 from self_rewarding_lm_pytorch.model_utils import set_dropout
 from self_rewarding_lm_pytorch.optim import adamw_for_stage, steps_per_epoch
+from self_rewarding_lm_pytorch.sharding import check_supported_sharding, prepare_for_training
 from self_rewarding_lm_pytorch.tracking import MetricsLogger
 from self_rewarding_lm_pytorch.train_state import TrainState, loop_fingerprint, shuffle_generator, step_is_finite
 
@@ -97,6 +98,7 @@ class SFTTrainer:
         self.checkpoint_folder = Path(checkpoint_folder)
         self.config = config = config or SFTConfig(**config_kwargs)
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
+        check_supported_sharding(self.accelerator, "SFTTrainer")
         self.pad_id = pad_id
         self.logger = logger or MetricsLogger(self.accelerator, "sft")
 
@@ -120,7 +122,7 @@ class SFTTrainer:
         set_dropout(model, config.dropout)
         optimizer, self.scheduler = adamw_for_stage(model, config, self.num_train_steps)
         # the scheduler is stepped by hand once per optimizer step: Accelerate's wrapper would step it once per process
-        self.model, self.optimizer, self.train_loader = self.accelerator.prepare(model, optimizer, train_loader)
+        self.model, self.optimizer, self.train_loader = prepare_for_training(self.accelerator, model, optimizer, train_loader)
         if self.valid_loader is not None:
             self.valid_loader = self.accelerator.prepare(self.valid_loader)
 

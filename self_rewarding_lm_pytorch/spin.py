@@ -12,6 +12,7 @@ Each iteration t:
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.logprobs import reference_logprobs
 from self_rewarding_lm_pytorch.model_contract import check_special_ids
 from self_rewarding_lm_pytorch.sampling import check_sampling_settings, sample, top_p, warn_missing_eos
+from self_rewarding_lm_pytorch.sharding import check_supported_sharding, max_over_ranks
 from self_rewarding_lm_pytorch.tracking import MetricsLogger
 from self_rewarding_lm_pytorch.train_state import loop_fingerprint
 
@@ -149,6 +151,7 @@ class SPINTrainer:
         self.model = model
         self.pad_id, self.eos_id = pad_id, eos_id
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
+        check_supported_sharding(self.accelerator, "SPINTrainer")
         self.checkpoint_folder = Path(checkpoint_folder)
         self.seed = seed
         self.logger = logger or MetricsLogger(self.accelerator, "spin")
@@ -165,7 +168,10 @@ class SPINTrainer:
         # generation and the reference log-probs take as long as training: a bar (main process) shows them
         progress = tqdm(total=len(mine), desc=f"spin answers (iteration {iteration})", unit="prompt",
                         disable=not accelerator.is_local_main_process)
-        for start in range(0, len(mine), config.generation_batch_size):
+        # a sharded model: every rank makes as many sampler and log-prob calls as the busiest one (with no rows when
+        # it has none left), since each forward is a collective
+        num_calls = max_over_ranks(math.ceil(len(mine) / config.generation_batch_size), model)
+        for start in range(0, num_calls * config.generation_batch_size, config.generation_batch_size):
             indices = mine[start : start + config.generation_batch_size]
             prompts = [items[i].prompt for i in indices]
             generated = sample(
@@ -174,11 +180,11 @@ class SPINTrainer:
                 filter_fn=top_p if config.top_p is not None else None,
                 filter_kwargs=dict(thres=config.top_p) if config.top_p is not None else None,
                 pad_id=self.pad_id, eos_id=self.eos_id,
-                generator=self.seed * 1_000_003 + iteration * 10_007 + indices[0],
+                generator=self.seed * 1_000_003 + iteration * 10_007 + (indices[0] if indices else 0),
             )
             real = [items[i].tokens for i in indices]
             fake = [torch.cat([items[i].prompt, g[g != self.pad_id].cpu()]) for i, g in zip(indices, generated)]
-            prompt_len = torch.tensor([items[i].prompt_len for i in indices])
+            prompt_len = torch.tensor([items[i].prompt_len for i in indices], dtype=torch.long)
             logps = reference_logprobs(model, real + fake, torch.cat([prompt_len, prompt_len]), self.pad_id,
                                        config.dpo_config().logp_reduction)
             if not torch.isfinite(logps).all():

@@ -28,6 +28,7 @@ from torch import nn
 from self_rewarding_lm_pytorch.checkpoint import load_model_weights, read_checkpoint, save_checkpoint
 from self_rewarding_lm_pytorch.fingerprint import changed_parts
 from self_rewarding_lm_pytorch.integrity import remove_stale_temp_files
+from self_rewarding_lm_pytorch.sharding import full_optimizer_state_dict, load_full_optimizer_state_dict
 
 
 def shuffle_generator() -> torch.Generator:
@@ -91,7 +92,7 @@ class TrainState:
                 f"another checkpoint folder, or delete {self.folder} (overwrite_checkpoints=True) to start over"
             )
         load_model_weights(self.accelerator.unwrap_model(self.model), state, path)  # LoRA: the adapters
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_full_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.accelerator.step = state["accumulation_counter"]
         self.pending = state
@@ -127,7 +128,7 @@ class TrainState:
         save_checkpoint(
             self.accelerator, self.model, path,
             step=step, finished=finished, fingerprint=self.fingerprint, history=history,
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), rng=rng_state(),
+            optimizer=full_optimizer_state_dict(self.model, self.optimizer), scheduler=self.scheduler.state_dict(), rng=rng_state(),
             epoch_start=self.epoch_start, consumed=self.consumed,
             generator=None if self.generator is None else self.generator.get_state(),
             accumulation_counter=self.accelerator.step, **extra,
@@ -155,6 +156,8 @@ def step_is_finite(accelerator: Accelerator, micro_losses: list, grad_norm, *, n
                    last_save: str) -> bool:
     """Whether this optimizer step's losses and gradient norm are finite on every process. When not: raise,
     naming the step, the stage and the last good checkpoint, or return False to skip the update if `skip`."""
+    # a sharded model's gradient norm is a DTensor: its full value (every process calls this)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     values = torch.stack([torch.as_tensor(v).detach().float().reshape(()).cpu() for v in [*micro_losses, grad_norm]])
     bad = accelerator.reduce((~values.isfinite()).any().float().to(accelerator.device), "sum")
     if bad.item() == 0:

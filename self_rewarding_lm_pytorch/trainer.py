@@ -39,6 +39,13 @@ from self_rewarding_lm_pytorch.preference_data import DPODataset
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.self_consistency import SelfConsistencyJudge
 from self_rewarding_lm_pytorch.sft import SFTConfig, SFTTrainer
+from self_rewarding_lm_pytorch.sharding import (
+    check_supported_sharding,
+    full_state_dict,
+    local_weights,
+    max_over_ranks,
+    same_on_every_rank,
+)
 from self_rewarding_lm_pytorch.spin import SelfPlayConfig, SPINTrainer
 from self_rewarding_lm_pytorch.stage_checks import check_stages
 from self_rewarding_lm_pytorch.stages import (
@@ -128,6 +135,7 @@ class SelfRewardingTrainer:
                 handlers.append(InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_s)))
             accelerator = Accelerator(**tracking, **{**(accelerate_kwargs or {}), "kwargs_handlers": handlers})
         self.accelerator = accelerator
+        check_supported_sharding(self.accelerator, "SelfRewardingTrainer")
         self.log_with, self.project_name, self.tracker_init_kwargs = log_with, project_name, tracker_init_kwargs or {}
         self.next_step = 0  # the global step where the next stage starts logging
         self.seed = seed
@@ -156,7 +164,7 @@ class SelfRewardingTrainer:
                 stage=self.stage_name(index), pad_id=str(self.pad_id), eos_id=str(self.eos_id), seed=str(self.seed),
                 tokenizer=tokenizer_digest(self.encode, self.decode),
                 upstream=short(describe(self.fingerprint(index - 1))) if index else
-                content_digest(self.accelerator.unwrap_model(self.model).state_dict())[:16],
+                same_on_every_rank(content_digest(local_weights(self.model))[:16], self.model),
             )
             if isinstance(config, SelfRewardDPOConfig) and config.reward_config is None:
                 parts["reward_config"] = short(describe(self.reward_config))
@@ -268,7 +276,7 @@ class SelfRewardingTrainer:
         """Models with their own format (the HF adapter) are also saved in it, to `stage-{i:02d}-{kind}.hf/`."""
         if not hasattr(self.model, "save_pretrained"):
             return
-        state_dict = self.accelerator.get_state_dict(self.model)  # collective: every process takes part
+        state_dict = full_state_dict(self.accelerator, self.model)  # collective: every process takes part
         if self.accelerator.is_main_process:
             self.model.save_pretrained(self.folder / f"{self.stage_name(index)}.hf", state_dict=state_dict)
         self.accelerator.wait_for_everyone()
@@ -341,8 +349,8 @@ def is_lost_peer(error: Exception) -> bool:
 
 def check_finite_weights(model: nn.Module, what: str):
     """A stage whose weights hold NaN or inf is never saved as finished (a later run would build on it)."""
-    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
-    if bad:
+    bad = [name for name, p in local_weights(model).items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if max_over_ranks(len(bad), model):  # sharded: every rank sees its own shards, and all must raise together
         raise FloatingPointError(
             f"{what} ended with non-finite weights in {len(bad)} tensors ({', '.join(bad[:3])}...); it is not saved as "
             f"finished. Lower the learning rate, check the data, or set skip_nonfinite_steps=True in its config"

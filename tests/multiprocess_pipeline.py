@@ -3,6 +3,12 @@
     torchrun --nproc_per_node 2 tests/multiprocess_pipeline.py OUTPUT_FOLDER
 
 Each process saves its final weights to OUTPUT_FOLDER/rank-{r}.pt so the test can check they are identical.
+PIPELINE_SHARD=1 shards the model with FSDP2 (`fully_shard_model`) instead of data parallelism.
+
+Prompts have 2 or 4 digits, so ranks hold prompts of different lengths, and their answers end at different steps;
+9 prompts per preference stage make a last global batch of 1 prompt (the other rank has none), SPIN's 5 examples
+in batches of 2 give one rank 2 sampler calls and the other 1, and the judge's batch of 5 candidates makes 2 calls
+of a rank's 8 candidates, 1 of the last batch's 4 and none on the rank without prompts.
 """
 
 import os
@@ -25,6 +31,7 @@ from self_rewarding_lm_pytorch import (
     SFTConfig,
     SFTTrainer,
 )
+from self_rewarding_lm_pytorch.sharding import full_state_dict, fully_shard_model
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 
@@ -43,20 +50,30 @@ def main(folder: str):
             log = SFTTrainer.log
             SFTTrainer.log = lambda self, row, sig=sig: os.kill(os.getpid(), sig) if row["step"] == 1 else log(self, row)
 
-    tokenizer, task = CharTokenizer(), SortDigitsTask(length=3, seed=0)
+    tokenizer, short, long = CharTokenizer(), SortDigitsTask(length=2, seed=0), SortDigitsTask(length=4, seed=1)
+
+    def mixed(method, n):  # every other item from the 2-digit and the 4-digit task
+        return [item for pair in zip(getattr(short, method)(n), getattr(long, method)(n)) for item in pair]
+
     torch.manual_seed(0)
-    model = TransformerWrapper(num_tokens=tokenizer.num_tokens, max_seq_len=48, attn_layers=Decoder(dim=32, depth=1, heads=2))
+    model = TransformerWrapper(num_tokens=tokenizer.num_tokens, max_seq_len=48, attn_layers=Decoder(dim=32, depth=2, heads=2))
+    sharded = os.environ.get("PIPELINE_SHARD") == "1"
+    if sharded:
+        fully_shard_model(model)
 
     small = dict(batch_size=4, learning_rate=1e-4, end_learning_rate=1e-5)
-    pairs = dict(num_preference_pairs=6, prompt_batch_size=2, response_max_new_tokens=6, temperature=1.0)
+    pairs = dict(num_preference_pairs=9, max_prompts=9, accept_fewer_pairs=True, prompt_batch_size=2,
+                 response_max_new_tokens=6, temperature=1.0)
     # the early stopper's score differs by rank: its decision must still be the same everywhere
     stopper = EarlyStopper(lambda m: float(accelerator.process_index), mode="min", patience=1)
     stages = [
-        SFTConfig(train_dataset=task.instruction_examples(24), valid_dataset=task.instruction_examples(6), **small),
-        SelfPlayConfig(train_sft_dataset=task.instruction_examples(8), max_seq_len=24, num_train_steps=2, **small),
-        SelfRewardDPOConfig(prompt_dataset=task.prompts(40), num_judgements=2, judge_max_new_tokens=4,
-                            num_train_steps=4, early_stopper=stopper, early_stop_every=1, **pairs, **small),
-        ExternalRewardDPOConfig(prompt_dataset=task.prompts(40), reward_fn=checksum, num_train_steps=2, **pairs, **small),
+        SFTConfig(train_dataset=mixed("instruction_examples", 12), valid_dataset=mixed("instruction_examples", 3), **small),
+        SelfPlayConfig(train_sft_dataset=mixed("instruction_examples", 3)[:5], max_seq_len=24, num_train_steps=2,
+                       generation_batch_size=2, **small),
+        SelfRewardDPOConfig(prompt_dataset=mixed("prompts", 20), num_judgements=2, judge_max_new_tokens=4,
+                            judge_batch_size=5, num_train_steps=4, early_stopper=stopper, early_stop_every=1,
+                            **pairs, **small),
+        ExternalRewardDPOConfig(prompt_dataset=mixed("prompts", 20), reward_fn=checksum, num_train_steps=2, **pairs, **small),
     ]
     trainer = SelfRewardingTrainer(
         model, finetune_configs=stages, tokenizer_encode=tokenizer.encode, tokenizer_decode=tokenizer.decode,
@@ -65,7 +82,10 @@ def main(folder: str):
         eos_id=tokenizer.eos_id, checkpoints_folder=os.path.join(folder, "checkpoints"), accelerator=accelerator,
     )
     trainer()
-    torch.save(model.state_dict(), os.path.join(folder, f"rank-{accelerator.process_index}.pt"))
+    # data parallel: each rank's own weights (the test checks they are equal); sharded: the gathered weights, once
+    state_dict = full_state_dict(accelerator, model) if sharded else model.state_dict()
+    if accelerator.is_main_process or not sharded:
+        torch.save(state_dict, os.path.join(folder, f"rank-{accelerator.process_index}.pt"))
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
