@@ -2,33 +2,20 @@
 SPIN's answers and reference log-probs; a bar that halts early says why."""
 
 import pytest
-from accelerate import Accelerator
 
 from self_rewarding_lm_pytorch.dpo import DPOTrainer
 from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
 from self_rewarding_lm_pytorch.judges import RewardFnJudge, SelfJudge
-from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig, PairGenerationError, generate_preference_pairs
+from self_rewarding_lm_pytorch.pair_generation import PairGenerationError
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.spin import SPINTrainer
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
+from test_pair_generation import char_model, generate  # noqa: F401  (a fixture and a helper shared with it)
 from test_dpo import sort_pairs
 
 TOKENIZER = CharTokenizer()
 
-
-@pytest.fixture
-def char_model(make_transformer):
-    return make_transformer(seed=0, num_tokens=CharTokenizer.num_tokens, max_seq_len=48, dim=32, depth=1)
-
-
-def generate(model, prompts, judge, folder, **config_kwargs):
-    config = PairGenerationConfig(**{**dict(num_preference_pairs=4, prompt_batch_size=4, response_max_new_tokens=6,
-                                             temperature=1.0, top_p=None), **config_kwargs})
-    return generate_preference_pairs(
-        model, prompts, judge, config, folder=folder, tokenizer_encode=TOKENIZER.encode,
-        tokenizer_decode=TOKENIZER.decode, accelerator=Accelerator(cpu=True), pad_id=-1, eos_id=TOKENIZER.eos_id,
-    )
 
 
 def test_pair_generation_shows_prompts_pairs_parse_and_tie_rates(char_model, tmp_path, capsys):
