@@ -10,6 +10,7 @@ from self_rewarding_lm_pytorch.eft import JudgeTrainingSet, five_point_targets, 
 from self_rewarding_lm_pytorch.judges import Candidates, RewardFnJudge, RewardModelJudge, SelfJudge
 from self_rewarding_lm_pytorch.integrity import CorruptFileError, DiskFullError
 from self_rewarding_lm_pytorch.logprobs import sequence_logprobs
+from self_rewarding_lm_pytorch.meta_judge import MetaJudge, MetaJudgeConfig
 from self_rewarding_lm_pytorch.model_contract import ModelContractError
 from self_rewarding_lm_pytorch.pair_generation import PairGenerationError, reward_within
 from self_rewarding_lm_pytorch.pair_selection import JudgementsAgree, MarginAtLeast
@@ -23,6 +24,7 @@ from self_rewarding_lm_pytorch.sharding import fully_shard_model
 from self_rewarding_lm_pytorch.spin import SPIN, SelfPlayConfig, SPINTrainer
 from self_rewarding_lm_pytorch.stages import (
     ExternalRewardDPOConfig,
+    MetaRewardDPOConfig,
     SelfConsistencyDPOConfig,
     SelfRewardDPOConfig,
     create_default_paper_config,
@@ -45,6 +47,9 @@ __all__ = [
     "JudgeTrainingSet",
     "JudgementsAgree",
     "MarginAtLeast",
+    "MetaJudge",
+    "MetaJudgeConfig",
+    "MetaRewardDPOConfig",
     "MetricsLogger",
     "ModelContractError",
     "NonFiniteStepError",

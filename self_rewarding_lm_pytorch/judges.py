@@ -44,6 +44,7 @@ class Candidates:
 class Judgements:
     scores: Tensor  # (num_candidates, num_judgements) float, NaN where no score was produced
     raw_outputs: list[list[str]] | None = None  # the judge's text per candidate, for people to read
+    output_ids: list[list[Tensor]] | None = None  # the judge's tokens per candidate (up to its EOS, kept), to train on
 
 
 class Judge(Protocol):
@@ -129,11 +130,13 @@ class SelfJudge:
                 generator=None if seed is None else seed + start,
             ))
         texts = [self.decode(strip_response(answer, self.pad_id, self.eos_id)) for answer in answers]
-        raw = [texts[i : i + self.num_judgements] for i in range(0, len(texts), self.num_judgements)]
+        k = self.num_judgements
+        raw = [texts[i : i + k] for i in range(0, len(texts), k)]
+        ids = [answer[answer != self.pad_id].cpu() for answer in answers]
         scores = torch.tensor(
             [[_score_or_nan(self.reward_config.parse(text)) for text in row] for row in raw], dtype=torch.float
-        ).reshape(len(raw), self.num_judgements)
-        return Judgements(scores, raw)
+        ).reshape(len(raw), k)
+        return Judgements(scores, raw, [ids[i : i + k] for i in range(0, len(ids), k)])
 
     def is_valid_score(self, score: float) -> bool:
         return self.reward_config.is_in_range(score)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, check_non_empty
 from self_rewarding_lm_pytorch.fingerprint import config_fingerprint, dataset_digest, describe, short, tokenizer_digest
-from self_rewarding_lm_pytorch.judges import Candidates, Judge, check_reward_value, strip_response
+from self_rewarding_lm_pytorch.judges import Candidates, Judge, Judgements, check_reward_value, strip_response
 from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.pair_config import PairGenerationConfig  # noqa: F401  (public here too)
 from self_rewarding_lm_pytorch.pair_selection import (  # noqa: F401  (public here too)
@@ -60,6 +60,17 @@ class _PromptResult:
     stats: PairGenerationStats
     pair: dict | None = None
     example_judge_output: str | None = None
+
+
+@dataclass
+class JudgedBatch:
+    """One batch's candidates and their judgements, prompt-major (rows [i * n, (i + 1) * n) answer prompt i), for
+    a stage that does more with them than pick the actor's pairs (Meta-Rewarding's meta-judge, meta_reward.py)."""
+
+    prompt_ids: list[Tensor]
+    texts: list[str]
+    judgements: Judgements
+    valid_scores: Tensor  # (rows, K): the judge's scores, NaN where it gave none or an invalid one
 
 
 def generate_preference_pairs(
@@ -130,7 +141,7 @@ def generate_preference_pairs(
         indices = order[cursor : min(cursor + global_batch, budget)]
         mine = indices[accelerator.process_index :: accelerator.num_processes]
         batch_seed = seed * 1_000_003 + cursor * 31 + accelerator.process_index
-        results = _judge_prompts(
+        results, _ = judge_prompts(
             model, [prompt_dataset[i] for i in mine], mine, judge, config,
             encode=tokenizer_encode, decode=tokenizer_decode, pad_id=pad_id, eos_id=eos_id,
             max_seq_len=max_seq_len, logp_reduction=logp_reduction, seed=batch_seed,
@@ -183,7 +194,7 @@ def generate_preference_pairs(
 
 
 @torch.no_grad()
-def _judge_prompts(
+def judge_prompts(
     model: nn.Module,
     prompts: list,
     prompt_indices: list[int],
@@ -197,9 +208,12 @@ def _judge_prompts(
     max_seq_len: int,
     logp_reduction: Reduction,
     seed: int,
-) -> list[_PromptResult]:
+    pick_pairs: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> tuple[list[_PromptResult], JudgedBatch | None]:
+    """Steps 1-4 for one batch of prompts: each prompt's counts and pair, and the judged candidates.
+    `pick_pairs(mean_scores, response_lengths)` (both (prompts, n)) replaces `config.pick_paired_rewards`."""
     if not prompts and not is_fully_sharded(model):
-        return []
+        return [], None
     # (a sharded model's rank with no prompts left goes on with empty lists: its sampler, judge and log-prob calls
     # run the forwards that the other ranks' calls need)
     for prompt in prompts:
@@ -241,7 +255,8 @@ def _judge_prompts(
     valid_scores = scores.masked_fill(~valid, math.nan)  # (rows, K): what the pair filters see
     mean_scores = scores.masked_fill(~valid, 0).sum(-1) / valid.sum(-1)  # NaN where no valid score
     mean_scores = mean_scores.view(len(prompts), n)
-    pair_indices = config.pick_paired_rewards(mean_scores) if prompts else None
+    lengths = torch.tensor([len(r) for r in response_ids]).view(len(prompts), n)
+    pair_indices = (pick_pairs(mean_scores, lengths) if pick_pairs else config.pick_paired_rewards(mean_scores)) if prompts else None
 
     verified = None
     if config.verifier is not None:
@@ -305,4 +320,4 @@ def _judge_prompts(
         logps = reference_logprobs(model, seqs, prompt_len, pad_id, logp_reduction)
         for j, pair in enumerate(pairs):
             pair["chosen_ref_logp"], pair["rejected_ref_logp"] = float(logps[j]), float(logps[len(pairs) + j])
-    return results
+    return results, JudgedBatch(prompt_ids, texts, judgements, valid_scores)

@@ -17,7 +17,7 @@ from self_rewarding_lm_pytorch.judges import check_reward_value
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.sampling import absolute_position_limit, warn_missing_eos
 from self_rewarding_lm_pytorch.spin import SelfPlayConfig, spin_items
-from self_rewarding_lm_pytorch.stages import ExternalRewardDPOConfig, SelfRewardDPOConfig
+from self_rewarding_lm_pytorch.stages import ExternalRewardDPOConfig, MetaRewardDPOConfig, SelfRewardDPOConfig
 
 
 
@@ -45,6 +45,8 @@ def check_stages(
             prompt_ids = _check_prompts(index, config, model, encode)
             if isinstance(config, SelfRewardDPOConfig):
                 _check_judge_prompt_fits(index, config, model, encode, config.reward_config or reward_config, prompt_ids)
+                if isinstance(config, MetaRewardDPOConfig):
+                    _check_meta_judge_prompt_fits(index, config, model, encode, prompt_ids)
             elif config.reward_fn is not None and config.check_reward_fn_on_sample:
                 _check_reward_fn(index, config)
             generating.append((index, config, "response_max_new_tokens"))
@@ -109,6 +111,28 @@ def _check_judge_prompt_fits(index: int, config: SelfRewardDPOConfig, model: nn.
             f"but the model's max_seq_len is {limit}. Pass a shorter RewardConfig prompt_template (the paper's is about "
             f"1,750 characters) as reward_config or self_reward_prompt_config, lower judge_max_new_tokens or "
             f"response_max_new_tokens, or use a model with a longer max_seq_len"
+        )
+
+
+def _check_meta_judge_prompt_fits(index: int, config: MetaRewardDPOConfig, model: nn.Module, encode,
+                                  prompt_ids: dict[int, Tensor]):
+    """The meta-judge prompt of the longest prompt with a full-length answer, two full-length judgements and the
+    meta-judge's own answer budget."""
+    limit = model_length_limit(model)
+    if limit is None:
+        return
+    longest = max(prompt_ids, key=lambda i: len(prompt_ids[i]))
+    rendered = config.meta_judge_config.render(config.prompt_dataset[longest], "", "", "")
+    template = len(as_token_tensor(encode(rendered), "meta-judge prompt"))
+    needed = template + config.response_max_new_tokens + 2 * config.judge_max_new_tokens + config.meta_judge_max_new_tokens
+    if needed > limit:
+        raise ValueError(
+            f"{_stage(index, config)}: the meta-judge prompt rendered with its longest prompt (prompt_dataset[{longest}]) "
+            f"is {template} tokens; with a {config.response_max_new_tokens}-token answer (response_max_new_tokens), two "
+            f"{config.judge_max_new_tokens}-token judgements (judge_max_new_tokens) and {config.meta_judge_max_new_tokens} "
+            f"tokens for the verdict (meta_judge_max_new_tokens) it needs {needed} positions, but the model's max_seq_len "
+            f"is {limit}. Pass a shorter MetaJudgeConfig prompt_template as meta_judge_config, lower those budgets, or use "
+            f"a model with a longer max_seq_len"
         )
 
 

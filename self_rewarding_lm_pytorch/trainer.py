@@ -33,6 +33,7 @@ from self_rewarding_lm_pytorch.dpo import DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.fingerprint import changed_parts, config_fingerprint, describe, short, tokenizer_digest
 from self_rewarding_lm_pytorch.integrity import content_digest, remove_stale_temp_files
 from self_rewarding_lm_pytorch.judges import Judge, RewardFnJudge, RewardModelJudge, SelfJudge
+from self_rewarding_lm_pytorch.meta_reward import run_meta_reward_dpo
 from self_rewarding_lm_pytorch.model_contract import check_special_ids
 from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig, generate_preference_pairs
 from self_rewarding_lm_pytorch.preference_data import DPODataset
@@ -51,6 +52,7 @@ from self_rewarding_lm_pytorch.stage_checks import check_stages
 from self_rewarding_lm_pytorch.stages import (
     ExternalRewardDPOConfig,
     FinetuneConfig,
+    MetaRewardDPOConfig,
     SelfConsistencyDPOConfig,
     SelfRewardDPOConfig,
     create_default_paper_config,
@@ -368,6 +370,7 @@ STAGE_RUNNERS = {
     SFTConfig: run_sft,
     SelfPlayConfig: run_spin,
     SelfRewardDPOConfig: run_preference_dpo,
+    MetaRewardDPOConfig: run_meta_reward_dpo,
     ExternalRewardDPOConfig: run_preference_dpo,
     SelfConsistencyDPOConfig: run_preference_dpo,
 }
@@ -376,6 +379,7 @@ STAGE_KINDS = {
     SFTConfig: "sft",
     SelfPlayConfig: "spin",
     SelfRewardDPOConfig: "self-reward-dpo",
+    MetaRewardDPOConfig: "meta-reward-dpo",
     ExternalRewardDPOConfig: "external-reward-dpo",
     SelfConsistencyDPOConfig: "self-consistency-dpo",
 }
