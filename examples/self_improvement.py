@@ -7,7 +7,8 @@
 
 Arms (see self_rewarding_lm_pytorch/experiment.py): `self_judge` (LLM-as-a-judge trained on its own answers),
 `self_judge_agree` (+ consistency filtering), `self_consistency` (ScPO votes), `checker` (upper bound), `random`
-(control: random pairs of the same candidates); `sft` is the model before any preference stage. Writes
+(control: random pairs of the same candidates), and on request `meta_reward` (Meta-Rewarding: the judge's
+judgements are meta-judged and judge pairs train beside the actor's); `sft` is the model before any preference stage. Writes
 runs.jsonl (every measurement), results.md (mean and 95% interval over seeds) and results.png to --out.
 """
 
@@ -19,8 +20,14 @@ from pathlib import Path
 import torch
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch import RewardConfig
-from self_rewarding_lm_pytorch.experiment import DEFAULT_ARMS, ExperimentRunner, ExperimentSettings, ExperimentTask
+from self_rewarding_lm_pytorch import MetaJudgeConfig, RewardConfig
+from self_rewarding_lm_pytorch.experiment import (
+    DEFAULT_ARMS,
+    OPTIONAL_ARMS,
+    ExperimentRunner,
+    ExperimentSettings,
+    ExperimentTask,
+)
 from self_rewarding_lm_pytorch.experiment_report import write_report
 from self_rewarding_lm_pytorch.tasks.sort_digits import (
     CharTokenizer,
@@ -59,6 +66,9 @@ def sort_digits_task(length: int = 5, dim: int = 96, depth: int = 3, max_seq_len
         max_seq_len=max_seq_len, max_new_tokens=2 * length + 2, eos_id=tokenizer.eos_id,
         judge_rationale=reference_first if reasoned_judge else None,
         judge_max_new_tokens=2 * length + 12 if reasoned_judge else 10,
+        # as short: the meta-judge sees the prompt, the answer and two judgements, and answers "Winner: A" or "B"
+        meta_judge_config=MetaJudgeConfig(prompt_template="m{{ prompt }}{{ response }}|{{ judgement_a }}|{{ judgement_b }}|"),
+        meta_judge_max_new_tokens=10,
     )
 
 
@@ -71,7 +81,8 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("experiments/self_improvement"))
     parser.add_argument("--quick", action="store_true", help="one seed, fewer prompts: a smoke run")
     parser.add_argument("--seeds", type=int, nargs="+")
-    parser.add_argument("--arms", nargs="+", choices=[arm.name for arm in DEFAULT_ARMS])
+    parser.add_argument("--arms", nargs="+", choices=[arm.name for arm in DEFAULT_ARMS + OPTIONAL_ARMS],
+                        help="default: every arm but meta_reward (which also teaches the shared seed model to meta-judge)")
     parser.add_argument("--learning-rates", type=float, nargs="+", help="DPO learning rates to sweep (each its own folder)")
     parser.add_argument("--split", choices=sorted(SPLIT_SEEDS), default="test")
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
@@ -94,7 +105,7 @@ def main():
         setattr(settings, name, float(value) if current is None else type(current)(value))
     if args.seeds:
         settings.seeds = tuple(args.seeds)
-    arms = [arm for arm in DEFAULT_ARMS if not args.arms or arm.name in args.arms]
+    arms = [arm for arm in DEFAULT_ARMS + OPTIONAL_ARMS if arm.name in args.arms] if args.arms else list(DEFAULT_ARMS)
     for lr in args.learning_rates or [settings.dpo_learning_rate]:
         out = args.out / f"lr-{lr:g}" if args.learning_rates else args.out
         settings.dpo_learning_rate = lr

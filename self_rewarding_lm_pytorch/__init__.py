@@ -6,7 +6,13 @@ from self_rewarding_lm_pytorch.dataset_fields import EFTFields, PairFields, Prom
 from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.dpo_reference import with_reference_logprobs
 from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
-from self_rewarding_lm_pytorch.eft import JudgeTrainingSet, five_point_targets, own_answer_judge_examples, two_point_targets
+from self_rewarding_lm_pytorch.eft import (
+    JudgeTrainingSet,
+    five_point_targets,
+    meta_judge_examples,
+    own_answer_judge_examples,
+    two_point_targets,
+)
 from self_rewarding_lm_pytorch.judges import Candidates, RewardFnJudge, RewardModelJudge, SelfJudge
 from self_rewarding_lm_pytorch.integrity import CorruptFileError, DiskFullError
 from self_rewarding_lm_pytorch.logprobs import sequence_logprobs
@@ -75,6 +81,7 @@ __all__ = [
     "five_point_targets",
     "fully_shard_model",
     "load_checkpoint",
+    "meta_judge_examples",
     "min_p",
     "own_answer_judge_examples",
     "plain_example_encoder",

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data import as_token_tensor
 from self_rewarding_lm_pytorch.judges import strip_response
+from self_rewarding_lm_pytorch.meta_judge import MetaJudgeConfig
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.sampling import sample, top_p
 
@@ -61,6 +62,7 @@ class JudgeTrainingSet:
     answers_sampled: int
     distinct_answers: int  # (prompt, answer) pairs labelled: the labeller's calls
     label_counts_before_balancing: dict[str, int] = field(default_factory=dict)
+    labelled: list[tuple[str, str, float | bool]] = field(default_factory=list)  # (prompt, answer, label) of the examples
 
 
 @torch.no_grad()
@@ -124,8 +126,9 @@ def own_answer_judge_examples(
     # 2) each distinct answer labelled once, rendered as a judge prompt and its target
     distinct = list(dict.fromkeys(answers))
     by_target: dict[str, list[tuple[str, str]]] = {}
+    labels = {}
     for prompt, answer in distinct:
-        label = labeller(prompt, answer)
+        label = labels[(prompt, answer)] = labeller(prompt, answer)
         if not isinstance(label, (bool, int, float)):
             raise TypeError(f"labeller {getattr(labeller, '__name__', labeller)!r} returned {label!r} for {answer!r}; "
                             f"it must return a number or a bool")
@@ -147,9 +150,10 @@ def own_answer_judge_examples(
         rarest = min(before.values())
         rng = random.Random(seed)
         by_target = {target: rng.sample(items, rarest) for target, items in by_target.items()}
-    examples = []
+    examples, labelled = [], []
     for target, items in by_target.items():
         for prompt, answer in items:
+            labelled.append((prompt, answer, labels[(prompt, answer)]))
             judge_prompt = as_token_tensor(tokenizer_encode(reward_config.render(prompt, answer)), "encoded judge prompt")
             text = target if rationale is None else f"{rationale(prompt, answer)}{target}"
             if reward_config.parse(text) != reward_config.parse(target):
@@ -165,4 +169,45 @@ def own_answer_judge_examples(
         answers_sampled=len(answers),
         distinct_answers=len(distinct),
         label_counts_before_balancing=before,
+        labelled=labelled,
     )
+
+
+def meta_judge_examples(
+    labelled: Sequence[tuple[str, str, float | bool]],
+    *,
+    reward_config: RewardConfig,
+    meta_judge_config: MetaJudgeConfig,
+    tokenizer_encode: Callable[[str], Tensor],
+    targets: Callable[[float | bool], str] = two_point_targets(),
+    wrong_targets: Callable[[float | bool], str] | None = None,
+    rationale: Callable[[str, str], str] | None = None,
+    eos_id: int | None = None,
+    seed: int = 0,
+) -> list[tuple[Tensor, int]]:
+    """Meta-judge training examples (for Meta-Rewarding, Wu et al. 2024) from labelled answers, e.g.
+    `JudgeTrainingSet.labelled`: for each (prompt, answer, label), the right judgement `targets(label)` and a wrong
+    one (`wrong_targets(label)`, default `targets(not label)`, for right / wrong labels), each after
+    `rationale(prompt, answer)` when given, shown in both orders, the verdict naming the right one. Both orders
+    appear equally often, so a meta-judge trained on them learns no favourite position. Items are
+    (meta-judge prompt + verdict + EOS, prompt length), shuffled (seeded), ready for an SFT stage."""
+    wrong_targets = wrong_targets or (lambda label: targets(not label))
+    examples = []
+    for prompt, answer, label in labelled:
+        before = rationale(prompt, answer) if rationale is not None else ""
+        right, wrong = before + targets(label), before + wrong_targets(label)
+        if reward_config.parse(right) == reward_config.parse(wrong):
+            raise ValueError(f"meta_judge_examples: the right judgement {right!r} and the wrong one {wrong!r} give the "
+                             f"same score; pass wrong_targets that score differently")
+        for judgement_a, judgement_b, verdict in ((right, wrong, "A"), (wrong, right, "B")):
+            text = meta_judge_config.render(prompt, answer, judgement_a, judgement_b)
+            ids = as_token_tensor(tokenizer_encode(text), "encoded meta-judge prompt")
+            target = f"Winner: {verdict}"
+            if meta_judge_config.parse(target) != "AB".index(verdict):
+                raise ValueError(f"meta_judge_examples: the verdict {target!r} does not parse with the MetaJudgeConfig; "
+                                 f"its verdict_regex_template must read 'Winner: A' / 'Winner: B'")
+            tail = [as_token_tensor(tokenizer_encode(target), "encoded verdict")]
+            tail += [torch.tensor([eos_id])] if eos_id is not None else []
+            examples.append((torch.cat([ids, *tail]), len(ids)))
+    random.Random(seed).shuffle(examples)
+    return examples

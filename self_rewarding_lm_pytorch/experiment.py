@@ -9,6 +9,9 @@ model is measured on held-out prompts:
   answers, balanced accuracy (mean of the rates on right and on wrong answers), a score above the middle of the
   judge's scale meaning "right",
 - `vote_bacc`: the same for self-consistency, an answer in the strict majority of its prompt's samples meaning "right",
+- for the `meta_reward` arm (Meta-Rewarding), also the judge pairs made and the share whose chosen judgement the
+  checker agrees with (`judge_pairs_better`); when a run has that arm, the shared seed model also learns the
+  meta-judge's format (`meta_judge_examples`, from the same checker-labelled answers as the judge's EFT examples),
 - from the stage's pair generation (the checker as verifier): pairs kept, and the share whose chosen answer the checker
   rates better / worse / neither (`pairs_better`, `pairs_worse`, `pairs_neither`).
 The model before any preference stage is the `sft` row at iteration 0. Only the public API is used; every row is
@@ -32,6 +35,8 @@ from tqdm.auto import tqdm
 from self_rewarding_lm_pytorch import (
     ExternalRewardDPOConfig,
     JudgementsAgree,
+    MetaJudgeConfig,
+    MetaRewardDPOConfig,
     PairGenerationError,
     RewardConfig,
     SelfConsistencyDPOConfig,
@@ -40,6 +45,7 @@ from self_rewarding_lm_pytorch import (
     SelfRewardDPOConfig,
     SelfRewardingTrainer,
     SFTConfig,
+    meta_judge_examples,
     own_answer_judge_examples,
     sample,
     two_point_targets,
@@ -65,6 +71,8 @@ class ExperimentTask:
     eos_id: int | None
     pad_id: int = -1
     judge_rationale: Callable[[str, str], str] | None = None  # (prompt, response) -> text the EFT judge writes first
+    meta_judge_config: MetaJudgeConfig | None = None  # the meta-judge prompt (arms that train the judge: meta_reward)
+    meta_judge_max_new_tokens: int = 10
 
 
 @dataclass
@@ -90,6 +98,7 @@ class ExperimentSettings:
     temperature: float = 0.4  # candidates (and judgements); a small model's samples at 0.7 are mostly wrong
     num_judgements: int = 3
     min_vote_margin: float | None = 0.5
+    length_control: float | None = None  # meta_reward's actor pairs: the paper's rho; None: best vs worst
     dpo_learning_rate: float = 1e-5
     dpo_beta: float = 0.1
     dpo_epochs: int = 2
@@ -122,6 +131,7 @@ class Arm:
 
     name: str
     stage: Callable[[list[str], ExperimentTask, ExperimentSettings], object]
+    trains_meta_judge: bool = False  # the seed model must know the meta-judge's format (shared by every arm of the run)
 
 
 def self_judge_arm(prompts, task, settings, **extra):
@@ -143,6 +153,18 @@ def self_consistency_arm(prompts, task, settings):
     return SelfConsistencyDPOConfig(
         prompt_dataset=prompts, answer_key=task.answer_key, min_vote_margin=settings.min_vote_margin,
         margin_weighted_loss=True, **settings.pair_kwargs(task), **settings.dpo_kwargs(),
+    )
+
+
+def meta_reward_arm(prompts, task, settings):
+    """Meta-Rewarding (Wu et al. 2024): the self_judge arm whose judgements are also meta-judged (both orders of
+    every pair of judgements of the most disputed answer); judge pairs train beside the actor pairs."""
+    return MetaRewardDPOConfig(
+        prompt_dataset=prompts, reward_config=task.reward_config, meta_judge_config=task.meta_judge_config,
+        num_judgements=settings.num_judgements, judge_max_new_tokens=task.judge_max_new_tokens,
+        judge_temperature=settings.temperature, judge_top_p=None, meta_judge_max_new_tokens=task.meta_judge_max_new_tokens,
+        length_control=settings.length_control, **settings.pair_kwargs(task, settings.num_judged_candidates),
+        **settings.dpo_kwargs(),
     )
 
 
@@ -178,6 +200,8 @@ DEFAULT_ARMS = (
     Arm("checker", checker_arm),
     Arm("random", random_arm),
 )
+# arms a run includes only when asked for (`--arms meta_reward`): they change the shared seed model
+OPTIONAL_ARMS = (Arm("meta_reward", meta_reward_arm, trains_meta_judge=True),)
 
 
 # measurement
@@ -245,6 +269,13 @@ class ExperimentRunner:
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names) or "sft" in names:
             raise ValueError(f"arm names must be distinct and not 'sft' (the seed model's row), got {names}")
+        if self.trains_meta_judge and self.task.meta_judge_config is None:
+            raise ValueError(f"arms {[a.name for a in self.arms if a.trains_meta_judge]} meta-judge: the task needs a "
+                             f"meta_judge_config")
+
+    @property
+    def trains_meta_judge(self) -> bool:
+        return any(arm.trains_meta_judge for arm in self.arms)
 
     @property
     def runs_path(self) -> Path:
@@ -336,7 +367,12 @@ class ExperimentRunner:
             num_samples=settings.eft_samples_per_prompt, max_new_tokens=task.max_new_tokens,
             temperature=settings.eft_temperatures, top_p_threshold=None, pad_id=task.pad_id, eos_id=task.eos_id, seed=seed,
         )
-        (seed_dir / "eft.json").write_text(json.dumps(dict(
+        meta_examples = meta_judge_examples(
+            judge_set.labelled, reward_config=task.reward_config, meta_judge_config=task.meta_judge_config,
+            tokenizer_encode=task.encode, targets=two_point_targets(), rationale=task.judge_rationale,
+            eos_id=task.eos_id, seed=seed,
+        ) if self.trains_meta_judge else []
+        (seed_dir / "eft.json").write_text(json.dumps(dict(meta_judge_examples=len(meta_examples),
             target_counts=judge_set.target_counts, before_balancing=judge_set.label_counts_before_balancing,
             answers_sampled=judge_set.answers_sampled, distinct_answers=judge_set.distinct_answers)))
         # the two-stage plan starts from the same initial weights as the one-stage plan above, so its first stage is
@@ -348,7 +384,7 @@ class ExperimentRunner:
         eft_sft = dict(sft, learning_rate=settings.sft_learning_rate * settings.eft_learning_rate_factor,
                        end_learning_rate=settings.sft_learning_rate * settings.eft_learning_rate_factor / 10)
         stages = [SFTConfig(train_dataset=ift, num_epochs=settings.sft_epochs, **sft),
-                  SFTConfig(train_dataset=judge_set.examples + ift, num_epochs=settings.eft_epochs, **eft_sft)]
+                  SFTConfig(train_dataset=judge_set.examples + meta_examples + ift, num_epochs=settings.eft_epochs, **eft_sft)]
         plan(stages)()
         return model
 
@@ -360,4 +396,10 @@ def pair_numbers(summary: dict) -> dict:
     row = dict(pairs=summary.get("pairs", 0), pairs_better=better, pairs_worse=worse,
                pairs_neither=1.0 - better - worse if summary.get("pairs") else math.nan)
     row.update({k: v for k, v in summary.items() if k.startswith("pairs_filtered/") or k == "no_pairs"})
+    if "judge_pairs" in summary:  # a meta-reward stage: `pairs` are its actor pairs, as in the other arms
+        row.update(pairs=summary["actor_pairs"], judge_pairs=summary["judge_pairs"],
+                   meta_parse_rate=summary["meta_parse_rate"], meta_first_position_rate=summary["meta_first_position_rate"],
+                   judge_pairs_better=summary.get("judge_pairs_chosen_verified_better", 0.0),
+                   judge_pairs_worse=summary.get("judge_pairs_chosen_verified_worse", 0.0))
+        row.update({k: v for k, v in summary.items() if k.startswith("judge_pairs_dropped/")})
     return row

@@ -18,6 +18,7 @@ from self_rewarding_lm_pytorch import (
     RewardConfig,
     SelfJudge,
     SelfRewardingTrainer,
+    meta_judge_examples,
 )
 from self_rewarding_lm_pytorch.data import pad_right
 from self_rewarding_lm_pytorch.meta_reward import generate_meta_reward_pairs
@@ -172,3 +173,19 @@ def test_config_errors_name_the_field_and_the_fix(formatted_model, tmp_path):
         SelfRewardingTrainer(formatted_model, finetune_configs=[stage(), stage(meta_judge_config=None)],
                              tokenizer_encode=TOKENIZER.encode, tokenizer_decode=TOKENIZER.decode,
                              eos_id=TOKENIZER.eos_id, accelerate_kwargs=dict(cpu=True), checkpoints_folder=tmp_path)
+
+
+def test_meta_judge_examples_name_the_right_judgement_in_both_orders():
+    examples = meta_judge_examples([("sort 2 1:", " 1 2", True), ("sort 3 1:", " 3 1", False)], reward_config=REWARD,
+                                   meta_judge_config=META, tokenizer_encode=TOKENIZER.encode, eos_id=TOKENIZER.eos_id)
+    texts = sorted(TOKENIZER.decode(ids[:prompt_len]) + "=" + TOKENIZER.decode(ids[prompt_len:]) for ids, prompt_len in examples)
+    assert texts == [
+        "Msort 2 1: 1 2|Score: 0|Score: 5|=Winner: B",  # the answer is right: "Score: 5" is the right judgement
+        "Msort 2 1: 1 2|Score: 5|Score: 0|=Winner: A",
+        "Msort 3 1: 3 1|Score: 0|Score: 5|=Winner: A",  # wrong: "Score: 0" is
+        "Msort 3 1: 3 1|Score: 5|Score: 0|=Winner: B",
+    ]
+    assert all(ids[-1] == TOKENIZER.eos_id for ids, _ in examples)
+    with pytest.raises(ValueError, match="same score"):
+        meta_judge_examples([("p", "a", True)], reward_config=REWARD, meta_judge_config=META,
+                            tokenizer_encode=TOKENIZER.encode, wrong_targets=lambda label: "Score: 5")

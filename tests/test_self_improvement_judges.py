@@ -171,6 +171,11 @@ def test_own_answer_judge_examples_are_labelled_once_balanced_and_parse(make_tra
     text = TOKENIZER.decode(seq[prompt_len:])
     assert seq[-1] == TOKENIZER.eos_id and reward_config.parse(text) in (0.0, 5.0)
     assert TOKENIZER.decode(seq[:prompt_len]).startswith("judge sort ")
+    # the labelled answers behind the examples (for meta-judge examples): one per example, labelled as the labeller said
+    assert len(judge_set.labelled) == len(judge_set.examples)
+    labels = dict(zip(calls, [(i + 1) % 3 == 0 for i in range(len(calls))]))  # what the labeller said, call by call
+    assert all(label == labels[(prompt, answer)] for prompt, answer, label in judge_set.labelled)
+    assert sum(label for *_, label in judge_set.labelled) == judge_set.target_counts["Score: 5"]
 
     with pytest.raises(ValueError, match="does not parse"):
         own_answer_judge_examples(model, prompts[:2], labeller=labeller, reward_config=reward_config,
