@@ -109,17 +109,18 @@ def generate_meta_reward_pairs(model: nn.Module, config: MetaRewardDPOConfig, ju
         writer = PreferenceDataWriter(folder, capacity=sum(targets.values()), max_len=max_seq_len, pad_id=pad_id,
                                       with_ref_logps=True, fingerprint=fingerprint)
     accelerator.wait_for_everyone()
-    progress = read_meta(folder).get("progress", {})  # every process starts from the same commit
+    committed = read_meta(folder)  # every process starts from the same commit
+    progress = committed.get("progress", {})
     cursor = progress.get("prompts_consumed", 0)
     stats = PairGenerationStats(**progress.get("stats", {}))
     meta_stats = MetaJudgeStats(**progress.get("judge_stats", {}))
     made = dict(actor=stats.pairs_made, judge=meta_stats.pairs_made)
-    if read_meta(folder)["complete"]:
+    if committed["complete"]:
         return stats, meta_stats
 
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
     global_batch = config.prompt_batch_size * accelerator.num_processes
-    pick_pairs = partial(_pick_actor_pairs, length_control=config.length_control) if config.length_control is not None else None
+    pick_pairs = partial(length_controlled_pairs, length_control=config.length_control) if config.length_control is not None else None
     examples: dict[str, list[str]] = dict(judge=[], meta=[])
     bar = tqdm(total=budget, initial=cursor, desc="meta-reward pairs", unit="prompt", disable=not accelerator.is_local_main_process)
     while any(made[k] < targets[k] for k in targets) and cursor < budget:
@@ -192,10 +193,6 @@ def generate_meta_reward_pairs(model: nn.Module, config: MetaRewardDPOConfig, ju
         writer.mark_complete()
     accelerator.wait_for_everyone()
     return stats, meta_stats
-
-
-def _pick_actor_pairs(mean_scores, lengths, *, length_control: float):
-    return length_controlled_pairs(mean_scores, lengths, length_control)
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from self_rewarding_lm_pytorch.data import as_token_tensor
 from self_rewarding_lm_pytorch.judges import check_reward_value
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.sampling import absolute_position_limit, warn_missing_eos
+from self_rewarding_lm_pytorch.sharding import is_fully_sharded
 from self_rewarding_lm_pytorch.spin import SelfPlayConfig, spin_items
 from self_rewarding_lm_pytorch.stages import ExternalRewardDPOConfig, MetaRewardDPOConfig, SelfRewardDPOConfig
 
@@ -118,6 +119,9 @@ def _check_meta_judge_prompt_fits(index: int, config: MetaRewardDPOConfig, model
                                   prompt_ids: dict[int, Tensor]):
     """The meta-judge prompt of the longest prompt with a full-length answer, two full-length judgements and the
     meta-judge's own answer budget."""
+    if is_fully_sharded(model):
+        raise NotImplementedError(f"{_stage(index, config)} does not run on a fully sharded model yet: use data "
+                                  f"parallelism (one full model per process) for this stage")
     limit = model_length_limit(model)
     if limit is None:
         return

@@ -104,7 +104,15 @@ def test_meta_reward_stage_trains_on_actor_and_judge_pairs(formatted_model, tmp_
         assert float(item["chosen_reward"]) == pytest.approx(record["chosen_score"])
 
 
-def make_meta_pairs(model, folder, config, meta_judge_config=META):
+class Logged:
+    def __init__(self):
+        self.rows = {}
+
+    def log(self, values, step=None):
+        self.rows.update(values)
+
+
+def make_meta_pairs(model, folder, config, meta_judge_config=META, logger=None):
     judge = SelfJudge(model, REWARD, tokenizer_encode=TOKENIZER.encode, tokenizer_decode=TOKENIZER.decode,
                       num_judgements=config.num_judgements, max_new_tokens=config.judge_max_new_tokens,
                       temperature=config.judge_temperature, top_p=None, eos_id=TOKENIZER.eos_id)
@@ -113,12 +121,16 @@ def make_meta_pairs(model, folder, config, meta_judge_config=META):
                            eos_id=TOKENIZER.eos_id)
     return generate_meta_reward_pairs(model, config, judge, meta_judge, folder=folder, tokenizer_encode=TOKENIZER.encode,
                                       tokenizer_decode=TOKENIZER.decode, judge_encode=TOKENIZER.encode,
-                                      accelerator=Accelerator(cpu=True), eos_id=TOKENIZER.eos_id, seed=3)
+                                      accelerator=Accelerator(cpu=True), eos_id=TOKENIZER.eos_id, seed=3, logger=logger)
 
 
 def test_a_killed_run_resumes_with_nothing_lost(formatted_model, tmp_path, monkeypatch):
     config = stage(num_preference_pairs=6, num_judge_pairs=4)
-    whole = make_meta_pairs(formatted_model, tmp_path / "whole", config)
+    logged = Logged()
+    whole = make_meta_pairs(formatted_model, tmp_path / "whole", config, logger=logged)
+    # each kind counted and logged apart
+    assert logged.rows["pairs/pairs_made"] == 6 and logged.rows["judge_pairs/pairs_made"] == 4
+    assert {"pairs/parse_rate", "pairs/tie_rate", "judge_pairs/parse_rate", "judge_pairs/verdicts"} <= set(logged.rows)
 
     calls = []
     original = MetaJudge.__call__
