@@ -66,3 +66,25 @@ def test_self_consistency_beats_random_pairs_on_one_seed(tmp_path):
     em = {(r["arm"], r["iteration"]): r["exact_match"] for r in rows}
     assert em[("self_consistency", 2)] > em[("random", 2)]
     assert em[("self_consistency", 2)] > em[("sft", 0)]
+
+
+def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
+    from dataclasses import replace
+
+    from self_rewarding_lm_pytorch.experiment import OPTIONAL_ARMS, ExperimentRunner, pair_numbers
+
+    summary = dict(pairs=12, actor_pairs=10, judge_pairs=2, meta_parse_rate=1.0, meta_first_position_rate=0.5,
+                   pairs_chosen_verified_better=0.5, pairs_chosen_verified_worse=0.2,
+                   judge_pairs_chosen_verified_better=1.0, **{"judge_pairs_dropped/meta_tied": 7})
+    row = pair_numbers(summary)
+    # `pairs` and its checker shares are the actor's, as in every other arm; the judge pairs are counted apart
+    assert row["pairs"] == 10 and row["judge_pairs"] == 2 and row["pairs_neither"] == pytest.approx(0.3)
+    assert row["judge_pairs_better"] == 1.0 and row["judge_pairs_worse"] == 0.0 and row["judge_pairs_dropped/meta_tied"] == 7
+
+    spec = importlib.util.spec_from_file_location("self_improvement", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    task = example.sort_digits_task()
+    assert ExperimentRunner(task, arms=OPTIONAL_ARMS, out_dir=tmp_path).trains_meta_judge
+    with pytest.raises(ValueError, match="meta_judge_config"):
+        ExperimentRunner(replace(task, meta_judge_config=None), arms=OPTIONAL_ARMS, out_dir=tmp_path)
