@@ -4,6 +4,7 @@ mid-generation resumes with nothing lost; a meta-judge that never gives a readab
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -201,3 +202,21 @@ def test_meta_judge_examples_name_the_right_judgement_in_both_orders():
     with pytest.raises(ValueError, match="same score"):
         meta_judge_examples([("p", "a", True)], reward_config=REWARD, meta_judge_config=META,
                             tokenizer_encode=TOKENIZER.encode, wrong_targets=lambda label: "Score: 5")
+
+
+def test_meta_reward_stage_on_two_processes(tmp_path):
+    from test_multiprocess import launch
+
+    run = launch(tmp_path, Path(__file__).with_name("multiprocess_meta_reward.py"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank_0, rank_1 = (torch.load(tmp_path / f"rank-{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(rank_0[k], rank_1[k]) for k in rank_0)  # one synchronised DPO run
+    pairs = DPODataset(tmp_path / "checkpoints" / "stage-00-meta-reward-dpo.pairs")
+    records = pairs.records()
+    progress = pairs.meta["progress"]
+    # both ranks' prompts reached the writer, once each: 9 prompts, every count from both ranks
+    assert progress["prompts_consumed"] == 9 and progress["stats"]["prompts_tried"] == 9
+    assert progress["judge_stats"]["answers_meta_judged"] + progress["judge_stats"]["prompts_agreeing"] == 9
+    for kind in ("actor", "judge"):
+        indices = [r["prompt_index"] for r in records if r["kind"] == kind]
+        assert indices and len(indices) == len(set(indices))
