@@ -43,7 +43,7 @@ from self_rewarding_lm_pytorch.pair_stats import PairGenerationError, PairGenera
 from self_rewarding_lm_pytorch.preference_data import DPODataset, PreferenceDataWriter, read_meta
 from self_rewarding_lm_pytorch.sharding import is_fully_sharded
 from self_rewarding_lm_pytorch.stages import MetaRewardDPOConfig
-from self_rewarding_lm_pytorch.tracking import MetricsLogger
+from self_rewarding_lm_pytorch.tracking import MetricsLogger, last_logged
 
 
 @dataclass
@@ -307,18 +307,17 @@ def _check_shortfall(stats, meta_stats, made, targets, config, judge, cursor, bu
             f"the pairs made.", stats, made["actor"] + made["judge"])
 
 
-def run_meta_reward_dpo(trainer, index: int, config: MetaRewardDPOConfig, logger: MetricsLogger) -> dict:
-    """The stage runner: pairs of both kinds, then one DPO run on all of them."""
-    # imported here: the orchestrator's module imports this one for its stage table
-    from self_rewarding_lm_pytorch.trainer import _last_numbers, make_judge
-
+def run_meta_reward_stage(trainer, index: int, config: MetaRewardDPOConfig, logger: MetricsLogger, *,
+                          judge: SelfJudge) -> dict:
+    """The stage, for the orchestrator (`trainer`, whose runner table passes the stage's `judge`): pairs of both
+    kinds, then one DPO run on all of them; returns the stage's summary numbers."""
     meta_judge = MetaJudge(
         trainer.model, config.meta_judge_config, tokenizer_encode=trainer.judge_encode, tokenizer_decode=trainer.decode,
         max_new_tokens=config.meta_judge_max_new_tokens, temperature=config.meta_judge_temperature,
         top_p=config.meta_judge_top_p, pad_id=trainer.pad_id, eos_id=trainer.eos_id, batch_size=config.meta_judge_batch_size,
     )
     stats, meta_stats = generate_meta_reward_pairs(
-        trainer.model, config, make_judge(trainer, config), meta_judge, folder=trainer.pairs_folder(index),
+        trainer.model, config, judge, meta_judge, folder=trainer.pairs_folder(index),
         tokenizer_encode=trainer.encode, tokenizer_decode=trainer.decode, judge_encode=trainer.judge_encode,
         accelerator=trainer.accelerator, pad_id=trainer.pad_id, eos_id=trainer.eos_id, seed=trainer.seed + index,
         fingerprint=trainer.pairs_fingerprint(index), logger=logger,
@@ -328,7 +327,7 @@ def run_meta_reward_dpo(trainer, index: int, config: MetaRewardDPOConfig, logger
         trainer.model, pairs, config, accelerator=trainer.accelerator,
         checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", checkpoint_prefix="dpo", logger=logger,
     ).train()
-    summary = _last_numbers(history, ("loss", "rewards/accuracies", "rewards/margins"))
+    summary = last_logged(history, ("loss", "rewards/accuracies", "rewards/margins"))
     summary.update(pairs=len(pairs), actor_pairs=stats.pairs_made, judge_pairs=meta_stats.pairs_made,
                    judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate, meta_parse_rate=meta_stats.parse_rate,
                    meta_first_position_rate=meta_stats.first_position_rate)

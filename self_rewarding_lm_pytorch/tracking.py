@@ -43,3 +43,11 @@ class MetricsLogger:
     def continue_after_last(self):
         """The next rows (e.g. the next SPIN iteration, whose steps count from 1 again) follow the last one."""
         self.start_step = self.last_step
+
+
+def last_logged(history: list[dict], keys: tuple[str, ...]) -> dict:
+    """The last value each of `keys` took in a trainer's logged rows (a key never logged is left out)."""
+    last = {}
+    for row in history:
+        last.update({k: row[k] for k in keys if k in row})
+    return last

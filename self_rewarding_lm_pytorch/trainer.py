@@ -33,7 +33,7 @@ from self_rewarding_lm_pytorch.dpo import DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.fingerprint import changed_parts, config_fingerprint, describe, short, tokenizer_digest
 from self_rewarding_lm_pytorch.integrity import content_digest, remove_stale_temp_files
 from self_rewarding_lm_pytorch.judges import Judge, RewardFnJudge, RewardModelJudge, SelfJudge
-from self_rewarding_lm_pytorch.meta_reward import run_meta_reward_dpo
+from self_rewarding_lm_pytorch.meta_reward import run_meta_reward_stage
 from self_rewarding_lm_pytorch.model_contract import check_special_ids
 from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig, generate_preference_pairs
 from self_rewarding_lm_pytorch.preference_data import DPODataset
@@ -57,7 +57,7 @@ from self_rewarding_lm_pytorch.stages import (
     SelfRewardDPOConfig,
     create_default_paper_config,
 )
-from self_rewarding_lm_pytorch.tracking import MetricsLogger
+from self_rewarding_lm_pytorch.tracking import MetricsLogger, last_logged
 
 CLEAR_CHECKPOINTS_ENV = "SELF_REWARDING_CLEAR_CHECKPOINTS"
 # settings that do not change a stage's result: editing them keeps the stage's files usable
@@ -292,7 +292,7 @@ class SelfRewardingTrainer:
 def run_sft(trainer: SelfRewardingTrainer, index: int, config: SFTConfig, logger: MetricsLogger) -> dict:
     history = SFTTrainer(trainer.model, config, pad_id=trainer.pad_id, accelerator=trainer.accelerator,
                          checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", logger=logger).train()
-    return _last_numbers(history, ("loss", "valid_loss"))
+    return last_logged(history, ("loss", "valid_loss"))
 
 
 def run_spin(trainer: SelfRewardingTrainer, index: int, config: SelfPlayConfig, logger: MetricsLogger) -> dict:
@@ -300,7 +300,7 @@ def run_spin(trainer: SelfRewardingTrainer, index: int, config: SelfPlayConfig, 
         trainer.model, config, pad_id=trainer.pad_id, eos_id=trainer.eos_id, accelerator=trainer.accelerator,
         checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.iterations", logger=logger,
     )
-    return _last_numbers(spin.train(), ("loss", "rewards/accuracies", "rewards/margins"))
+    return last_logged(spin.train(), ("loss", "rewards/accuracies", "rewards/margins"))
 
 
 def make_judge(trainer: SelfRewardingTrainer, config) -> Judge:
@@ -337,10 +337,16 @@ def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config, logger
         trainer.model, pairs, config, accelerator=trainer.accelerator,
         checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", checkpoint_prefix="dpo", logger=logger,
     ).train()
-    summary = _last_numbers(history, ("loss", "rewards/accuracies", "rewards/margins"))
+    summary = last_logged(history, ("loss", "rewards/accuracies", "rewards/margins"))
     summary.update(pairs=len(pairs), judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate)
     summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen", "pairs_filtered"))})
     return summary
+
+
+def run_meta_reward_dpo(trainer: SelfRewardingTrainer, index: int, config: MetaRewardDPOConfig,
+                        logger: MetricsLogger) -> dict:
+    # the judge comes from the one judge factory above; meta_reward.py adds the meta-judge and runs the stage
+    return run_meta_reward_stage(trainer, index, config, logger, judge=make_judge(trainer, config))
 
 
 def is_lost_peer(error: Exception) -> bool:
@@ -357,13 +363,6 @@ def check_finite_weights(model: nn.Module, what: str):
             f"{what} ended with non-finite weights in {len(bad)} tensors ({', '.join(bad[:3])}...); it is not saved as "
             f"finished. Lower the learning rate, check the data, or set skip_nonfinite_steps=True in its config"
         )
-
-
-def _last_numbers(history: list[dict], keys: tuple[str, ...]) -> dict:
-    last = {}
-    for row in history:
-        last.update({k: row[k] for k in keys if k in row})
-    return last
 
 
 STAGE_RUNNERS = {
