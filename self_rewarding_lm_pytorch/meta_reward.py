@@ -5,7 +5,7 @@ For each batch of prompts:
      `judge_prompts`, with the paper's length control when asked),
   2) for each prompt, the answer whose judgements disagree most is meta-judged: every pair of its valid
      judgements, in both orders, in one batched call,
-  3) the verdicts score the judgements (position-bias weighted wins, meta_pairs.py) and the best vs the worst
+  3) the verdicts rate the judgements (Elo ratings of position-weighted wins, meta_pairs.py) and the best vs the worst
      judgement form the judge pair, after the paper's filters,
   4) log p_ref of each judge pair's judgements given the judge prompt, from the generating model,
   5) both kinds are committed to the stage's one pair store (records say `kind`: "actor" or "judge", judge records

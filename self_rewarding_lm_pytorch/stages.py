@@ -69,8 +69,9 @@ class MetaRewardDPOConfig(SelfRewardDPOConfig):
     """A Meta-Rewarding iteration (Wu et al. 2024, arXiv 2407.19594): a self-rewarding iteration whose judge learns
     too. The model answers (N candidates), judges each answer `num_judgements` times, and, as meta-judge, compares
     the judgements of the answer they disagree on most, every pair in both orders (`meta_judge_config`; None: the
-    paper's prompt). Judge pairs: the best vs the worst meta-scored judgement, dropped when both give the same score
-    or their meta-scores differ by less than `min_meta_margin`. Actor pairs as in `SelfRewardDPOConfig`; with
+    paper's prompt). Judge pairs: the best vs the worst judgement by Elo rating (fitted to the position-weighted
+    verdicts, meta_pairs.py), dropped when both give the same score or their ratings (log-odds units) differ by
+    less than `min_meta_margin`. Actor pairs as in `SelfRewardDPOConfig`; with
     `length_control` rho in [0, 1), the shortest candidate scored within rho x (best - worst) of the best is chosen
     (the paper's length control; None: best vs worst). Up to `num_preference_pairs` actor pairs and
     `num_judge_pairs` judge pairs (None: as many as actor pairs) train together in one DPO run."""

@@ -8,7 +8,10 @@ import torch
 
 from self_rewarding_lm_pytorch.meta_judge import MetaJudgeConfig, position_weights
 from self_rewarding_lm_pytorch.meta_pairs import (
+    ELO_PRIOR,
     all_ordered_pairs,
+    battle_matrix,
+    elo_ratings,
     judgement_meta_scores,
     length_controlled_pairs,
     most_disputed_answer,
@@ -81,10 +84,41 @@ def test_both_orders_of_every_pair_are_asked():
     assert all_ordered_pairs([0, 2, 3]) == [(0, 2), (0, 3), (2, 0), (2, 3), (3, 0), (3, 2)]
 
 
+def test_battle_matrix_by_hand():
+    # A is said except when judgement 0 is shown second (then B): 4 first-position wins (weight 2/6), 2 second (4/6)
+    table = {(0, 1): 0, (1, 0): 1, (0, 2): 0, (2, 0): 1, (1, 2): 0, (2, 1): 0}
+    expected = torch.tensor([[0, 1 / 3 + 2 / 3, 1 / 3 + 2 / 3], [0, 0, 1 / 3], [0, 1 / 3, 0]], dtype=torch.float64)
+    torch.testing.assert_close(battle_matrix(3, verdicts(table)), expected)
+
+
+def paper_objective(ratings: torch.Tensor, battles: torch.Tensor) -> torch.Tensor:
+    gaps = ratings[:, None] - ratings[None, :]
+    return (battles * torch.nn.functional.logsigmoid(gaps)).sum() - ELO_PRIOR / 2 * ratings.square().sum()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_elo_ratings_maximise_the_papers_objective(seed):
+    battles = torch.rand(4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).fill_diagonal_(0)
+    ratings = elo_ratings(battles).requires_grad_()
+    (gradient,) = torch.autograd.grad(paper_objective(ratings, battles), ratings)
+    assert gradient.abs().max() < 1e-6  # a stationary point of a concave objective: its maximum
+    assert float(ratings.detach().sum()) == pytest.approx(0, abs=1e-6)
+
+
+def test_elo_ratings_of_two_judgements_by_hand():
+    # judgement 0 beat 1 with weight b: ratings +-d/2 where b * (1 - sigmoid(d)) = prior * d / 2
+    ratings = elo_ratings(torch.tensor([[0, 0.75], [0, 0]], dtype=torch.float64))
+    d = float(ratings[0] - ratings[1])
+    assert float(ratings[0]) == pytest.approx(-float(ratings[1]))
+    assert 0.75 * (1 - 1 / (1 + math.exp(-d))) == pytest.approx(ELO_PRIOR * d / 2, rel=1e-6)
+    assert d > 0
+
+
 def test_consistent_meta_judge_ranks_by_wins():
-    # 0 > 1 > 2 in both orders: 3 wins from each position, weights 1/2; judgement 0 wins 4 of its 4 comparisons
+    # 0 > 1 > 2 in both orders: 3 wins from each position, weights 1/2
     scores = judgement_meta_scores(3, verdicts({(0, 1): 0, (1, 0): 1, (0, 2): 0, (2, 0): 1, (1, 2): 0, (2, 1): 1}))
-    assert scores.tolist() == [0.5, 0.25, 0.0]
+    assert scores[0] > scores[1] > scores[2]
+    assert float(scores[1]) == pytest.approx(0, abs=1e-6) and float(scores[0]) == pytest.approx(-float(scores[2]))
     assert pick_judge_pair(scores, torch.tensor([5.0, 0.0, 0.0])) == (0, 2)
 
 
@@ -94,19 +128,30 @@ def test_meta_judge_that_always_says_a_gives_no_pair():
     assert pick_judge_pair(scores, torch.tensor([5.0, 0.0, 3.0])) == "meta_tied"
 
 
+def test_meta_judge_that_splits_every_pair_gives_no_pair():
+    # each pair gets the same letter in both orders (0-1: A, A; 0-2: A, A; 1-2: B, B): every pair is split one-one,
+    # so no judgement is better. (Weighted wins per comparison ranked 1 and 2 above 0 here: 0's wins were all from
+    # the favoured first position.)
+    table = {(0, 1): 0, (1, 0): 0, (0, 2): 0, (2, 0): 0, (1, 2): 1, (2, 1): 1}
+    scores = judgement_meta_scores(3, verdicts(table))
+    assert scores.abs().max() < 1e-6
+    assert pick_judge_pair(scores, torch.tensor([5.0, 0.0, 3.0])) == "meta_tied"
+
+
 def test_position_biased_meta_judge_is_reweighted():
-    # A is said except when judgement 0 is shown second (then B): 4 first-position wins, 2 second-position wins
+    # the table of test_battle_matrix_by_hand: 0 beats 1 and 2 in both orders, 1 and 2 split their pair
     table = {(0, 1): 0, (1, 0): 1, (0, 2): 0, (2, 0): 1, (1, 2): 0, (2, 1): 0}
     scores = judgement_meta_scores(3, verdicts(table))
-    # judgement 0: 2 wins at 1/3 + 2 wins at 2/3 over 4 comparisons; 1 and 2: one first-position win each
-    assert scores.tolist() == pytest.approx([2.0 / 4, (1 / 3) / 4, (1 / 3) / 4])
-    assert pick_judge_pair(scores, torch.tensor([5.0, 0.0, 0.0])) == (0, 1)
+    assert scores[0] > scores[1] and float(scores[1]) == pytest.approx(float(scores[2]))
+    assert pick_judge_pair(scores, torch.tensor([5.0, 0.0, 0.0])) == (0, 1)  # the first of the tied lowest
 
 
 def test_unreadable_verdicts_are_left_out():
     table = {(0, 1): 0, (1, 0): 1, (0, 2): None, (2, 0): None, (1, 2): None, (2, 1): None}
     scores = judgement_meta_scores(3, verdicts(table))
-    assert scores[:2].tolist() == [0.5, 0.0] and math.isnan(scores[2])  # 2 wins at weight 1/2, over 2 comparisons
+    # 0 beat 1 in both orders, weights 1/2: the two-judgement case with b = 1
+    assert scores[:2].tolist() == pytest.approx(elo_ratings(torch.tensor([[0, 1.0], [0, 0]], dtype=torch.float64)).tolist())
+    assert math.isnan(scores[2])
     assert all(math.isnan(s) for s in judgement_meta_scores(2, [(0, 1, None), (1, 0, None)]).tolist())
 
 
@@ -119,6 +164,8 @@ def test_unreadable_verdicts_are_left_out():
         ([0.5, NAN, NAN], [5, 0, 0], None, "meta_tied"),
         ([0.5, 0.25, 0.3], [5, 0, 0], 0.3, "meta_margin"),  # the meta-judge does not agree enough
         ([0.5, 0.25, 0.3], [5, 0, 0], 0.25, (0, 1)),
+        ([0.5, 0.5 + 1e-9, -0.5], [5, 0, 0], None, (0, 2)),  # fitted ratings this close are equal: the first wins
+        ([1e-9, 0.0, -1e-9], [5, 0, 0], None, "meta_tied"),
     ],
 )
 def test_judge_pairs_from_meta_scores(meta, scores, margin, expected):
