@@ -5,7 +5,7 @@
     python examples/self_improvement.py --learning-rates 1e-5 3e-5   # a sweep: every arm at each learning rate
     python examples/self_improvement.py --split dev          # tune on the dev prompts; report on the default (test)
 
-Arms (see self_rewarding_lm_pytorch/experiment.py): `self_judge` (LLM-as-a-judge trained on its own answers),
+Arms (see self_rewarding_lm_pytorch/experiment_arms.py): `self_judge` (LLM-as-a-judge trained on its own answers),
 `self_judge_agree` (+ consistency filtering), `self_consistency` (ScPO votes), `checker` (upper bound), `random`
 (control: random pairs of the same candidates), and on request `meta_reward` (Meta-Rewarding: the judge's
 judgements are meta-judged and judge pairs train beside the actor's); `sft` is the model before any preference stage. Writes
