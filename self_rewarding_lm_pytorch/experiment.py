@@ -104,6 +104,7 @@ class ExperimentSettings:
     num_judgements: int = 3
     min_vote_margin: float | None = 0.5
     length_control: float | None = None  # meta_reward's actor pairs: the paper's rho; None: best vs worst
+    meta_judge_temperature: float = 0.0  # meta_reward's verdicts, one per order of each judgement pair
     dpo_learning_rate: float = 1e-5
     dpo_beta: float = 0.1
     dpo_epochs: int = 2

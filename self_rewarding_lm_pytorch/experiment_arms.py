@@ -55,7 +55,8 @@ def meta_reward_arm(prompts, task, settings):
         prompt_dataset=prompts, reward_config=task.reward_config, meta_judge_config=task.meta_judge_config,
         num_judgements=settings.num_judgements, judge_max_new_tokens=task.judge_max_new_tokens,
         judge_temperature=settings.temperature, judge_top_p=None, meta_judge_max_new_tokens=task.meta_judge_max_new_tokens,
-        length_control=settings.length_control, **settings.pair_kwargs(task, settings.num_judged_candidates),
+        meta_judge_temperature=settings.meta_judge_temperature, length_control=settings.length_control,
+        **settings.pair_kwargs(task, settings.num_judged_candidates),
         **settings.dpo_kwargs(),
     )
 

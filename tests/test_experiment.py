@@ -71,7 +71,7 @@ def test_self_consistency_beats_random_pairs_on_one_seed(tmp_path):
 def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
     from dataclasses import replace
 
-    from self_rewarding_lm_pytorch.experiment import OPTIONAL_ARMS, ExperimentRunner, pair_numbers
+    from self_rewarding_lm_pytorch.experiment import OPTIONAL_ARMS, ExperimentRunner, ExperimentSettings, pair_numbers
 
     summary = dict(pairs=12, actor_pairs=10, judge_pairs=2, meta_parse_rate=1.0, meta_first_position_rate=0.5,
                    pairs_chosen_verified_better=0.5, pairs_chosen_verified_worse=0.2,
@@ -86,5 +86,8 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
     spec.loader.exec_module(example)
     task = example.sort_digits_task()
     assert ExperimentRunner(task, arms=OPTIONAL_ARMS, out_dir=tmp_path).trains_meta_judge
+    # the settings reach the stage: a sampled meta-judge when asked for (`--set meta_judge_temperature=0.7`)
+    stage = OPTIONAL_ARMS[0].stage(task.prompts(4, 0), task, ExperimentSettings(meta_judge_temperature=0.7, length_control=0.2))
+    assert (stage.meta_judge_temperature, stage.length_control) == (0.7, 0.2)
     with pytest.raises(ValueError, match="meta_judge_config"):
         ExperimentRunner(replace(task, meta_judge_config=None), arms=OPTIONAL_ARMS, out_dir=tmp_path)
