@@ -87,7 +87,8 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
     task = example.sort_digits_task()
     assert ExperimentRunner(task, arms=OPTIONAL_ARMS, out_dir=tmp_path).trains_meta_judge
     # the settings reach the stage: a sampled meta-judge when asked for (`--set meta_judge_temperature=0.7`)
-    stage = OPTIONAL_ARMS[0].stage(task.prompts(4, 0), task, ExperimentSettings(meta_judge_temperature=0.7, length_control=0.2))
+    settings = ExperimentSettings(meta_judge_temperature=0.7, length_control=0.2)
+    stage = OPTIONAL_ARMS[0].stage(task.prompts(4, 0), task, settings)
     assert (stage.meta_judge_temperature, stage.length_control) == (0.7, 0.2)
     with pytest.raises(ValueError, match="meta_judge_config"):
         ExperimentRunner(replace(task, meta_judge_config=None), arms=OPTIONAL_ARMS, out_dir=tmp_path)
