@@ -50,11 +50,12 @@ GENERATION_BACKENDS = ("library", "vllm")
 
 def make_sampler(backend, model: nn.Module | None = None, where: str = "generation_backend") -> Sampler:
     """The sampler for `backend`: "library" (the default), "vllm" (vLLM with default engine options), a
-    `VLLMConfig`, or a sampler already made (returned as it is, so that stages share one engine). `model`, when
-    given, is checked now (vLLM runs HuggingFace models only), with `where` naming the setting in the error."""
+    `VLLMConfig`, or a sampler already made (anything with `sample`'s call and a `release()`; returned as it is, so
+    that stages share one engine). `model`, when given, is checked now (vLLM runs HuggingFace models only), with
+    `where` naming the setting in the error."""
     from self_rewarding_lm_pytorch.vllm_generation import VLLMConfig, VLLMSampler, check_vllm_model
 
-    if isinstance(backend, (LibrarySampler, VLLMSampler)):
+    if callable(backend) and callable(getattr(backend, "release", None)):  # a sampler already made
         if isinstance(backend, VLLMSampler) and model is not None:
             check_vllm_model(model, where)
         return backend
@@ -65,13 +66,15 @@ def make_sampler(backend, model: nn.Module | None = None, where: str = "generati
             return LibrarySampler()
         backend = VLLMConfig()
     if not isinstance(backend, VLLMConfig):
-        raise TypeError(f"{where} must be 'library', 'vllm' or a VLLMConfig, got a {type(backend).__name__}")
+        raise TypeError(f"{where} must be 'library', 'vllm', a VLLMConfig or a sampler, got a {type(backend).__name__}")
     return VLLMSampler(backend, model=model, where=where)
 
 
 def check_sampler_processes(sampler: Sampler, num_processes: int, where: str):
     """vLLM's engine serves one process here: several Accelerate processes would each build a whole engine."""
-    if not isinstance(sampler, LibrarySampler) and num_processes > 1:
+    from self_rewarding_lm_pytorch.vllm_generation import VLLMSampler
+
+    if isinstance(sampler, VLLMSampler) and num_processes > 1:
         raise ValueError(
             f"{where}: the vLLM backend runs in one process, but Accelerate runs {num_processes}. Launch one process "
             f"(vLLM's tensor_parallel_size spreads the engine over GPUs), or use generation_backend='library'"

@@ -179,7 +179,7 @@ class SelfRewardingTrainer:
             if isinstance(config, SelfRewardDPOConfig) and self.judge_encode is not self.encode:
                 parts["judge_tokenizer"] = tokenizer_digest(self.judge_encode, self.decode)
             if not isinstance(config, SFTConfig) and not isinstance(self.sampler, LibrarySampler):
-                parts["generation_backend"] = self.sampler.fingerprint()  # only when not the default: old runs resume
+                parts["generation_backend"] = short(describe(self.sampler))  # not for the default: old runs resume
             self._fingerprints[index] = parts
         return self._fingerprints[index]
 

@@ -40,7 +40,7 @@ def test_a_model_vllm_cannot_run_is_refused_at_construction_naming_the_field_and
 def test_unknown_backends_and_bad_engine_options_are_refused(make_transformer, tmp_path):
     with pytest.raises(ValueError, match=r"generation_backend='vlm' is unknown: use one of \('library', 'vllm'\)"):
         trainer(make_transformer(), checkpoints_folder=tmp_path, generation_backend="vlm")
-    with pytest.raises(TypeError, match="generation_backend must be 'library', 'vllm' or a VLLMConfig, got a dict"):
+    with pytest.raises(TypeError, match="generation_backend must be 'library', 'vllm', a VLLMConfig or a sampler, got a dict"):
         make_sampler(dict(gpu_memory_utilization=0.5))
     with pytest.raises(ValueError, match=r"VLLMConfig.gpu_memory_utilization must be in \(0, 1\], got 1.5"):
         VLLMConfig(gpu_memory_utilization=1.5)

