@@ -35,9 +35,11 @@ from self_rewarding_lm_pytorch import (  # noqa: E402
     top_k,
     top_p,
 )
-from self_rewarding_lm_pytorch.generation import make_sampler  # noqa: E402
+from self_rewarding_lm_pytorch.data import pad_right  # noqa: E402
+from self_rewarding_lm_pytorch.generation import check_sampler_processes, make_sampler  # noqa: E402
 from self_rewarding_lm_pytorch.hf import HFCausalLM  # noqa: E402
 from self_rewarding_lm_pytorch.judges import SelfJudge  # noqa: E402
+from self_rewarding_lm_pytorch.logprobs import model_sequence_logprobs, response_mask  # noqa: E402
 from self_rewarding_lm_pytorch.model_contract import forward_logits  # noqa: E402
 from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig, generate_preference_pairs  # noqa: E402
 from self_rewarding_lm_pytorch.preference_data import DPODataset  # noqa: E402
@@ -228,6 +230,15 @@ def test_pair_generation_end_to_end_on_vllm_with_a_resume_after_a_kill(sampler, 
         chosen = item["chosen"][item["chosen"] != -1]
         assert TOKENIZER.decode(chosen[item["prompt_len"]:]) == record["chosen"]  # the stored tokens are the text's
 
+    # the stored reference log-probs are the library's own forward of the generating weights, recomputed here
+    seqs = [resumed[i][name][resumed[i][name] != -1] for i in range(len(resumed)) for name in ("chosen", "rejected")]
+    ids, is_padding = pad_right(seqs, -1)
+    prompt_len = torch.tensor([resumed[i]["prompt_len"] for i in range(len(resumed)) for _ in range(2)])
+    with torch.no_grad():
+        expected = model_sequence_logprobs(net, ids, response_mask(ids, prompt_len, is_padding))
+    stored = torch.stack([resumed[i][f"{name}_ref_logp"] for i in range(len(resumed)) for name in ("chosen", "rejected")])
+    torch.testing.assert_close(stored, expected, atol=1e-4, rtol=1e-4)
+
 
 
 def test_self_judge_greedy_judgements_equal_the_library_samplers(sampler):
@@ -274,6 +285,13 @@ def test_the_trainer_generates_every_stage_on_one_engine_with_the_weights_of_tha
     assert summaries[2]["pairs"] == 4
     # SPIN's answers from SFT's weights, stage 2's candidates from SPIN's trained weights: two loads
     assert sampler.num_weight_loads == loads + 2
+
+
+def test_several_processes_are_refused_naming_the_field_and_the_fix(sampler):
+    with pytest.raises(ValueError, match=r"SelfRewardingTrainer.generation_backend: the vLLM backend runs in one "
+                                         r"process, but Accelerate runs 2.*tensor_parallel_size"):
+        check_sampler_processes(sampler, 2, "SelfRewardingTrainer.generation_backend")
+    check_sampler_processes(sampler, 1, "SelfRewardingTrainer.generation_backend")
 
 
 class RecordingEngine:
