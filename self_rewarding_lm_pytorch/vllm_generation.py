@@ -7,7 +7,8 @@ generates from the model as it is at that call:
   1) the engine is built at the first call from the model's HF config alone (`load_format="dummy"`), in this process;
   2) before a call, when the model's weights changed since they were last loaded (an optimizer step, a loaded
      checkpoint: every parameter's version counter is compared), they are loaded into the engine in place
-     (`reload_weights` with the tensors themselves; LoRA adapters merged on the fly, the model is not touched).
+     (`reload_weights` with the tensors themselves; LoRA adapters merged on the fly, the model is not touched), and
+     the prefix cache, which holds keys and values of the old weights, is emptied.
      When the engine's workers run in other processes (tensor_parallel_size > 1, or
      VLLM_ENABLE_V1_MULTIPROCESSING=1), the weights go through a temporary HF export instead, removed after;
   3) `release()` (the trainers call it before training): with `enable_sleep_mode` the engine sleeps (level 2: its
@@ -184,12 +185,17 @@ class VLLMSampler:
             self._build(net)
         if self.asleep:
             self.llm.wake_up(tags=["weights"])
-        if key != self.loaded:
+        changed = key != self.loaded
+        if changed:
             self._load_weights(net)
             self.loaded = key
         if self.asleep:
             self.llm.wake_up(tags=["kv_cache"])
             self.asleep = False
+        # the prefix cache holds keys and values of the old weights (the judge template's above all), or after a
+        # sleep, of nothing: its blocks must not be reused
+        if changed and not self.llm.reset_prefix_cache():
+            raise RuntimeError("VLLMSampler: vLLM could not reset its prefix cache after a weight load")
 
     def release(self):
         """With `enable_sleep_mode`: free the engine's weights and KV cache until the next call (vLLM sleep level 2;
@@ -209,12 +215,18 @@ class VLLMSampler:
         if self.config.tensor_parallel_size == 1:
             # the engine in this process: weights are handed over by reference, and no engine process is spawned
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from transformers import GenerationConfig
+
         self._folder = tempfile.TemporaryDirectory(prefix="vllm-engine-")
         hf_model(net).config.save_pretrained(self._folder.name)
         if not self.in_place:
             self._export(net)
+        # vLLM adds the generation config's EOS ids (from config.json when the folder has no generation config) to
+        # every request's stop tokens; the library stops at `eos_id` only, so the engine gets a neutral one
+        neutral = Path(self._folder.name) / "neutral-generation-config"
+        GenerationConfig().save_pretrained(neutral)
         dtype = next(net.parameters()).dtype
-        self.llm = LLM(model=self._folder.name, skip_tokenizer_init=True, generation_config="vllm",
+        self.llm = LLM(model=self._folder.name, skip_tokenizer_init=True, generation_config=str(neutral),
                        load_format="dummy" if self.in_place else "auto", **self.config.engine_arguments(dtype))
         if not self.in_place:
             self._remove_export()

