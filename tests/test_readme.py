@@ -111,8 +111,8 @@ def test_the_slow_marker_the_readme_mentions_collects_the_long_runs():
     """`python -m pytest -m slow` once collected no test while the README said it runs the long learning runs."""
     readme = (ROOT / "README.md").read_text()
     assert "python -m pytest -q -m slow" in readme
-    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow", "-p", "no:cacheprovider"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow", "-p", "no:cacheprovider",
+                           __file__], cwd=ROOT, capture_output=True, text=True, timeout=600)
     collected = [line for line in done.stdout.splitlines() if "::" in line]
     assert any("test_readme_block_runs_at_full_size" in line for line in collected), done.stdout[-2000:]
     assert all("test_readme_block_runs_as_written" not in line for line in collected)  # the quick runs stay default
