@@ -128,7 +128,7 @@ class SelfRewardingTrainer:
         self.reward_config = self_reward_prompt_config or RewardConfig()
         # every stage's inputs against the model and tokenizer, now rather than when the stage starts
         check_stages(self.stages, model, encode=tokenizer_encode, reward_config=self.reward_config,
-                     pad_id=pad_id, eos_id=eos_id)
+                     pad_id=pad_id, eos_id=eos_id, judge_encode=self.judge_encode)
         self.pad_id, self.eos_id = pad_id, eos_id
         self.folder = Path(checkpoints_folder)
         if accelerator is None:
