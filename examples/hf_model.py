@@ -2,11 +2,18 @@
 
     pip install "self-rewarding-lm-pytorch[hf]"
     python examples/hf_model.py /path/to/checkpoint [--steps 50] [--pairs 64]
+    python examples/hf_model.py --tiny      # no checkpoint: a tiny random Llama built here, CPU, under a minute
 
 The folder must hold the model and its tokenizer (what `save_pretrained` writes); nothing is downloaded. The task is
 the bundled sort-digits task written as text, with the paper's EFT step done on short judge examples. Checkpoints go to
 ./checkpoints/hf, in the library's format and in the HF format (`stage-*.hf/`, loadable with `from_pretrained`).
 Run it under `accelerate launch` for several GPUs or bf16.
+
+Measured with `--tiny` and every other setting at its default (CPU, one thread, 2026-11): SFT 50 steps at 1e-3, then
+64 of 64 pairs from 256 prompts, judge parse rate 0.96, tie rate 0.01, in 26 s; with model and task seeds 1-3 also 64 of
+64 (parse rates 0.93, 0.98, 0.91). With SFT at 1e-4 the tiny model parsed 0 of 768 judgements and made 0 pairs, which is
+why --tiny raises the rate. The 1e-4 default for a real checkpoint was not measured here (no pretrained weights).
+tests/test_hf_example.py runs `--tiny --pairs 16` and checks every pair is made.
 """
 
 from __future__ import annotations
@@ -21,16 +28,48 @@ from self_rewarding_lm_pytorch.hf import HFCausalLM, hf_tokenizer_functions
 from self_rewarding_lm_pytorch.tasks.sort_digits import SortDigitsTask, graded_score
 
 
+def save_tiny_model(folder: str) -> str:
+    """A random 2-layer Llama and a character-level tokenizer, written with `save_pretrained` (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 :.,\n"
+    vocab = {token: i for i, token in enumerate(["<pad>", "<s>", "</s>", "<unk>", *chars])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, bos_token_id=1,
+                         eos_token_id=2, pad_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("path", help="a local folder with an AutoModelForCausalLM checkpoint and its tokenizer")
+    parser.add_argument("path", nargs="?", help="a local folder with an AutoModelForCausalLM checkpoint and its tokenizer")
+    parser.add_argument("--tiny", action="store_true",
+                        help="no checkpoint: write a tiny random Llama and a character tokenizer to "
+                             "./checkpoints/hf/tiny-model and run on them (CPU, minutes)")
     parser.add_argument("--steps", type=int, default=50, help="optimizer steps per stage")
     parser.add_argument("--pairs", type=int, default=64, help="preference pairs for the self-rewarding stage")
-    # SFT must teach the judge format ("Score: <n>") in a few dozen steps, or no judgement parses and no pair is
-    # made: 1e-5 was too low for that; DPO keeps the smaller rate
-    parser.add_argument("--sft-learning-rate", type=float, default=1e-4)
+    # SFT must teach the judge format ("Score: <n>") in --steps steps, or no judgement parses and no pair is made:
+    # a random tiny model needs 1e-3 (1e-4 parsed 0 of 768 judgements), a pretrained one far less. DPO's rate does
+    # not change how many pairs are made
+    parser.add_argument("--sft-learning-rate", type=float, default=None, help="default 1e-3 with --tiny, else 1e-4")
     parser.add_argument("--dpo-learning-rate", type=float, default=1e-5)
+    parser.add_argument("--prompts", type=int, default=None, help="prompts to try at most (default 4 x --pairs)")
     args = parser.parse_args()
+    if (args.path is None) == (not args.tiny):
+        parser.error("give a checkpoint folder, or --tiny (and no folder) for a tiny model built here")
+    if args.tiny:
+        args.path = save_tiny_model("./checkpoints/hf/tiny-model")
+    if args.sft_learning_rate is None:
+        args.sft_learning_rate = 1e-3 if args.tiny else 1e-4
 
     tokenizer = AutoTokenizer.from_pretrained(args.path, local_files_only=True)
     model = HFCausalLM(AutoModelForCausalLM.from_pretrained(args.path, local_files_only=True))
@@ -58,7 +97,7 @@ def main():
     stages = [
         SFTConfig(train_dataset=seed_data + judge_data, learning_rate=args.sft_learning_rate,
                   end_learning_rate=args.sft_learning_rate / 10, **training),
-        SelfRewardDPOConfig(prompt_dataset=task.prompts(4 * args.pairs), num_preference_pairs=args.pairs,
+        SelfRewardDPOConfig(prompt_dataset=task.prompts(args.prompts or 4 * args.pairs), num_preference_pairs=args.pairs,
                             response_max_new_tokens=16, judge_max_new_tokens=8, max_seq_len=256,
                             is_valid_reward=reward_within(0, 5), verifier=graded_score,
                             learning_rate=args.dpo_learning_rate, end_learning_rate=args.dpo_learning_rate / 10,

@@ -38,6 +38,7 @@ from self_rewarding_lm_pytorch.stages import (
 from self_rewarding_lm_pytorch.tracking import MetricsLogger
 from self_rewarding_lm_pytorch.train_state import NonFiniteStepError
 from self_rewarding_lm_pytorch.trainer import SelfRewardingTrainer
+from self_rewarding_lm_pytorch.vllm_generation import VLLMConfig
 
 __all__ = [
     "Candidates",
@@ -76,6 +77,7 @@ __all__ = [
     "SelfPlayConfig",
     "SelfRewardDPOConfig",
     "SelfRewardingTrainer",
+    "VLLMConfig",
     "create_default_paper_config",
     "create_mock_dataset",
     "five_point_targets",

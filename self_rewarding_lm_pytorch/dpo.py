@@ -184,9 +184,11 @@ class DPOTrainer:
                 reference = dict(accelerator=self.accelerator, pad_id=pad_id, reduction=config.logp_reduction,
                                  batch_size=config.batch_size)
                 if not train_has_ref:
-                    train_dataset = with_reference_logprobs(model, train_dataset, **reference)
+                    train_dataset = with_reference_logprobs(model, train_dataset, **reference,
+                                                            desc=f"{self.metric_prefix} reference log-probs")
                 if valid_dataset is not None and not valid_has_ref:
-                    valid_dataset = with_reference_logprobs(model, valid_dataset, **reference)
+                    valid_dataset = with_reference_logprobs(model, valid_dataset, **reference,
+                                                            desc=f"{self.metric_prefix} reference log-probs (valid)")
             else:
                 self.ref_model = reference_model(model).to(self.accelerator.device)
 

@@ -87,7 +87,7 @@ class ExperimentSettings:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     iterations: int = 2
     # seed model
-    num_instruction_examples: int = 500
+    num_instruction_examples: int = 700  # seed models at 0.8-0.9 exact match: a majority worth trusting (dev)
     sft_epochs: int = 4
     sft_learning_rate: float = 1e-3
     num_eft_prompts: int = 600
@@ -96,7 +96,7 @@ class ExperimentSettings:
     eft_epochs: int = 1
     eft_learning_rate_factor: float = 1.0
     # each preference iteration
-    prompts_per_iteration: int = 384
+    prompts_per_iteration: int = 768  # a strong model agrees with itself on most prompts: more prompts, enough pairs
     num_preference_pairs: int = 384  # at most; `accept_fewer_pairs` keeps what the prompts give
     num_candidates: int = 8  # self-consistency needs votes (the paper samples 8 or more); also the random control's
     num_judged_candidates: int = 4  # the LLM-judge arms (the paper's N = 4), each judged num_judgements times

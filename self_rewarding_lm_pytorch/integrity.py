@@ -6,9 +6,9 @@
 - `content_digest(obj)`: a SHA-256 over a tree of tensors and plain values (dtype, shape and bytes of each
   tensor), stored inside a checkpoint and recomputed when it is loaded: a flipped byte is found even where the
   container format (torch's zip) does not check.
-- `allocate(path, nbytes)`: reserve a file's blocks for real before it is memory-mapped. A sparse file on a full
-  disk kills the writer with SIGBUS at the first page it touches; a reservation fails at once with ENOSPC, which
-  becomes a `DiskFullError` naming the folder and the bytes needed.
+- `allocate(path, offset, length)`: reserve a file's blocks for real before a memory map writes there. A hole of
+  a sparse file on a full disk kills the writer with SIGBUS at the first page it touches; a reservation fails at
+  once with ENOSPC, which becomes a `DiskFullError` naming the folder and the bytes needed.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, pad_right
 from self_rewarding_lm_pytorch.reward import PLACEHOLDER, RewardConfig
-from self_rewarding_lm_pytorch.sampling import absolute_position_limit, sample, top_p
+from self_rewarding_lm_pytorch.generation import LibrarySampler, Sampler
+from self_rewarding_lm_pytorch.sampling import absolute_position_limit, top_p
 from self_rewarding_lm_pytorch.sharding import idle_forward, max_over_ranks
 
 
@@ -62,7 +63,8 @@ class SelfJudge:
     `share_prefix`: the template's text before `{{ prompt }}` is the same in every judge prompt, so each sampler call
     computes it once for all rows (its KV cache is reused), when its tokens are exactly the first tokens of every
     encoded judge prompt (a BPE tokenizer may merge across the boundary; then the prompts are run whole, with a
-    warning once). The judgements are the same either way."""
+    warning once). The judgements are the same either way. `sampler`: the generation backend (generation.py;
+    default the library's `sample`)."""
 
     def __init__(
         self,
@@ -79,8 +81,10 @@ class SelfJudge:
         eos_id: int | None = None,
         batch_size: int = 16,
         share_prefix: bool = True,
+        sampler: Sampler | None = None,
     ):
         self.model = model
+        self.sampler = sampler or LibrarySampler()
         self.share_prefix = share_prefix
         self._prefix_ids: Tensor | None = None  # the template's prefix, encoded once
         self._warned_unshared = False
@@ -116,7 +120,7 @@ class SelfJudge:
         answers = []
         for call in range(max_over_ranks(math.ceil(len(judge_prompts) / self.batch_size), self.model)):
             start = call * self.batch_size
-            answers += list(sample(
+            answers += list(self.sampler(
                 self.model,
                 judge_prompts[start : start + self.batch_size],
                 shared_prefix=prefix,

@@ -4,8 +4,8 @@ The model, as meta-judge, reads a (prompt, response) and two of its own judgemen
 which judgement is better ("Winner: A" / "Winner: B"). `MetaJudgeConfig` renders that prompt and parses the
 verdict, with the same rules as `RewardConfig`: templates are validated at construction, values are inserted
 literally in one pass, a whitespace run in the verdict pattern matches any whitespace, the last match wins.
-`MetaJudge` samples the verdicts in batches with the library's one sampler. What the verdicts make (scores of
-judgements, judge pairs) is pure maths in meta_pairs.py.
+`MetaJudge` samples the verdicts in batches with the stage's sampler (generation.py). What the verdicts make
+(ratings of judgements, judge pairs) is pure maths in meta_pairs.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from self_rewarding_lm_pytorch.data import as_token_tensor
 from self_rewarding_lm_pytorch.judges import strip_response
 from self_rewarding_lm_pytorch.reward import PLACEHOLDER, WHITESPACE, _literal, _placeholders
-from self_rewarding_lm_pytorch.sampling import absolute_position_limit, sample, top_p
+from self_rewarding_lm_pytorch.generation import LibrarySampler, Sampler
+from self_rewarding_lm_pytorch.sampling import absolute_position_limit, top_p
 
 # the paper's meta-judge prompt (Figure 2 of Wu et al. 2024), reproduced in meaning: the judge's rubric, the
 # response, two judgements, and a verdict in a fixed format
@@ -137,8 +138,8 @@ class MetaQuery:
 
 class MetaJudge:
     """The model as meta-judge: renders each `MetaQuery` with `config`, samples one verdict per query in batches of
-    `batch_size` with the library's sampler, and parses it. Returns (verdicts, raw outputs), a verdict None where
-    the output could not be read."""
+    `batch_size` with `sampler` (the generation backend, generation.py; default the library's `sample`), and parses
+    it. Returns (verdicts, raw outputs), a verdict None where the output could not be read."""
 
     def __init__(
         self,
@@ -153,8 +154,10 @@ class MetaJudge:
         pad_id: int = -1,
         eos_id: int | None = None,
         batch_size: int = 16,
+        sampler: Sampler | None = None,
     ):
         self.model, self.config = model, config
+        self.sampler = sampler or LibrarySampler()
         self.encode, self.decode = tokenizer_encode, tokenizer_decode
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.pad_id, self.eos_id, self.batch_size = pad_id, eos_id, batch_size
@@ -176,7 +179,7 @@ class MetaJudge:
             )
         outputs = []
         for start in range(0, len(prompts), self.batch_size):
-            outputs += list(sample(
+            outputs += list(self.sampler(
                 self.model, prompts[start : start + self.batch_size],
                 temperature=self.temperature,
                 filter_fn=top_p if self.top_p is not None else None,

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data import as_token_tensor
 from self_rewarding_lm_pytorch.dpo import DPOTrainer
+from self_rewarding_lm_pytorch.generation import LibrarySampler, Sampler
 from self_rewarding_lm_pytorch.judges import SelfJudge
 from self_rewarding_lm_pytorch.logprobs import reference_logprobs
 from self_rewarding_lm_pytorch.meta_judge import A, MetaJudge, MetaQuery
@@ -90,9 +91,12 @@ class _JudgePairResult:
 
 def generate_meta_reward_pairs(model: nn.Module, config: MetaRewardDPOConfig, judge: SelfJudge, meta_judge: MetaJudge,
                                *, folder, tokenizer_encode, tokenizer_decode, judge_encode, accelerator, pad_id=-1,
-                               eos_id=None, seed=0, fingerprint=None, logger=None) -> tuple[PairGenerationStats, MetaJudgeStats]:
+                               eos_id=None, seed=0, fingerprint=None, logger=None, sampler: Sampler | None = None
+                               ) -> tuple[PairGenerationStats, MetaJudgeStats]:
     """Fill `folder` with up to `config.num_preference_pairs` actor pairs and `config.num_judge_pairs` judge pairs
-    (resuming what is there); returns both kinds' counts, also logged as `pairs/...` and `judge_pairs/...`."""
+    (resuming what is there); returns both kinds' counts, also logged as `pairs/...` and `judge_pairs/...`.
+    `sampler` makes the candidates (generation.py; default the library's `sample`); the judge and the meta-judge
+    have their own."""
     model = accelerator.unwrap_model(model)
     if is_fully_sharded(model):
         raise NotImplementedError("MetaRewardDPOConfig does not run on a fully sharded model yet: use data parallelism")
@@ -136,7 +140,8 @@ def generate_meta_reward_pairs(model: nn.Module, config: MetaRewardDPOConfig, ju
         kwargs = dict(pad_id=pad_id, eos_id=eos_id, max_seq_len=max_seq_len, logp_reduction=config.logp_reduction)
         # 1) actor pairs, and the judged candidates the meta-judge works on
         results, batch = judge_prompts(model, [prompts[i] for i in mine], mine, judge, config, encode=tokenizer_encode,
-                                       decode=tokenizer_decode, seed=batch_seed, pick_pairs=pick_pairs, **kwargs)
+                                       decode=tokenizer_decode, seed=batch_seed, pick_pairs=pick_pairs,
+                                       sampler=sampler or LibrarySampler(), **kwargs)
         # 2)-4) judge pairs
         judge_results = _judge_pairs(model, [prompts[i] for i in mine], mine, batch, judge, meta_judge, config,
                                      judge_encode=judge_encode, seed=batch_seed + 104_729, **kwargs)
@@ -315,13 +320,15 @@ def run_meta_reward_stage(trainer, index: int, config: MetaRewardDPOConfig, logg
         trainer.model, config.meta_judge_config, tokenizer_encode=trainer.judge_encode, tokenizer_decode=trainer.decode,
         max_new_tokens=config.meta_judge_max_new_tokens, temperature=config.meta_judge_temperature,
         top_p=config.meta_judge_top_p, pad_id=trainer.pad_id, eos_id=trainer.eos_id, batch_size=config.meta_judge_batch_size,
+        sampler=trainer.sampler,
     )
     stats, meta_stats = generate_meta_reward_pairs(
         trainer.model, config, judge, meta_judge, folder=trainer.pairs_folder(index),
         tokenizer_encode=trainer.encode, tokenizer_decode=trainer.decode, judge_encode=trainer.judge_encode,
         accelerator=trainer.accelerator, pad_id=trainer.pad_id, eos_id=trainer.eos_id, seed=trainer.seed + index,
-        fingerprint=trainer.pairs_fingerprint(index), logger=logger,
+        fingerprint=trainer.pairs_fingerprint(index), logger=logger, sampler=trainer.sampler,
     )
+    trainer.sampler.release()  # generation is over until the next generating stage: a backend may free its memory
     pairs = DPODataset(trainer.pairs_folder(index))
     history = DPOTrainer(
         trainer.model, pairs, config, accelerator=trainer.accelerator,

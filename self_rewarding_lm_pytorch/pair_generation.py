@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data import as_token_tensor, check_non_empty
 from self_rewarding_lm_pytorch.fingerprint import config_fingerprint, dataset_digest, describe, short, tokenizer_digest
+from self_rewarding_lm_pytorch.generation import LibrarySampler, Sampler
 from self_rewarding_lm_pytorch.judges import Candidates, Judge, Judgements, check_reward_value, strip_response
 from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.pair_config import PairGenerationConfig  # noqa: F401  (public here too)
@@ -48,7 +49,7 @@ from self_rewarding_lm_pytorch.pair_stats import (
     shortfall_message,
 )
 from self_rewarding_lm_pytorch.preference_data import PreferenceDataWriter, read_meta
-from self_rewarding_lm_pytorch.sampling import sample, top_p
+from self_rewarding_lm_pytorch.sampling import top_p
 from self_rewarding_lm_pytorch.sharding import is_fully_sharded
 from self_rewarding_lm_pytorch.tracking import MetricsLogger
 
@@ -89,6 +90,7 @@ def generate_preference_pairs(
     seed: int = 0,
     fingerprint: dict[str, str] | None = None,
     logger: MetricsLogger | None = None,
+    sampler: Sampler | None = None,
 ) -> PairGenerationStats:
     """Fill `folder` with `config.num_preference_pairs` pairs (resuming what is there) and return the counts.
 
@@ -96,7 +98,8 @@ def generate_preference_pairs(
     responses are stored as the DPO reference (`logp_reduction` must match the DPO stage's). `fingerprint`
     identifies what makes the pairs (default: the config, the prompts, the judge, the tokenizer and the seed);
     a folder holding pairs of another fingerprint is refused. The counts go to the trackers as `pairs/...` at
-    the stage's step 0 through `logger`."""
+    the stage's step 0 through `logger`. `sampler`: the generation backend of the candidates (generation.py; default
+    the library's `sample`); a `SelfJudge` has its own."""
     check_non_empty(prompt_dataset, "prompt dataset")
     model = accelerator.unwrap_model(model)
     max_seq_len = config.max_seq_len or getattr(model, "max_seq_len", None)
@@ -144,7 +147,7 @@ def generate_preference_pairs(
         results, _ = judge_prompts(
             model, [prompt_dataset[i] for i in mine], mine, judge, config,
             encode=tokenizer_encode, decode=tokenizer_decode, pad_id=pad_id, eos_id=eos_id,
-            max_seq_len=max_seq_len, logp_reduction=logp_reduction, seed=batch_seed,
+            max_seq_len=max_seq_len, logp_reduction=logp_reduction, seed=batch_seed, sampler=sampler or LibrarySampler(),
         )
         results = gather_object(results) if accelerator.num_processes > 1 else results
         cursor += len(indices)
@@ -208,10 +211,12 @@ def judge_prompts(
     max_seq_len: int,
     logp_reduction: Reduction,
     seed: int,
+    sampler: Sampler,
     pick_pairs: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[list[_PromptResult], JudgedBatch | None]:
     """Steps 1-4 for one batch of prompts: each prompt's counts and pair, and the judged candidates.
-    `pick_pairs(mean_scores, response_lengths)` (both (prompts, n)) replaces `config.pick_paired_rewards`."""
+    `sampler` makes the candidates (generation.py). `pick_pairs(mean_scores, response_lengths)` (both
+    (prompts, n)) replaces `config.pick_paired_rewards`."""
     if not prompts and not is_fully_sharded(model):
         return [], None
     # (a sharded model's rank with no prompts left goes on with empty lists: its sampler, judge and log-prob calls
@@ -229,7 +234,7 @@ def judge_prompts(
 
     # 1) N candidates per prompt in one call; rows are prompt-major
     n = config.num_candidate_responses
-    responses = sample(
+    responses = sampler(
         model, prompt_ids, max_seq_len,
         temperature=config.temperature,
         filter_fn=top_p if config.top_p is not None else None,

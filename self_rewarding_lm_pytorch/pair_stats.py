@@ -94,7 +94,7 @@ def shortfall_message(
         f"made {num_pairs} of {config.num_preference_pairs} preference pairs after trying {stats.prompts_tried} prompts "
         f"(budget {budget}): {stats.judgements} judgements, {stats.judgements_parsed} parsed, "
         f"{stats.judgements_valid} valid, {stats.prompts_tied} prompts tied, {stats.pairs_rejected} pairs refused by "
-        f"is_valid_reward_pair, {sum(stats.pairs_filtered.values())} dropped by pair filters {stats.pairs_filtered or ''}, "
+        f"is_valid_reward_pair, {sum(stats.pairs_filtered.values())} dropped by pair filters{' ' + str(stats.pairs_filtered) if stats.pairs_filtered else ''}, "
         f"{stats.pairs_identical} pairs dropped as identical texts."
     )
     self_judge = getattr(judge, "reward_config", None)

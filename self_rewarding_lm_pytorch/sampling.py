@@ -74,7 +74,8 @@ def check_sampling_settings(config, temperature_field: str, top_p_field: str):
 # sampling
 
 
-def _as_prompt_list(prompts: Tensor | Sequence[Tensor], pad_id: int, allow_empty: bool = False) -> list[Tensor]:
+def as_prompt_list(prompts: Tensor | Sequence[Tensor], pad_id: int, allow_empty: bool = False) -> list[Tensor]:
+    """`sample`'s prompts as a list of 1-D token tensors (a 2-D tensor loses its right padding), none empty."""
     if torch.is_tensor(prompts):
         if prompts.ndim == 1:
             prompts = prompts[None]
@@ -143,15 +144,8 @@ def sample(
     # DDP and friends hide the model's type and methods; a compiled model would recompile at every new length
     net = extract_model_from_parallel(net, keep_torch_compile=False)
     sharded = is_fully_sharded(net)
-    rows = _as_prompt_list(prompts, pad_id, allow_empty=sharded)
-    if seq_len is None and max_new_tokens is None:
-        raise ValueError("sample() needs seq_len (total length cap) or max_new_tokens (new-token cap)")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    rows = as_prompt_list(prompts, pad_id, allow_empty=sharded)
+    check_sample_arguments(seq_len, max_new_tokens, num_samples, temperature)
 
     prefix_len = 0
     if shared_prefix is not None and len(shared_prefix) and rows:
@@ -164,26 +158,8 @@ def sample(
     if not rows:  # a sharded model's rank with nothing to sample: it runs the forwards of the others
         _run_idle(net, device)
         return torch.empty(0, 0, dtype=torch.long, device=device)
-    prompt_lens = torch.tensor([len(r) for r in rows])
-
     # 1) how many tokens each row may add
-    budget = torch.full_like(prompt_lens, max_new_tokens if max_new_tokens is not None else torch.iinfo(torch.long).max)
-    if seq_len is not None:
-        budget = budget.clamp(max=seq_len - prompt_lens)
-    if (budget < 1).any():
-        i = int((budget < 1).nonzero()[0, 0])
-        raise ValueError(
-            f"prompt {i} has {len(rows[i])} tokens: no room for a new token under seq_len={seq_len}"
-            f"{'' if max_new_tokens is None else f' and max_new_tokens={max_new_tokens}'}; raise seq_len or shorten the prompt"
-        )
-    limit = absolute_position_limit(net)
-    if limit is not None and int((prompt_lens + budget).max()) > limit:
-        # per row, not the padded batch width: each row's positions count from its own first token
-        i = int((prompt_lens + budget).argmax())
-        raise ValueError(
-            f"prompt {i} ({len(rows[i])} tokens) plus up to {int(budget[i])} new tokens exceeds the model's max_seq_len "
-            f"{limit} (learned absolute positions); pass seq_len <= {limit} or a smaller max_new_tokens"
-        )
+    prompt_lens, budget = token_budgets(net, rows, seq_len, max_new_tokens)
 
     # 2) left-pad the prompts into one batch (built on the host, moved once)
     width = int(prompt_lens.max())
@@ -222,6 +198,42 @@ def sample(
     source = torch.where(in_prompt, columns, width + columns - rearrange(prompt_lens, "b -> b 1"))
     out = both.gather(1, source)
     return out[:, : int((prompt_lens + lengths).max())]
+
+
+def check_sample_arguments(seq_len: int | None, max_new_tokens: int | None, num_samples: int, temperature: float):
+    """The checks every generation backend makes on `sample`'s arguments."""
+    if seq_len is None and max_new_tokens is None:
+        raise ValueError("sample() needs seq_len (total length cap) or max_new_tokens (new-token cap)")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+
+
+def token_budgets(net: nn.Module, rows: list[Tensor], seq_len: int | None, max_new_tokens: int | None) -> tuple[Tensor, Tensor]:
+    """(prompt lengths, new-token budget) per row: `max_new_tokens`, capped by `seq_len` minus the prompt; an error
+    when a row has no room or would pass the model's learned position table. Every generation backend uses it."""
+    prompt_lens = torch.tensor([len(r) for r in rows])
+    budget = torch.full_like(prompt_lens, max_new_tokens if max_new_tokens is not None else torch.iinfo(torch.long).max)
+    if seq_len is not None:
+        budget = budget.clamp(max=seq_len - prompt_lens)
+    if (budget < 1).any():
+        i = int((budget < 1).nonzero()[0, 0])
+        raise ValueError(
+            f"prompt {i} has {len(rows[i])} tokens: no room for a new token under seq_len={seq_len}"
+            f"{'' if max_new_tokens is None else f' and max_new_tokens={max_new_tokens}'}; raise seq_len or shorten the prompt"
+        )
+    limit = absolute_position_limit(net)
+    if limit is not None and int((prompt_lens + budget).max()) > limit:
+        # per row, not the padded batch width: each row's positions count from its own first token
+        i = int((prompt_lens + budget).argmax())
+        raise ValueError(
+            f"prompt {i} ({len(rows[i])} tokens) plus up to {int(budget[i])} new tokens exceeds the model's max_seq_len "
+            f"{limit} (learned absolute positions); pass seq_len <= {limit} or a smaller max_new_tokens"
+        )
+    return prompt_lens, budget
 
 
 def _decode_loop(

@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 from self_rewarding_lm_pytorch.checkpoint import atomic_torch_save, load_model_weights, read_checkpoint
 from self_rewarding_lm_pytorch.data import PromptResponse, normalize_sft_item, validate_sft_dataset
 from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer
+from self_rewarding_lm_pytorch.generation import check_sampler_processes, make_sampler
 from self_rewarding_lm_pytorch.logprobs import reference_logprobs
 from self_rewarding_lm_pytorch.model_contract import check_special_ids
-from self_rewarding_lm_pytorch.sampling import check_sampling_settings, sample, top_p, warn_missing_eos
+from self_rewarding_lm_pytorch.sampling import check_sampling_settings, top_p, warn_missing_eos
 from self_rewarding_lm_pytorch.sharding import check_supported_sharding, max_over_ranks
 from self_rewarding_lm_pytorch.tracking import MetricsLogger
 from self_rewarding_lm_pytorch.train_state import loop_fingerprint
@@ -122,7 +123,9 @@ class SPINTrainer:
 
     Pass a `SelfPlayConfig` or its fields. Checkpoints (every `checkpoint_every` steps and at each iteration's
     last step, so an iteration shorter than `checkpoint_every` still leaves one) go to
-    `checkpoint_folder/iteration-{t}-step-{n}.pt`; the returned history has one row per optimizer step."""
+    `checkpoint_folder/iteration-{t}-step-{n}.pt`; the returned history has one row per optimizer step.
+    `generation_backend`: what generates the opponent answers: "library" (the library's sampler), "vllm" or a
+    `VLLMConfig` (HuggingFace models), or a sampler (generation.py)."""
 
     def __init__(
         self,
@@ -136,6 +139,7 @@ class SPINTrainer:
         checkpoint_folder: str | Path = "./checkpoints/spin",
         seed: int = 0,
         logger: MetricsLogger | None = None,
+        generation_backend="library",
         **config_kwargs,
     ):
         if config is not None and config_kwargs:
@@ -152,6 +156,8 @@ class SPINTrainer:
         self.pad_id, self.eos_id = pad_id, eos_id
         self.accelerator = accelerator or Accelerator(**(accelerate_kwargs or {}))
         check_supported_sharding(self.accelerator, "SPINTrainer")
+        self.sampler = make_sampler(generation_backend, model, where="SPINTrainer.generation_backend")
+        check_sampler_processes(self.sampler, self.accelerator.num_processes, "SPINTrainer.generation_backend")
         self.checkpoint_folder = Path(checkpoint_folder)
         self.seed = seed
         self.logger = logger or MetricsLogger(self.accelerator, "spin")
@@ -174,7 +180,7 @@ class SPINTrainer:
         for start in range(0, num_calls * config.generation_batch_size, config.generation_batch_size):
             indices = mine[start : start + config.generation_batch_size]
             prompts = [items[i].prompt for i in indices]
-            generated = sample(
+            generated = self.sampler(
                 model, prompts, config.max_seq_len,
                 temperature=config.temperature,
                 filter_fn=top_p if config.top_p is not None else None,
@@ -249,6 +255,7 @@ class SPINTrainer:
             valid_pairs = None
             if config.valid_sft_dataset is not None:
                 valid_pairs = self.iteration_pairs(config.valid_sft_dataset, iteration, "valid")
+            self.sampler.release()  # generation is over until the next iteration: a backend may free its memory
 
             # 3) θt+1 learns to prefer the real answers over θt's
             trainer = DPOTrainer(

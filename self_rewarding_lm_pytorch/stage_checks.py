@@ -1,9 +1,10 @@
 """Checks of a whole plan when the orchestrator is built, so a mistake surfaces before hours of earlier stages.
 
-A config checks its own fields (`__post_init__`); what needs the model and the tokenizer too is checked here:
-every prompt is a string that leaves room for an answer, the judge prompt rendered with the longest prompt and
-a full-length answer fits the model, `reward_fn` returns a number on a sample, and generation has an EOS id.
-Each error names the stage index, the field and the fix.
+A config checks its own fields (`__post_init__`); what needs the model, the tokenizer or the judge too is checked
+here: every prompt is a string that leaves room for an answer, the judge prompt rendered (with the judge's
+tokenizer) with the longest prompt and a full-length answer fits the model, `reward_fn` returns a number and
+`answer_key` a hashable answer on a sample, pair filters can keep and drop pairs with the stage's judge, and
+generation has an EOS id. Each error names the stage index, the field and the fix.
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data import as_token_tensor
 from self_rewarding_lm_pytorch.judges import check_reward_value
+from self_rewarding_lm_pytorch.pair_selection import JudgementsAgree, MarginAtLeast
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.sampling import absolute_position_limit, warn_missing_eos
 from self_rewarding_lm_pytorch.sharding import is_fully_sharded
 from self_rewarding_lm_pytorch.spin import SelfPlayConfig, spin_items
-from self_rewarding_lm_pytorch.stages import ExternalRewardDPOConfig, MetaRewardDPOConfig, SelfRewardDPOConfig
+from self_rewarding_lm_pytorch.stages import (
+    ExternalRewardDPOConfig,
+    MetaRewardDPOConfig,
+    SelfConsistencyDPOConfig,
+    SelfRewardDPOConfig,
+)
+
+PREFERENCE_STAGES = (SelfRewardDPOConfig, ExternalRewardDPOConfig, SelfConsistencyDPOConfig)  # MetaRewardDPOConfig too
 
 
 
@@ -35,21 +44,28 @@ def check_stages(
     reward_config: RewardConfig,
     pad_id: int,
     eos_id: int | None,
+    judge_encode: Callable[[str], Tensor] | None = None,
 ):
-    """Raise at construction for inputs a stage would fail on when it starts; warn once for a missing eos_id."""
+    """Raise at construction for inputs a stage would fail on when it starts; warn once for a missing eos_id.
+    `judge_encode` is what the self-judge encodes its prompt with (default: `encode`)."""
     generating = []
     for index, config in enumerate(stages):
         if isinstance(config, SelfPlayConfig):
             _check_spin(index, config, pad_id)
             generating.append((index, config, "max_seq_len"))
-        elif isinstance(config, (SelfRewardDPOConfig, ExternalRewardDPOConfig)):
+        elif isinstance(config, PREFERENCE_STAGES):
             prompt_ids = _check_prompts(index, config, model, encode)
+            judge_config = None
             if isinstance(config, SelfRewardDPOConfig):
-                _check_judge_prompt_fits(index, config, model, encode, config.reward_config or reward_config, prompt_ids)
-                if isinstance(config, MetaRewardDPOConfig):
-                    _check_meta_judge_prompt_fits(index, config, model, encode, prompt_ids)
+                judge_config = config.reward_config or reward_config
+                _check_judge_prompt_fits(index, config, model, judge_encode or encode, judge_config, prompt_ids)
+                if isinstance(config, MetaRewardDPOConfig):  # the meta-judge's prompt is encoded as the judge's
+                    _check_meta_judge_prompt_fits(index, config, model, judge_encode or encode, prompt_ids)
+            elif isinstance(config, SelfConsistencyDPOConfig):
+                _check_answer_key(index, config)
             elif config.reward_fn is not None and config.check_reward_fn_on_sample:
                 _check_reward_fn(index, config)
+            _check_pair_filters(index, config, judge_config)
             generating.append((index, config, "response_max_new_tokens"))
     if eos_id is None and generating:
         index, config, budget = generating[0]
@@ -102,7 +118,8 @@ def _check_judge_prompt_fits(index: int, config: SelfRewardDPOConfig, model: nn.
     if limit is None:
         return
     longest = max(prompt_ids, key=lambda i: len(prompt_ids[i]))
-    template = len(as_token_tensor(encode(reward_config.render(config.prompt_dataset[longest], "")), "judge prompt"))
+    rendered = reward_config.render(config.prompt_dataset[longest], "")
+    template = len(as_token_tensor(encode(rendered), f"{_stage(index, config)}: the judge's tokenizer_encode"))
     needed = template + config.response_max_new_tokens + config.judge_max_new_tokens
     if needed > limit:
         raise ValueError(
@@ -150,3 +167,43 @@ def _check_reward_fn(index: int, config: ExternalRewardDPOConfig):
             f"{_stage(index, config)}.reward_fn failed on a sample (prompt_dataset[0], an empty answer): {error}. "
             f"Fix the function, or pass check_reward_fn_on_sample=False if it must not be called before the stage"
         ) from error
+
+
+def _check_answer_key(index: int, config: SelfConsistencyDPOConfig):
+    """One call on an empty answer (a model may give one): the key must be hashable, or None for no answer, for the
+    votes to be counted."""
+    key = config.answer_key("")
+    try:
+        hash(key)
+    except TypeError:
+        raise TypeError(
+            f"{_stage(index, config)}.answer_key returned a {type(key).__name__} for the answer '': answers are "
+            f"counted as votes, so the key must be hashable (a str, number or tuple), or None for no answer. Return "
+            f"e.g. tuple(...) instead of a list"
+        ) from None
+
+
+def _check_pair_filters(index: int, config, judge_config: RewardConfig | None):
+    """Filters that would keep every pair or drop every pair with this stage's judge."""
+    judgements = config.num_judgements if isinstance(config, SelfRewardDPOConfig) else 1
+    if isinstance(config, SelfConsistencyDPOConfig):
+        scale, width = "vote shares in [0, 1]", 1.0
+    elif judge_config is not None and judge_config.score_range is not None:
+        low, high = judge_config.score_range
+        scale, width = f"scores on the judge's score_range {tuple(judge_config.score_range)}", high - low
+    else:
+        scale, width = None, None
+    for i, pair_filter in enumerate(config.pair_filters):
+        where = f"{_stage(index, config)}.pair_filters[{i}]"
+        if isinstance(pair_filter, JudgementsAgree) and judgements < 2:
+            fix = "raise num_judgements to 2 or more, or drop the filter" if isinstance(config, SelfRewardDPOConfig) \
+                else "drop the filter: this stage's judge scores each candidate once"
+            raise ValueError(
+                f"{where} (JudgementsAgree) compares the judgements of a pair's two candidates, but there is one "
+                f"judgement per candidate: the best-vs-worst pair always agrees, so it keeps every pair. Fix: {fix}"
+            )
+        if isinstance(pair_filter, MarginAtLeast) and width is not None and pair_filter.margin > width + 1e-6:
+            raise ValueError(
+                f"{where} ({pair_filter!r}) asks for a margin of {pair_filter.margin}, but the stage's {scale} never "
+                f"differ by more than {width:g}: it would drop every pair. Lower the margin"
+            )

@@ -31,6 +31,12 @@ def check_preference_stage(config):
     check_non_empty(config.prompt_dataset, f"{name}.prompt_dataset")
     PairGenerationConfig.__post_init__(config)
     DPOConfig.__post_init__(config)
+    if config.temperature == 0:
+        raise ValueError(
+            f"{name}.temperature is 0 (greedy): the {config.num_candidate_responses} candidates of a prompt would all be "
+            f"the same text, and a pair of the same text is dropped, so the stage would make no pair. Sample with a "
+            f"temperature > 0 (the paper uses 0.7)"
+        )
     if config.precompute_reference is not None:
         raise ValueError(
             f"{name}.precompute_reference does not apply: pair generation stores the reference log-probs with the pairs"
@@ -166,8 +172,15 @@ class SelfConsistencyDPOConfig(PairGenerationConfig, DPOConfig):
                 raise ValueError(
                     f"SelfConsistencyDPOConfig.min_vote_margin is a difference of vote shares, in (0, 1]; got {self.min_vote_margin}"
                 )
-            if not any(isinstance(f, MarginAtLeast) for f in self.pair_filters):
-                self.pair_filters = (*self.pair_filters, MarginAtLeast(self.min_vote_margin, name="vote_margin"))
+            vote_margin = MarginAtLeast(self.min_vote_margin, name="vote_margin")
+            others = [f for f in self.pair_filters if isinstance(f, MarginAtLeast) and f != vote_margin]
+            if others:
+                raise ValueError(
+                    f"SelfConsistencyDPOConfig.min_vote_margin={self.min_vote_margin} and pair_filters' {others[0]!r} "
+                    f"both set a margin: keep one of the two"
+                )
+            if vote_margin not in self.pair_filters:  # already there when the config is rebuilt from its fields
+                self.pair_filters = (*self.pair_filters, vote_margin)
 
 
 FinetuneConfig = (SFTConfig | SelfPlayConfig | SelfRewardDPOConfig | MetaRewardDPOConfig | ExternalRewardDPOConfig

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from self_rewarding_lm_pytorch.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from self_rewarding_lm_pytorch.dpo import DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.fingerprint import changed_parts, config_fingerprint, describe, short, tokenizer_digest
+from self_rewarding_lm_pytorch.generation import LibrarySampler, check_sampler_processes, make_sampler
 from self_rewarding_lm_pytorch.integrity import content_digest, remove_stale_temp_files
 from self_rewarding_lm_pytorch.judges import Judge, RewardFnJudge, RewardModelJudge, SelfJudge
 from self_rewarding_lm_pytorch.meta_reward import run_meta_reward_stage
@@ -77,6 +78,9 @@ class SelfRewardingTrainer:
     `checkpoints_folder/logs`) names Accelerate trackers; they are initialised and closed by `train()`.
     `collective_timeout_s`: how long a process waits for the others in a collective before failing with an
     error (when the trainer builds the Accelerator; with your own, pass `InitProcessGroupKwargs(timeout=...)` to it).
+    `generation_backend`: what generates candidates, judgements and SPIN's answers: "library" (the default, the
+    library's KV-cached sampler), or "vllm" / a `VLLMConfig(...)` (engine options) for an `HFCausalLM` policy, one
+    process (vllm_generation.py). It is part of each generating stage's fingerprint: its draws differ.
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class SelfRewardingTrainer:
         project_name: str = "self-rewarding",
         logging_dir: str | Path | None = None,
         tracker_init_kwargs: dict | None = None,
+        generation_backend="library",
     ):
         if isinstance(finetune_configs, dict):
             finetune_configs = create_default_paper_config(**finetune_configs)
@@ -125,7 +130,7 @@ class SelfRewardingTrainer:
         self.reward_config = self_reward_prompt_config or RewardConfig()
         # every stage's inputs against the model and tokenizer, now rather than when the stage starts
         check_stages(self.stages, model, encode=tokenizer_encode, reward_config=self.reward_config,
-                     pad_id=pad_id, eos_id=eos_id)
+                     pad_id=pad_id, eos_id=eos_id, judge_encode=self.judge_encode)
         self.pad_id, self.eos_id = pad_id, eos_id
         self.folder = Path(checkpoints_folder)
         if accelerator is None:
@@ -138,6 +143,9 @@ class SelfRewardingTrainer:
             accelerator = Accelerator(**tracking, **{**(accelerate_kwargs or {}), "kwargs_handlers": handlers})
         self.accelerator = accelerator
         check_supported_sharding(self.accelerator, "SelfRewardingTrainer")
+        # one sampler for every generating stage (one vLLM engine, loaded with the current weights at each use)
+        self.sampler = make_sampler(generation_backend, model, where="SelfRewardingTrainer.generation_backend")
+        check_sampler_processes(self.sampler, self.accelerator.num_processes, "SelfRewardingTrainer.generation_backend")
         self.log_with, self.project_name, self.tracker_init_kwargs = log_with, project_name, tracker_init_kwargs or {}
         self.next_step = 0  # the global step where the next stage starts logging
         self.seed = seed
@@ -172,6 +180,8 @@ class SelfRewardingTrainer:
                 parts["reward_config"] = short(describe(self.reward_config))
             if isinstance(config, SelfRewardDPOConfig) and self.judge_encode is not self.encode:
                 parts["judge_tokenizer"] = tokenizer_digest(self.judge_encode, self.decode)
+            if not isinstance(config, SFTConfig) and not isinstance(self.sampler, LibrarySampler):
+                parts["generation_backend"] = short(describe(self.sampler))  # not for the default: old runs resume
             self._fingerprints[index] = parts
         return self._fingerprints[index]
 
@@ -299,6 +309,7 @@ def run_spin(trainer: SelfRewardingTrainer, index: int, config: SelfPlayConfig, 
     spin = SPINTrainer(
         trainer.model, config, pad_id=trainer.pad_id, eos_id=trainer.eos_id, accelerator=trainer.accelerator,
         checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.iterations", logger=logger,
+        generation_backend=trainer.sampler,
     )
     return last_logged(spin.train(), ("loss", "rewards/accuracies", "rewards/margins"))
 
@@ -312,7 +323,7 @@ def make_judge(trainer: SelfRewardingTrainer, config) -> Judge:
             tokenizer_encode=trainer.judge_encode, tokenizer_decode=trainer.decode,
             num_judgements=config.num_judgements, max_new_tokens=config.judge_max_new_tokens,
             temperature=config.judge_temperature, top_p=config.judge_top_p,
-            pad_id=trainer.pad_id, eos_id=trainer.eos_id, batch_size=config.judge_batch_size,
+            pad_id=trainer.pad_id, eos_id=trainer.eos_id, batch_size=config.judge_batch_size, sampler=trainer.sampler,
         )
     if isinstance(config, SelfConsistencyDPOConfig):
         return SelfConsistencyJudge(config.answer_key)
@@ -330,8 +341,9 @@ def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config, logger
         tokenizer_encode=trainer.encode, tokenizer_decode=trainer.decode,
         accelerator=trainer.accelerator, pad_id=trainer.pad_id, eos_id=trainer.eos_id,
         logp_reduction=config.logp_reduction, seed=trainer.seed + index, fingerprint=trainer.pairs_fingerprint(index),
-        logger=logger,
+        logger=logger, sampler=trainer.sampler,
     )
+    trainer.sampler.release()  # generation is over until the next generating stage: a backend may free its memory
     pairs = DPODataset(trainer.pairs_folder(index))
     history = DPOTrainer(
         trainer.model, pairs, config, accelerator=trainer.accelerator,

@@ -7,8 +7,8 @@ pytest.importorskip("transformers", reason="chat templates are HF tokenizers' (t
 
 from tiny_chat import apply_chat, chat_tokenizer, tiny_llama  # noqa: E402
 
-import self_rewarding_lm_pytorch.judges as judges  # noqa: E402
 from self_rewarding_lm_pytorch import DPODataset, RewardConfig, SelfRewardDPOConfig, SelfRewardingTrainer  # noqa: E402
+from self_rewarding_lm_pytorch.generation import LibrarySampler  # noqa: E402
 from self_rewarding_lm_pytorch.hf import ChatTemplate, HFCausalLM, hf_tokenizer_functions  # noqa: E402
 
 
@@ -45,18 +45,17 @@ def test_without_a_template_the_error_says_what_to_do():
         hf_tokenizer_functions(chat_tokenizer(), system_prompt="hi")
 
 
-def test_self_rewarding_stage_renders_task_and_judge_prompts_with_the_template(tmp_path, monkeypatch):
+def test_self_rewarding_stage_renders_task_and_judge_prompts_with_the_template(tmp_path):
     tokenizer = chat_tokenizer()
     encode, decode, eos_id = hf_tokenizer_functions(tokenizer, chat_template=True, system_prompt="answer")
     judge_encode, _, _ = hf_tokenizer_functions(tokenizer, chat_template=True, system_prompt="judge")
     judge_inputs = []
-    real_sample = judges.sample
 
-    def recording_sample(model, prompts, *args, **kwargs):
-        judge_inputs.extend(p.tolist() for p in prompts)
-        return real_sample(model, prompts, *args, **kwargs)
-
-    monkeypatch.setattr(judges, "sample", recording_sample)
+    class RecordingSampler(LibrarySampler):  # every generating call's prompts (candidates' and judges')
+        def __call__(self, model, prompts, *args, shared_prefix=None, **kwargs):
+            prefix = [] if shared_prefix is None else shared_prefix.tolist()
+            judge_inputs.extend(prefix + p.tolist() for p in prompts)
+            return super().__call__(model, prompts, *args, shared_prefix=shared_prefix, **kwargs)
     # an untrained model writes no "Score: N": this parser scores any answer, so pairs get made
     reward_config = RewardConfig("rate: {{ prompt }} / {{ response }}", parse_reward=lambda text: float(len(text) % 5))
     stage = SelfRewardDPOConfig(
@@ -67,7 +66,8 @@ def test_self_rewarding_stage_renders_task_and_judge_prompts_with_the_template(t
     )
     trainer = SelfRewardingTrainer(HFCausalLM(tiny_llama()), finetune_configs=[stage], tokenizer_encode=encode,
                                    tokenizer_decode=decode, judge_tokenizer_encode=judge_encode, eos_id=eos_id,
-                                   checkpoints_folder=tmp_path, accelerate_kwargs=dict(cpu=True))
+                                   checkpoints_folder=tmp_path, accelerate_kwargs=dict(cpu=True),
+                                   generation_backend=RecordingSampler())
     trainer()
 
     pairs = DPODataset(trainer.pairs_folder(0))

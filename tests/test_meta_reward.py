@@ -22,6 +22,7 @@ from self_rewarding_lm_pytorch import (
     meta_judge_examples,
 )
 from self_rewarding_lm_pytorch.data import pad_right
+from self_rewarding_lm_pytorch.generation import LibrarySampler
 from self_rewarding_lm_pytorch.meta_reward import generate_meta_reward_pairs
 from self_rewarding_lm_pytorch.preference_data import DPODataset
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, is_correct
@@ -103,6 +104,33 @@ def test_meta_reward_stage_trains_on_actor_and_judge_pairs(formatted_model, tmp_
         assert len(asked) == 6 and {(q["a"], q["b"]) for q in asked} == {(a, b) for a in range(3) for b in range(3) if a != b}
         assert all(q["verdict"] in ("A", "B", None) for q in asked)
         assert float(item["chosen_reward"]) == pytest.approx(record["chosen_score"])
+
+
+class CountingSampler(LibrarySampler):
+    """The library sampler, recording what each call generates: answers ("s..."), judgements ("J", the shared
+    prefix) or verdicts ("M...")."""
+
+    def __init__(self):
+        self.calls, self.releases = [], 0
+
+    def __call__(self, net, prompts, seq_len=None, *args, **kwargs):
+        first = kwargs["shared_prefix"] if kwargs.get("shared_prefix") is not None else prompts[0]
+        self.calls.append(TOKENIZER.decode(first[:1]))
+        return super().__call__(net, prompts, seq_len, *args, **kwargs)
+
+    def release(self):
+        self.releases += 1
+
+
+def test_answers_judgements_and_verdicts_come_from_the_trainers_generation_backend(formatted_model, tmp_path):
+    before = {k: v.clone() for k, v in formatted_model.state_dict().items()}
+    sampler = CountingSampler()
+    SelfRewardingTrainer(formatted_model, finetune_configs=[stage()], tokenizer_encode=TOKENIZER.encode,
+                         tokenizer_decode=TOKENIZER.decode, eos_id=TOKENIZER.eos_id, accelerate_kwargs=dict(cpu=True),
+                         checkpoints_folder=tmp_path, generation_backend=sampler)()
+    formatted_model.load_state_dict(before)  # the fixture is shared
+    assert set(sampler.calls) == {"s", "J", "M"}
+    assert sampler.releases == 1  # after pair generation, before the DPO run
 
 
 class Logged:

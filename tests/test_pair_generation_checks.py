@@ -41,3 +41,4 @@ def test_zero_pairs_with_accept_fewer_pairs_says_none_was_made_and_does_not_sugg
         generate(char_model, SortDigitsTask(seed=3).prompts(8), RewardFnJudge(lambda p, r: None), tmp_path,
                  accept_fewer_pairs=True)
     assert "accept_fewer_pairs" not in str(error.value) and error.value.num_pairs == 0
+    assert "0 dropped by pair filters, 0 pairs dropped as identical" in str(error.value)  # no stray " ," without filters

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from self_rewarding_lm_pytorch.integrity import CorruptFileError
-from self_rewarding_lm_pytorch.preference_data import DPODataset, PreferenceDataWriter
+from self_rewarding_lm_pytorch.preference_data import GROW_ROWS, DPODataset, PreferenceDataWriter
 
 
 def pairs(n, offset=0):
@@ -171,3 +171,110 @@ def test_a_full_disk_is_a_clear_error_not_a_sigbus(tmp_path):
         pytest.skip(f"cannot mount a small tmpfs here: {run.stderr.strip()[:200]}")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "DiskFullError" in run.stdout and f"{mount}/pairs" in run.stdout and "bytes needed" in run.stdout
+
+
+def allocated_bytes(folder):
+    """What the folder's files really take on disk (blocks), not their apparent size."""
+    return sum(path.stat().st_blocks * 512 for path in folder.iterdir() if path.is_file())
+
+
+def test_a_large_store_with_few_pairs_takes_disk_for_those_pairs_only(tmp_path):
+    """The paper plan's store (3,964 pairs) used to reserve all its blocks up front, 81 MB for a run that may make
+    none; now the blocks grow with the pairs written (a chunk of GROW_ROWS pairs at a time)."""
+    if not hasattr(os, "posix_fallocate") or not hasattr(os.stat(tmp_path), "st_blocks"):
+        pytest.skip("needs a filesystem with sparse files and fallocate")
+    max_len, capacity = 256, 10_000
+    full_size = capacity * (2 * max_len * 8 + 8 + 4 * 4)  # two token rows, prompt_len, four float32 columns
+    store = writer(tmp_path, capacity=capacity, max_len=max_len)
+    store.append(**pairs(3))
+    one_chunk = GROW_ROWS * (2 * max_len * 8 + 8 + 4 * 4)
+    used = allocated_bytes(tmp_path)
+    assert used < one_chunk + 20 * 8192, (used, full_size)  # a chunk, plus a header page and a last page per file
+    assert [DPODataset(tmp_path)[i]["chosen"][2].item() for i in range(3)] == [3, 4, 5]
+
+    resumed = writer(tmp_path, capacity=capacity, max_len=max_len)
+    resumed.append(**pairs(GROW_ROWS + 10, offset=3))  # past the first chunk
+    assert allocated_bytes(tmp_path) < 2 * one_chunk + 20 * 8192 < full_size // 10
+
+
+def test_a_store_filled_in_chunks_across_resumes_reads_back_exactly(tmp_path):
+    """Growth in chunks, with a new writer (a resumed run) in the middle of one, loses and garbles nothing."""
+    capacity = 2 * GROW_ROWS + 5
+    written = 0
+    for batch in (7, GROW_ROWS, 1, GROW_ROWS):
+        store = writer(tmp_path, capacity=capacity)
+        written += store.append(**pairs(batch, offset=written))
+    assert written == capacity
+    data = DPODataset(tmp_path)
+    assert len(data) == capacity
+    for i in range(capacity):
+        item = data[i]
+        assert item["chosen"].tolist() == [1, 2, 3 + i, -1, -1, -1]
+        assert item["rejected"].tolist() == [1, 2, 40 + i, 5, -1, -1]
+    assert [r["pair"] for r in data.records()] == list(range(capacity))
+    if hasattr(os, "posix_fallocate"):  # every row's blocks are reserved: nothing of the data sits in a hole
+        assert allocated_bytes(tmp_path) >= capacity * (2 * 6 * 8 + 8 + 4 * 4)
+
+
+FILLED_LATER = """
+import sys
+from pathlib import Path
+import torch
+from self_rewarding_lm_pytorch.integrity import DiskFullError
+from self_rewarding_lm_pytorch.preference_data import GROW_ROWS, DPODataset, PreferenceDataWriter
+
+folder = Path(sys.argv[1])
+settings = dict(capacity=300, max_len=256, pad_id=-1, with_ref_logps=False)  # 1.2 MB of arrays: fits the 2 MB disk
+def batch(offset, n=10):
+    return dict(chosen=[torch.full((200,), offset + i) for i in range(n)], rejected=[torch.full((100,), -7)] * n,
+                prompt_len=[5] * n, chosen_reward=[1.0] * n, rejected_reward=[0.0] * n,
+                records=[dict(pair=offset + i) for i in range(n)])
+
+store = PreferenceDataWriter(folder, **settings)
+filler = folder.parent / "filler"
+filler.write_bytes(b"x" * 1_000_000)  # another program fills the disk after the writer opened
+written = 0
+try:
+    while written < 300:
+        written += store.append(**batch(written))
+except DiskFullError as error:
+    print("DiskFullError:", error)
+data = DPODataset(folder)
+assert len(data) == written > 0, (len(data), written)
+assert all(data[i]["chosen"][0].item() == i and data[i]["chosen"][200].item() == -1 for i in range(written))
+print("committed", written)
+
+filler.unlink()  # space freed: the rerun resumes after the committed pairs and fills the store
+store = PreferenceDataWriter(folder, **settings)
+while store.remaining:
+    store.append(**batch(store.num_pairs))
+data = DPODataset(folder)
+assert [data[i]["chosen"][0].item() for i in range(300)] == list(range(300))
+assert [r["pair"] for r in data.records()] == list(range(300))
+print("resumed to", len(data))
+"""
+
+
+def test_a_disk_that_fills_while_pairs_are_written_keeps_the_committed_ones(tmp_path):
+    """On a 2 MB tmpfs: the store fits when it opens, then another file takes the space. The append that needs new
+    blocks raises DiskFullError (the blocks are reserved before rows are written into the sparse file, so no SIGBUS),
+    every committed pair reads back exactly, and after space is freed a rerun completes the store."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare to mount a small tmpfs")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = tmp_path / "filled_later.py"
+    script.write_text(FILLED_LATER)
+    command = (f"mount -t tmpfs -o size=2m none {mount} && mkdir {mount}/pairs && "
+               f"{sys.executable} {script} {mount}/pairs")
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=120)
+    if "mount" in run.stderr and run.returncode != 0 and "DiskFullError" not in run.stdout:
+        pytest.skip(f"cannot mount a small tmpfs here: {run.stderr.strip()[:200]}")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "DiskFullError" in run.stdout and f"{mount}/pairs" in run.stdout, run.stdout
+    assert "resumed to 300" in run.stdout
+    print(run.stdout)

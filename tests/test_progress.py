@@ -51,3 +51,12 @@ def test_early_stopping_says_why_the_bar_halted(make_transformer, capsys):
                early_stopper=stopper, early_stop_every=1, accelerate_kwargs=dict(cpu=True))()
     assert ("dpo: early stop at step 3: the score did not improve by more than 0 in 2 evaluations (patience); "
             "best score 1 (min) at step 1, whose weights are restored") in "".join(capsys.readouterr())
+
+
+def test_dpo_shows_its_reference_log_prob_pass(make_transformer, capsys):
+    """External pairs without reference log-probs get them in one pass before the first step: it shows a bar."""
+    DPOTrainer(make_transformer(num_tokens=128), sort_pairs(20, seed=0), valid_dataset=sort_pairs(6, seed=1),
+               batch_size=8, num_train_steps=1, accelerate_kwargs=dict(cpu=True))()
+    err = capsys.readouterr().err
+    assert "dpo reference log-probs: 100%" in err and "20/20" in err
+    assert "dpo reference log-probs (valid): 100%" in err and "6/6" in err

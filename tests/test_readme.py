@@ -88,4 +88,32 @@ def test_blocks_are_found_with_their_sections_and_skip_reasons():
     assert [(b["section"], b["code"], b["skip"]) for b in blocks] == [
         ("A", "print(1)\n", None), ("B", "import torch\n", "needs a GPU")]
     # the README itself: its blocks are all found, and few are skipped
-    assert len(BLOCKS) >= 5 and sum(b["skip"] is not None for b in BLOCKS) <= 1
+    # (skipped: the HF block needs a checkpoint on disk, the vLLM block vllm and a checkpoint)
+    assert len(BLOCKS) >= 5 and sum(b["skip"] is not None for b in BLOCKS) <= 2
+
+
+def test_the_quickstart_reading_quotes_only_figures_of_its_block():
+    """The paragraph that reads the quickstart output cites figures from it: regenerated figures with an old reading
+    would be caught here."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- quickstart-output -->(.*?)<!-- /quickstart-output -->", readme, re.S)[1]
+    reading = readme.split("<!-- /quickstart-output -->")[1].split("\n## ")[0]
+    figures = re.findall(r"\d+\.\d+%?", reading)
+    assert len(figures) >= 3
+    assert [f for f in figures if f not in block] == []
+
+
+def test_the_cpu_torch_tip_comes_before_the_commands_a_newcomer_copies():
+    readme = (ROOT / "README.md").read_text()
+    assert readme.index("pip install torch==") < readme.index("pip install -e .")
+
+
+def test_the_slow_marker_the_readme_mentions_collects_the_long_runs():
+    """`python -m pytest -m slow` once collected no test while the README said it runs the long learning runs."""
+    readme = (ROOT / "README.md").read_text()
+    assert "python -m pytest -q -m slow" in readme
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow", "-p", "no:cacheprovider",
+                           __file__], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    collected = [line for line in done.stdout.splitlines() if "::" in line]
+    assert any("test_readme_block_runs_at_full_size" in line for line in collected), done.stdout[-2000:]
+    assert all("test_readme_block_runs_as_written" not in line for line in collected)  # the quick runs stay default
