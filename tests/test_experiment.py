@@ -92,3 +92,28 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
     assert (stage.meta_judge_temperature, stage.length_control) == (0.7, 0.2)
     with pytest.raises(ValueError, match="meta_judge_config"):
         ExperimentRunner(replace(task, meta_judge_config=None), arms=OPTIONAL_ARMS, out_dir=tmp_path)
+
+
+@pytest.mark.parametrize("reasoned_judge", [False, True])
+def test_pair_sum_task_in_the_example_fits_its_model_and_builds_every_arm(reasoned_judge):
+    spec = importlib.util.spec_from_file_location("self_improvement", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    from self_rewarding_lm_pytorch.experiment import DEFAULT_ARMS, ExperimentSettings
+
+    task = example.pair_sum_task(reasoned_judge=reasoned_judge)
+    prompts = task.prompts(50, 0)
+    assert prompts == task.prompts(50, 0) and prompts != task.prompts(50, 1)
+    for seq, prompt_len in task.instruction_examples(20, 0):
+        assert task.checker(task.decode(seq[:prompt_len]), task.decode(seq[prompt_len:]))
+    # the longest judge prompt (a 2-digit target, an answer as long as max_new_tokens) and its judgement fit the model
+    longest = max(prompts, key=len)
+    judge_prompt = task.reward_config.render(longest, "9" * task.max_new_tokens)
+    assert len(task.encode(judge_prompt)) + task.judge_max_new_tokens <= task.max_seq_len
+    if reasoned_judge:  # the judge writes the answer's sum first, then the score, within its token budget
+        judgement = example.sum_first(longest, " 5 7") + "Score: 5"
+        assert judgement == "5+7=12 Score: 5" and len(judgement) + 1 <= task.judge_max_new_tokens
+    settings = ExperimentSettings(**example.TASK_SETTINGS["pair_sum"])
+    assert settings.num_instruction_examples == 1_500 and ExperimentSettings().num_instruction_examples == 700
+    for arm in DEFAULT_ARMS:
+        assert arm.stage(prompts, task, settings).prompt_dataset == prompts
