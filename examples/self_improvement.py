@@ -76,11 +76,20 @@ def sort_digits_task(length: int = 5, dim: int = 96, depth: int = 3, max_seq_len
     )
 
 
-def sum_first(prompt: str, response: str) -> str:
-    """What the pair-sum judge writes before its score: the sum of the answer's two digits (a checking step; whether
-    the digits are listed is left to the judge)."""
+def check_steps(prompt: str, response: str) -> str:
+    """What the pair-sum judge writes before its score: each digit of the answer looked up in the list ("y" listed,
+    "n" not; a listed digit used once), then their sum, e.g. "5y 7n 5+7=12 " (the checker's steps, written out: a
+    reasoned judgement needs no reference answer here)."""
     pair = pair_sum.parse_response(response)
-    return "? " if pair is None else f"{pair[0]}+{pair[1]}={sum(pair)} "
+    if pair is None:
+        return "? "
+    available = list(pair_sum.parse_prompt(prompt)[0])
+    looked_up = []
+    for digit in pair:
+        looked_up.append(f"{digit}{'y' if digit in available else 'n'}")
+        if digit in available:
+            available.remove(digit)
+    return f"{looked_up[0]} {looked_up[1]} {pair[0]}+{pair[1]}={sum(pair)} "
 
 
 def pair_sum_task(length: int = 6, dim: int = 96, depth: int = 3, max_seq_len: int = 64,
@@ -102,8 +111,8 @@ def pair_sum_task(length: int = 6, dim: int = 96, depth: int = 3, max_seq_len: i
         reward_config=RewardConfig(prompt_template="judge {{ prompt }}{{ response }}|",
                                    reward_regex_template="Score: {{ reward }}", score_range=(0, 5)),
         max_seq_len=max_seq_len, max_new_tokens=8, eos_id=tokenizer.eos_id,
-        judge_rationale=sum_first if reasoned_judge else None,
-        judge_max_new_tokens=18 if reasoned_judge else 10,
+        judge_rationale=check_steps if reasoned_judge else None,
+        judge_max_new_tokens=24 if reasoned_judge else 10,
         meta_judge_config=MetaJudgeConfig(prompt_template="m{{ prompt }}{{ response }}|{{ judgement_a }}|{{ judgement_b }}|"),
         meta_judge_max_new_tokens=10,
     )
@@ -132,7 +141,7 @@ def main():
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
                         help="override ExperimentSettings fields, e.g. --set temperature=0.5 num_candidates=16")
     parser.add_argument("--reasoned-judge", action="store_true",
-                        help="EFT targets work out the sorted digits (sort) or the answer's sum (pair_sum) before the "
+                        help="EFT targets work out the sorted digits (sort) or look up and add the answer's digits (pair_sum) before the "
                              "score (default: the score alone)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 is fastest for this tiny model, and the only sane choice on a shared CPU")

@@ -110,9 +110,13 @@ def test_pair_sum_task_in_the_example_fits_its_model_and_builds_every_arm(reason
     longest = max(prompts, key=len)
     judge_prompt = task.reward_config.render(longest, "9" * task.max_new_tokens)
     assert len(task.encode(judge_prompt)) + task.judge_max_new_tokens <= task.max_seq_len
-    if reasoned_judge:  # the judge writes the answer's sum first, then the score, within its token budget
-        judgement = example.sum_first(longest, " 5 7") + "Score: 5"
-        assert judgement == "5+7=12 Score: 5" and len(judgement) + 1 <= task.judge_max_new_tokens
+    if reasoned_judge:  # the judge looks up and adds the answer's digits, then scores, within its token budget
+        judgement = example.check_steps("pair 3 7 1 8 5 2 = 12:", " 5 7") + "Score: 5"
+        assert judgement == "5y 7y 5+7=12 Score: 5" and len(judgement) + 1 <= task.judge_max_new_tokens
+        assert example.check_steps("pair 3 7 1 8 5 2 = 12:", " 4 8") == "4n 8y 4+8=12 "
+        assert example.check_steps("pair 3 7 1 8 5 2 = 10:", " 5 5") == "5y 5n 5+5=10 "  # 5 is listed once
+        assert example.check_steps("pair 5 1 5 = 10:", " 5 5") == "5y 5y 5+5=10 "
+        assert example.check_steps("pair 5 1 5 = 10:", " 5 5 1") == "? "
     settings = ExperimentSettings(**example.TASK_SETTINGS["pair_sum"])
     assert settings.num_instruction_examples == 1_500 and ExperimentSettings().num_instruction_examples == 700
     for arm in DEFAULT_ARMS:
