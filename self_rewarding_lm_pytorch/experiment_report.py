@@ -53,24 +53,27 @@ def summary_table(rows: list[dict]) -> str:
 
 def per_seed_checks(rows: list[dict], baseline_arm: str = "random") -> str:
     """Markdown: per arm, the exact-match gain from the seed model to the last iteration in each seed, and whether
-    the arm beats `baseline_arm` at the last iteration in every seed."""
+    the arm beats `baseline_arm` at the last iteration, counted over the seeds where the baseline ran ("-" when it
+    ran in none: a missing control is not a loss)."""
     by_key = {(r["seed"], r["arm"], r["iteration"]): r["exact_match"] for r in rows}
     seeds = sorted({r["seed"] for r in rows})
     arms = sorted({r["arm"] for r in rows} - {"sft"})
     last = max((r["iteration"] for r in rows), default=0)
     lines = ["| arm | gain per seed (points) | mean gain | beats " + baseline_arm + " (seeds) |", "|---|---|---|---|"]
     for arm in arms:
-        gains, wins = [], 0
+        gains, wins, compared = [], 0, 0
         for seed in seeds:
             start, end = by_key.get((seed, "sft", 0)), by_key.get((seed, arm, last))
             if start is None or end is None:
                 continue
             gains.append(100 * (end - start))
             base = by_key.get((seed, baseline_arm, last))
-            wins += base is not None and end > base
+            if base is not None:
+                compared += 1
+                wins += end > base
         mean, half = mean_and_interval(gains)
         lines.append(f"| {arm} | {', '.join(f'{g:+.1f}' for g in gains)} | {_fmt(mean / 100, half / 100, True)} | "
-                     f"{'-' if arm == baseline_arm else f'{wins}/{len(gains)}'} |")
+                     f"{'-' if arm == baseline_arm or not compared else f'{wins}/{compared}'} |")
     return "\n".join(lines)
 
 

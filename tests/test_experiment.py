@@ -44,6 +44,16 @@ def test_per_seed_checks_count_gains_and_wins_over_the_control():
     assert "+10.0, +3.0" in line and "1/2" in line  # seed 1 loses to random (0.33 < 0.34)
 
 
+def test_per_seed_checks_without_the_control_say_so_instead_of_counting_losses():
+    without_random = [r for r in rows() if r["arm"] != "random"]
+    line = next(line for line in per_seed_checks(without_random).splitlines() if line.startswith("| self_consistency"))
+    assert line.endswith("| - |")
+    # the control in one seed only: the arm is compared in that seed alone
+    one_seed = [r for r in rows() if not (r["arm"] == "random" and r["seed"] == 1)]
+    line = next(line for line in per_seed_checks(one_seed).splitlines() if line.startswith("| self_consistency"))
+    assert line.endswith("| 1/1 |")
+
+
 def test_report_files(tmp_path):
     pytest.importorskip("matplotlib")
     text = write_report(rows(), tmp_path, title="t")
