@@ -94,9 +94,9 @@ def check_steps(prompt: str, response: str) -> str:
 
 def pair_sum_task(length: int = 6, dim: int = 96, depth: int = 3, max_seq_len: int = 64,
                   reasoned_judge: bool = False) -> ExperimentTask:
-    """Pair sum (`tasks/pair_sum.py`): "pair 3 7 1 8 5 2 = 12:" -> " 5 7". Model size chosen so that the seed model is
-    mid-strength with `TASK_SETTINGS` (greedy exact match after SFT alone on 1,500 examples: 0.52-0.73 over 3
-    seeds, dev prompts; 700 examples: 0.19), the judge prompt as short as sort's."""
+    """Pair sum (`tasks/pair_sum.py`): "pair 3 7 1 8 5 2 = 12:" -> " 5 7". Model size as sort's: greedy exact match
+    after SFT alone on 1,500 examples 0.52-0.73 over 3 seeds (700 examples: 0.19; dev prompts), 0.87-0.91 after the
+    judge training of `TASK_SETTINGS`, which replays them. The judge prompt is as short as sort's."""
     tokenizer = CharTokenizer()
 
     def make_model(seed: int):
@@ -120,8 +120,11 @@ def pair_sum_task(length: int = 6, dim: int = 96, depth: int = 3, max_seq_len: i
 
 TASKS = dict(sort=sort_digits_task, pair_sum=pair_sum_task)
 TASK_TITLES = dict(sort="sort 5 digits", pair_sum="pair sum, 6 digits")
-# each task's departures from the ExperimentSettings defaults (applied before --quick and --set)
-TASK_SETTINGS = dict(sort={}, pair_sum=dict(num_instruction_examples=1_500))
+# each task's departures from the ExperimentSettings defaults (applied before --quick and --set). pair_sum's judge
+# needs far more judge training than sort's: with 600 EFT prompts and 1 epoch it judged its own answers at chance
+# (balanced accuracy 0.51-0.58, dev, 2 seeds); with 6,000 prompts (8.7k checker-labelled own answers) and 4 epochs at
+# 0.86-0.94 (the replayed instruction examples make the seed model stronger: 0.87-0.91 exact match)
+TASK_SETTINGS = dict(sort={}, pair_sum=dict(num_instruction_examples=1_500, num_eft_prompts=6_000, eft_epochs=4))
 
 QUICK = dict(seeds=(0,), iterations=2, num_eft_prompts=200, prompts_per_iteration=128, num_preference_pairs=128,
              num_eval_prompts=200, num_judge_eval_prompts=48)

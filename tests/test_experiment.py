@@ -128,6 +128,7 @@ def test_pair_sum_task_in_the_example_fits_its_model_and_builds_every_arm(reason
         assert example.check_steps("pair 5 1 5 = 10:", " 5 5") == "5y 5y 5+5=10 "
         assert example.check_steps("pair 5 1 5 = 10:", " 5 5 1") == "? "
     settings = ExperimentSettings(**example.TASK_SETTINGS["pair_sum"])
-    assert settings.num_instruction_examples == 1_500 and ExperimentSettings().num_instruction_examples == 700
+    assert (settings.num_instruction_examples, settings.num_eft_prompts, settings.eft_epochs) == (1_500, 6_000, 4)
+    assert ExperimentSettings().num_instruction_examples == 700  # sort's defaults: the recorded runs, unchanged
     for arm in DEFAULT_ARMS:
         assert arm.stage(prompts, task, settings).prompt_dataset == prompts
