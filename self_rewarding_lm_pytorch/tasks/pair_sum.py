@@ -20,10 +20,9 @@ import re
 from collections import Counter
 from typing import Callable
 
-import torch
 from torch import Tensor
 
-from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, encode_example
 
 MAX_SCORE = 5
 PROMPT_RE = re.compile(r"pair ([1-9](?: [1-9])*) = (\d{1,2}):")
@@ -122,9 +121,7 @@ class PairSumTask:
         return PairSumTask(self.length, seed, self.tokenizer)
 
     def _example(self, prompt: str, response: str) -> tuple[Tensor, int]:
-        prompt_ids = self.tokenizer.encode(prompt)
-        response_ids = torch.cat([self.tokenizer.encode(response), torch.tensor([self.tokenizer.eos_id])])
-        return torch.cat([prompt_ids, response_ids]), len(prompt_ids)
+        return encode_example(self.tokenizer, prompt, response)
 
     def instruction_examples(self, n: int) -> list[tuple[Tensor, int]]:
         """IFT data: (prompt + correct response + EOS, prompt_len)."""

@@ -49,6 +49,13 @@ class CharTokenizer:
         return "".join(chars)
 
 
+def encode_example(tokenizer: CharTokenizer, prompt: str, response: str) -> tuple[Tensor, int]:
+    """An SFT item of the bundled tasks: (prompt + response + EOS token ids, prompt length)."""
+    prompt_ids = tokenizer.encode(prompt)
+    response_ids = torch.cat([tokenizer.encode(response), torch.tensor([tokenizer.eos_id])])
+    return torch.cat([prompt_ids, response_ids]), len(prompt_ids)
+
+
 def make_prompt(digits: list[int]) -> str:
     return "sort " + " ".join(map(str, digits)) + ":"
 
@@ -114,9 +121,7 @@ class SortDigitsTask:
         return SortDigitsTask(self.length, seed, self.tokenizer)
 
     def _example(self, prompt: str, response: str) -> tuple[Tensor, int]:
-        prompt_ids = self.tokenizer.encode(prompt)
-        response_ids = torch.cat([self.tokenizer.encode(response), torch.tensor([self.tokenizer.eos_id])])
-        return torch.cat([prompt_ids, response_ids]), len(prompt_ids)
+        return encode_example(self.tokenizer, prompt, response)
 
     def instruction_examples(self, n: int) -> list[tuple[Tensor, int]]:
         """IFT data: (prompt + correct response + EOS, prompt_len)."""
