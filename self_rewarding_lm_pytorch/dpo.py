@@ -23,9 +23,10 @@ from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
 from self_rewarding_lm_pytorch.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.model_utils import set_dropout
 from self_rewarding_lm_pytorch.optim import adamw_for_stage, steps_per_epoch
+from self_rewarding_lm_pytorch.preference_data import DPODataset
 from self_rewarding_lm_pytorch.preference_loss import LossType, check_preference_loss_settings
 from self_rewarding_lm_pytorch.sharding import check_supported_sharding, is_fully_sharded, prepare_for_training
-from self_rewarding_lm_pytorch.tracking import MetricsLogger
+from self_rewarding_lm_pytorch.tracking import MetricsLogger, last_logged
 from self_rewarding_lm_pytorch.train_state import TrainState, loop_fingerprint, shuffle_generator, step_is_finite
 
 __all__ = ["DPO", "DPOCollate", "DPOConfig", "DPOTrainer", "reference_logprobs"]
@@ -340,3 +341,16 @@ def early_stop_reason(stopper: EarlyStopper, step: int, best_step: int, stopped_
         return (f"{name}: early stop at step {step}: the score did not improve by more than {stopper.min_delta:g} in "
                 f"{stopper.patience} evaluations (patience); {best}")
     return f"{name}: reached its last step {step}; {best}"
+
+
+def train_on_stored_pairs(trainer, index: int, config: DPOConfig, logger: MetricsLogger) -> dict:
+    """The training half of every preference stage of a `SelfRewardingTrainer` plan, once its pairs are on disk:
+    frees the generation backend, runs DPO on stage `index`'s pairs folder (its steps resumable under
+    `<stage>.steps`), and returns the last logged loss numbers with the number of pairs."""
+    trainer.sampler.release()  # generation is over until the next generating stage: a backend may free its memory
+    pairs = DPODataset(trainer.pairs_folder(index))
+    history = DPOTrainer(
+        trainer.model, pairs, config, accelerator=trainer.accelerator,
+        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", checkpoint_prefix="dpo", logger=logger,
+    ).train()
+    return dict(last_logged(history, ("loss", "rewards/accuracies", "rewards/margins")), pairs=len(pairs))

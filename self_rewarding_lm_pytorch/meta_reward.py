@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data import as_token_tensor
-from self_rewarding_lm_pytorch.dpo import DPOTrainer
+from self_rewarding_lm_pytorch.dpo import train_on_stored_pairs
 from self_rewarding_lm_pytorch.generation import LibrarySampler, Sampler
 from self_rewarding_lm_pytorch.judges import SelfJudge
 from self_rewarding_lm_pytorch.logprobs import reference_logprobs
@@ -41,10 +41,10 @@ from self_rewarding_lm_pytorch.meta_pairs import (
 )
 from self_rewarding_lm_pytorch.pair_generation import JudgedBatch, judge_prompts
 from self_rewarding_lm_pytorch.pair_stats import PairGenerationError, PairGenerationStats, shortfall_message
-from self_rewarding_lm_pytorch.preference_data import DPODataset, PreferenceDataWriter, read_meta
+from self_rewarding_lm_pytorch.preference_data import PreferenceDataWriter, read_meta
 from self_rewarding_lm_pytorch.sharding import is_fully_sharded
 from self_rewarding_lm_pytorch.stages import MetaRewardDPOConfig
-from self_rewarding_lm_pytorch.tracking import MetricsLogger, last_logged
+from self_rewarding_lm_pytorch.tracking import MetricsLogger
 
 
 @dataclass
@@ -328,14 +328,8 @@ def run_meta_reward_stage(trainer, index: int, config: MetaRewardDPOConfig, logg
         accelerator=trainer.accelerator, pad_id=trainer.pad_id, eos_id=trainer.eos_id, seed=trainer.seed + index,
         fingerprint=trainer.pairs_fingerprint(index), logger=logger, sampler=trainer.sampler,
     )
-    trainer.sampler.release()  # generation is over until the next generating stage: a backend may free its memory
-    pairs = DPODataset(trainer.pairs_folder(index))
-    history = DPOTrainer(
-        trainer.model, pairs, config, accelerator=trainer.accelerator,
-        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", checkpoint_prefix="dpo", logger=logger,
-    ).train()
-    summary = last_logged(history, ("loss", "rewards/accuracies", "rewards/margins"))
-    summary.update(pairs=len(pairs), actor_pairs=stats.pairs_made, judge_pairs=meta_stats.pairs_made,
+    summary = train_on_stored_pairs(trainer, index, config, logger)
+    summary.update(actor_pairs=stats.pairs_made, judge_pairs=meta_stats.pairs_made,
                    judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate, meta_parse_rate=meta_stats.parse_rate,
                    meta_first_position_rate=meta_stats.first_position_rate)
     summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen", "pairs_filtered"))})

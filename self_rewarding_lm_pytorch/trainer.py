@@ -29,7 +29,7 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from self_rewarding_lm_pytorch.dpo import DPOConfig, DPOTrainer
+from self_rewarding_lm_pytorch.dpo import DPOConfig, train_on_stored_pairs
 from self_rewarding_lm_pytorch.fingerprint import changed_parts, config_fingerprint, describe, short, tokenizer_digest
 from self_rewarding_lm_pytorch.generation import LibrarySampler, check_sampler_processes, make_sampler
 from self_rewarding_lm_pytorch.integrity import content_digest, remove_stale_temp_files
@@ -37,7 +37,6 @@ from self_rewarding_lm_pytorch.judges import Judge, RewardFnJudge, RewardModelJu
 from self_rewarding_lm_pytorch.meta_reward import run_meta_reward_stage
 from self_rewarding_lm_pytorch.model_contract import check_special_ids
 from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig, generate_preference_pairs
-from self_rewarding_lm_pytorch.preference_data import DPODataset
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.self_consistency import SelfConsistencyJudge
 from self_rewarding_lm_pytorch.sft import SFTConfig, SFTTrainer
@@ -343,14 +342,8 @@ def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config, logger
         logp_reduction=config.logp_reduction, seed=trainer.seed + index, fingerprint=trainer.pairs_fingerprint(index),
         logger=logger, sampler=trainer.sampler,
     )
-    trainer.sampler.release()  # generation is over until the next generating stage: a backend may free its memory
-    pairs = DPODataset(trainer.pairs_folder(index))
-    history = DPOTrainer(
-        trainer.model, pairs, config, accelerator=trainer.accelerator,
-        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", checkpoint_prefix="dpo", logger=logger,
-    ).train()
-    summary = last_logged(history, ("loss", "rewards/accuracies", "rewards/margins"))
-    summary.update(pairs=len(pairs), judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate)
+    summary = train_on_stored_pairs(trainer, index, config, logger)
+    summary.update(judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate)
     summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen", "pairs_filtered"))})
     return summary
 
