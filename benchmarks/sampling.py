@@ -5,6 +5,7 @@
 
     python benchmarks/sampling.py                 # depth 6 and depth 1, dim 512, batch 8, prompt 32, 256 new tokens
     python benchmarks/sampling.py --new-tokens 64 --depths 1 --repeats 1   # a quick run
+    python benchmarks/sampling.py --device cuda   # on a GPU (timings synchronise the device)
 
 Targets (issue 3): (b) >= 15x (a), and (b) >= 1.0x (c) at depth 6. Timings on shared machines vary +-25% run to
 run, so the three are measured side by side, (b) and (c) interleaved, best of --repeats.
@@ -22,9 +23,16 @@ from self_rewarding_lm_pytorch import sample
 
 
 def seconds(fn) -> tuple[float, torch.Tensor]:
+    synchronize()
     start = time.perf_counter()
     out = fn()
+    synchronize()
     return time.perf_counter() - start, out
+
+
+def synchronize():
+    if torch.cuda.is_available():  # kernels run asynchronously: time what the device did, not what was queued
+        torch.cuda.synchronize()
 
 
 def main():
@@ -37,18 +45,19 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3, help="best of N for the cached methods (recompute runs once)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     max_seq_len = max(args.max_seq_len, args.prompt + args.new_tokens)
 
     print(f"batch {args.batch}, prompt {args.prompt}, {args.new_tokens} new tokens, greedy, {args.threads} threads, "
-          f"dim {args.dim}, max_seq_len {max_seq_len}")
+          f"dim {args.dim}, max_seq_len {max_seq_len}, device {args.device}")
     print(f"{'depth':>5} {'(a) recompute':>15} {'(b) sample':>12} {'(c) x-t generate':>17} {'b/a':>7} {'b/c':>6}  b == c tokens")
     for depth in args.depths:
         torch.manual_seed(0)
         net = TransformerWrapper(num_tokens=256, max_seq_len=max_seq_len,
-                                 attn_layers=Decoder(dim=args.dim, depth=depth, heads=8)).eval()
-        prompts = torch.randint(0, 256, (args.batch, args.prompt))
+                                 attn_layers=Decoder(dim=args.dim, depth=depth, heads=8)).eval().to(args.device)
+        prompts = torch.randint(0, 256, (args.batch, args.prompt), device=args.device)
         wrapper = AutoregressiveWrapper(net)
         tokens = args.batch * args.new_tokens
 

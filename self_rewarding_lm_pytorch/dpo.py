@@ -25,7 +25,7 @@ from self_rewarding_lm_pytorch.model_utils import set_dropout
 from self_rewarding_lm_pytorch.optim import adamw_for_stage, steps_per_epoch
 from self_rewarding_lm_pytorch.preference_data import DPODataset
 from self_rewarding_lm_pytorch.preference_loss import LossType, check_preference_loss_settings
-from self_rewarding_lm_pytorch.sharding import check_supported_sharding, is_fully_sharded, prepare_for_training
+from self_rewarding_lm_pytorch.sharding import check_supported_sharding, is_fully_sharded, place_on_device, prepare_for_training
 from self_rewarding_lm_pytorch.tracking import MetricsLogger, last_logged
 from self_rewarding_lm_pytorch.train_state import TrainState, loop_fingerprint, shuffle_generator, step_is_finite
 
@@ -180,8 +180,7 @@ class DPOTrainer:
                     "(chosen_ref_logp / rejected_ref_logp), as pair generation and SPIN do"
                 )
             if precompute:
-                if not is_fully_sharded(model):  # a sharded model is placed already; moving it swaps its parameters
-                    model.to(self.accelerator.device)
+                place_on_device(self.accelerator, model)
                 reference = dict(accelerator=self.accelerator, pad_id=pad_id, reduction=config.logp_reduction,
                                  batch_size=config.batch_size)
                 if not train_has_ref:

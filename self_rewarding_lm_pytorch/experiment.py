@@ -95,6 +95,9 @@ class ExperimentSettings:
     eft_temperatures: tuple[float, ...] = (0.0, 0.4)  # greedy and sampled answers: both kinds the judge will see
     eft_epochs: int = 1
     eft_learning_rate_factor: float = 1.0
+    # the share of the instruction examples replayed beside the judge examples in each EFT epoch: 1.0 keeps answering
+    # from being forgotten; less keeps many judge epochs from also making the seed model much stronger
+    eft_instruction_replay_share: float = 1.0
     # each preference iteration
     prompts_per_iteration: int = 768  # a strong model agrees with itself on most prompts: more prompts, enough pairs
     num_preference_pairs: int = 384  # at most; `accept_fewer_pairs` keeps what the prompts give
@@ -310,8 +313,9 @@ class ExperimentRunner:
         # that the answers the judge learned on stay the answers it will judge
         eft_sft = dict(sft, learning_rate=settings.sft_learning_rate * settings.eft_learning_rate_factor,
                        end_learning_rate=settings.sft_learning_rate * settings.eft_learning_rate_factor / 10)
+        replayed = ift[: round(len(ift) * settings.eft_instruction_replay_share)]
         stages = [SFTConfig(train_dataset=ift, num_epochs=settings.sft_epochs, **sft),
-                  SFTConfig(train_dataset=judge_set.examples + meta_examples + ift, num_epochs=settings.eft_epochs, **eft_sft)]
+                  SFTConfig(train_dataset=judge_set.examples + meta_examples + replayed, num_epochs=settings.eft_epochs, **eft_sft)]
         plan(stages)()
         return model
 

@@ -33,6 +33,8 @@ from self_rewarding_lm_pytorch.decoders import (  # noqa: F401  (public here too
 )
 from self_rewarding_lm_pytorch.sharding import all_ranks_done, idle_forward, is_fully_sharded
 
+STOP_CHECK_EVERY = 8  # decode steps between checks that every row has ended (each check is a host-device sync)
+
 # filters: logits (b, vocab) -> logits with the excluded tokens at -inf
 
 
@@ -258,6 +260,10 @@ def _decode_loop(
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     tokens = []
     max_steps = int(budget.max())
+    # "has every row emitted its EOS?" is a host sync, which stalls a GPU while the host queues the next step: asked
+    # every few steps (the steps past the last EOS are trimmed below), every step when ranks must agree each step.
+    # Without an EOS only the budgets end rows, and the host knows them.
+    check_every = STOP_CHECK_EVERY if sharded_net is None else 1
     done = False
     for step in itertools.count():
         if not done:
@@ -267,7 +273,8 @@ def _decode_loop(
             finished |= budget <= step + 1
             if eos_id is not None:
                 finished |= sampled == eos_id
-            done = step + 1 == max_steps or bool(finished.all())  # the one host sync per token
+            done = step + 1 == max_steps or (
+                eos_id is not None and (step + 1) % check_every == 0 and bool(finished.all()))
         if sharded_net is None and done:
             break
         if sharded_net is not None and all_ranks_done(done, device):
@@ -277,7 +284,7 @@ def _decode_loop(
         else:
             # finished rows are fed their (discarded) sample, always a valid id, unlike pad_id
             logits = decoder.step(sampled)
-    return torch.stack(tokens, dim=-1), lengths
+    return torch.stack(tokens, dim=-1)[:, : int(lengths.max())], lengths
 
 
 def _prefill(decoder: Decoder, ids: Tensor, seq_start_pos: Tensor, prefix_len: int) -> Tensor:

@@ -158,6 +158,17 @@ def prepare_for_training(accelerator: Accelerator, model: nn.Module, *others):
     return accelerator.prepare(model, *others)
 
 
+def place_on_device(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """Move `model` to the accelerator's device now, as `accelerator.prepare` does when a stage first trains: a plan
+    may generate before anything trains (a first stage that makes pairs or SPIN answers, a resumed run), and on the
+    host a GPU run would generate slowly and draw other samples than an uninterrupted run. Left where it is, as
+    prepare leaves it: a sharded model, a model dispatched over devices (`hf_device_map`), device_placement=False."""
+    if (is_fully_sharded(model) or not accelerator.device_placement or accelerator.distributed_type == DistributedType.FSDP
+            or accelerator.verify_device_map(model)):
+        return model
+    return model.to(accelerator.device)
+
+
 def check_supported_sharding(accelerator: Accelerator, where: str):
     """Refuse DeepSpeed ZeRO-3 at construction: its sharded generation is not implemented (and not testable here)."""
     if accelerator.distributed_type != DistributedType.DEEPSPEED:

@@ -30,7 +30,7 @@ from self_rewarding_lm_pytorch.generation import check_sampler_processes, make_s
 from self_rewarding_lm_pytorch.logprobs import reference_logprobs
 from self_rewarding_lm_pytorch.model_contract import check_special_ids
 from self_rewarding_lm_pytorch.sampling import check_sampling_settings, top_p, warn_missing_eos
-from self_rewarding_lm_pytorch.sharding import check_supported_sharding, max_over_ranks
+from self_rewarding_lm_pytorch.sharding import check_supported_sharding, max_over_ranks, place_on_device
 from self_rewarding_lm_pytorch.tracking import MetricsLogger
 from self_rewarding_lm_pytorch.train_state import loop_fingerprint
 
@@ -249,6 +249,7 @@ class SPINTrainer:
 
     def train(self) -> list[dict]:
         config = self.config
+        place_on_device(self.accelerator, self.model)  # θ0 answers on the accelerator, not on the host
         for iteration in range(self.finished_iterations(), config.num_iterations):
             # 1) θt answers every prompt; 2) its log-probs are the reference
             train_pairs = self.iteration_pairs(config.train_sft_dataset, iteration, "train")

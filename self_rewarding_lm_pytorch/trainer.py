@@ -45,6 +45,7 @@ from self_rewarding_lm_pytorch.sharding import (
     full_state_dict,
     local_weights,
     max_over_ranks,
+    place_on_device,
     same_on_every_rank,
 )
 from self_rewarding_lm_pytorch.spin import SelfPlayConfig, SPINTrainer
@@ -243,6 +244,7 @@ class SelfRewardingTrainer:
             self.next_step = extras.get("next_step", 0)
         if done:
             self.print(f"resuming after stage {done - 1}: loaded {self.checkpoint_path(done - 1)}")
+        place_on_device(self.accelerator, self.model)
 
         for index in range(done, len(self.stages)):
             config = self.stages[index]
