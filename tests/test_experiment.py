@@ -129,6 +129,7 @@ def test_pair_sum_task_in_the_example_fits_its_model_and_builds_every_arm(reason
         assert example.check_steps("pair 5 1 5 = 10:", " 5 5 1") == "? "
     settings = ExperimentSettings(**example.TASK_SETTINGS["pair_sum"])
     assert (settings.num_instruction_examples, settings.num_eft_prompts, settings.eft_epochs) == (1_500, 6_000, 4)
+    assert (settings.eft_instruction_replay_share, settings.dpo_learning_rate) == (0.25, 3e-5)
     assert ExperimentSettings().num_instruction_examples == 700  # sort's defaults: the recorded runs, unchanged
     for arm in DEFAULT_ARMS:
         assert arm.stage(prompts, task, settings).prompt_dataset == prompts
