@@ -24,3 +24,22 @@ def make_transformer():
         return tiny_transformer(**kwargs)
 
     return make
+
+
+class Crash(Exception):
+    """A stand-in for a killed process."""
+
+
+def crash_in_stage(n: int):
+    """An `evaluate` hook that raises `Crash` at the end of the n-th stage it sees (1-based), before that stage's
+    checkpoint is saved: the run is killed with stages 1..n-1 finished."""
+    calls = 0
+
+    def evaluate(model):
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            raise Crash
+        return {}
+
+    return evaluate

@@ -29,7 +29,7 @@ from self_rewarding_lm_pytorch.preference_data import DPODataset
 from self_rewarding_lm_pytorch.sampling import top_p
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
-from conftest import tiny_transformer
+from conftest import Crash, crash_in_stage, tiny_transformer
 
 pytestmark = [
     pytest.mark.cuda,
@@ -194,25 +194,12 @@ def test_a_plan_that_generates_before_it_trains_generates_on_the_gpu(tmp_path):
     assert sampler.devices and set(sampler.devices) == {"cuda"}
 
 
-class Crash(Exception):
-    pass
-
-
 def test_an_interrupted_gpu_run_resumes_to_the_same_weights(tmp_path):
     torch.use_deterministic_algorithms(True)
     try:
         _, _, _, whole = run_plan(tmp_path / "whole")
-        calls = 0
-
-        def crash_in_third_stage(model):
-            nonlocal calls
-            calls += 1
-            if calls == 3:
-                raise Crash
-            return {}
-
         with pytest.raises(Crash):
-            run_plan(tmp_path / "resumed", evaluate=crash_in_third_stage)
+            run_plan(tmp_path / "resumed", evaluate=crash_in_stage(3))
         _, summaries, _, _ = run_plan(tmp_path / "resumed")
     finally:
         torch.use_deterministic_algorithms(False)

@@ -18,7 +18,7 @@ from self_rewarding_lm_pytorch.checkpoint import load_checkpoint
 from self_rewarding_lm_pytorch.pair_generation import PairGenerationError
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
-from conftest import tiny_transformer
+from conftest import Crash, crash_in_stage, tiny_transformer
 
 TOKENIZER = CharTokenizer()
 
@@ -174,10 +174,6 @@ def resumable_plan(task):
     ]
 
 
-class Crash(Exception):
-    pass
-
-
 def test_interrupted_run_resumes_to_the_same_checkpoints(tmp_path):
     task = SortDigitsTask(length=3, seed=1)
     plan = resumable_plan(task)
@@ -192,17 +188,8 @@ def test_interrupted_run_resumes_to_the_same_checkpoints(tmp_path):
 
     run(tmp_path / "whole")
 
-    calls = 0
-
-    def crash_in_third_stage(model):
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise Crash
-        return {}
-
     with pytest.raises(Crash):
-        run(tmp_path / "resumed", evaluate=crash_in_third_stage)
+        run(tmp_path / "resumed", evaluate=crash_in_stage(3))
     assert not (tmp_path / "resumed" / "stage-02-spin.pt").exists()
     summaries = run(tmp_path / "resumed")
     assert [s.get("resumed", False) for s in summaries] == [True, True, False]
