@@ -148,6 +148,9 @@ def main():
     parser.add_argument("--reasoned-judge", action="store_true",
                         help="EFT targets work out the sorted digits (sort) or look up and add the answer's digits (pair_sum) before the "
                              "score (default: the score alone)")
+    parser.add_argument("--max-seq-len", type=int, default=64,
+                        help="the model's context (rotary positions: no weights depend on it); 96 fits the meta-judge prompt "
+                             "with two reasoned judgements (--reasoned-judge --arms meta_reward)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 is fastest for this tiny model, and the only sane choice on a shared CPU")
     args = parser.parse_args()
@@ -169,7 +172,7 @@ def main():
     for lr in args.learning_rates or [settings.dpo_learning_rate]:
         out = args.out / f"lr-{lr:g}" if args.learning_rates else args.out
         settings.dpo_learning_rate = lr
-        runner = ExperimentRunner(TASKS[args.task](reasoned_judge=args.reasoned_judge), settings, arms, out)
+        runner = ExperimentRunner(TASKS[args.task](reasoned_judge=args.reasoned_judge, max_seq_len=args.max_seq_len), settings, arms, out)
         rows = runner.run()
         print(write_report(rows, out, title=f"{TASK_TITLES[args.task]}, DPO lr {lr:g}, {args.split} prompts"))
 
