@@ -51,16 +51,23 @@ def reference_first(prompt: str, response: str) -> str:
     return f"{solve(parse_prompt(prompt))} "
 
 
+def rotary_model_maker(num_tokens: int, dim: int, depth: int, max_seq_len: int):
+    """Both tasks' model: a decoder with rotary positions (no weights depend on max_seq_len), fresh for each seed."""
+
+    def make_model(seed: int):
+        return TransformerWrapper(num_tokens=num_tokens, max_seq_len=max_seq_len, use_abs_pos_emb=False,
+                                  attn_layers=Decoder(dim=dim, depth=depth, heads=4, rotary_pos_emb=True))
+
+    return make_model
+
+
 def sort_digits_task(length: int = 5, dim: int = 96, depth: int = 3, max_seq_len: int = 64,
                      reasoned_judge: bool = False) -> ExperimentTask:
     tokenizer = CharTokenizer()
 
-    def make_model(seed: int):
-        return TransformerWrapper(num_tokens=tokenizer.num_tokens, max_seq_len=max_seq_len, use_abs_pos_emb=False,
-                                  attn_layers=Decoder(dim=dim, depth=depth, heads=4, rotary_pos_emb=True))
-
     return ExperimentTask(
-        make_model=make_model, encode=tokenizer.encode, decode=tokenizer.decode,
+        make_model=rotary_model_maker(tokenizer.num_tokens, dim, depth, max_seq_len),
+        encode=tokenizer.encode, decode=tokenizer.decode,
         instruction_examples=lambda n, seed: SortDigitsTask(length, seed).instruction_examples(n),
         prompts=lambda n, seed: SortDigitsTask(length, seed).prompts(n),
         checker=is_correct, answer_key=answer_key,
@@ -95,16 +102,13 @@ def check_steps(prompt: str, response: str) -> str:
 def pair_sum_task(length: int = 6, dim: int = 96, depth: int = 3, max_seq_len: int = 64,
                   reasoned_judge: bool = False) -> ExperimentTask:
     """Pair sum (`tasks/pair_sum.py`): "pair 3 7 1 8 5 2 = 12:" -> " 5 7". Model size as sort's: greedy exact match
-    after SFT alone on 1,500 examples 0.52-0.73 over 3 seeds (700 examples: 0.19; dev prompts), 0.87-0.91 after the
-    judge training of `TASK_SETTINGS`, which replays them. The judge prompt is as short as sort's."""
+    after SFT alone on 1,500 examples 0.52-0.73 over 3 seeds (700 examples: 0.19; dev prompts), 0.48-0.72 after the
+    judge training of `TASK_SETTINGS`, which replays a quarter of them. The judge prompt is as short as sort's."""
     tokenizer = CharTokenizer()
 
-    def make_model(seed: int):
-        return TransformerWrapper(num_tokens=tokenizer.num_tokens, max_seq_len=max_seq_len, use_abs_pos_emb=False,
-                                  attn_layers=Decoder(dim=dim, depth=depth, heads=4, rotary_pos_emb=True))
-
     return ExperimentTask(
-        make_model=make_model, encode=tokenizer.encode, decode=tokenizer.decode,
+        make_model=rotary_model_maker(tokenizer.num_tokens, dim, depth, max_seq_len),
+        encode=tokenizer.encode, decode=tokenizer.decode,
         instruction_examples=lambda n, seed: pair_sum.PairSumTask(length, seed).instruction_examples(n),
         prompts=lambda n, seed: pair_sum.PairSumTask(length, seed).prompts(n),
         checker=pair_sum.is_correct, answer_key=pair_sum.answer_key,
