@@ -105,6 +105,9 @@ class ExperimentSettings:
     num_judged_candidates: int = 4  # the LLM-judge arms (the paper's N = 4), each judged num_judgements times
     temperature: float = 0.4  # candidates (and judgements); a small model's samples at 0.7 are mostly wrong
     num_judgements: int = 3
+    # the LLM-judge arms' judgements (self_judge, self_judge_agree, meta_reward); None: `temperature`. A 0.99 judge at
+    # 0.4 almost never disagrees with itself, and Meta-Rewarding learns only from its disagreements
+    judge_temperature: float | None = None
     min_vote_margin: float | None = 0.5
     length_control: float | None = None  # meta_reward's actor pairs: the paper's rho; None: best vs worst
     meta_judge_temperature: float = 0.0  # meta_reward's verdicts, one per order of each judgement pair

@@ -26,11 +26,15 @@ class Arm:
     trains_meta_judge: bool = False  # the seed model must know the meta-judge's format (shared by every arm of the run)
 
 
+def judgement_temperature(settings) -> float:
+    return settings.temperature if settings.judge_temperature is None else settings.judge_temperature
+
+
 def self_judge_arm(prompts, task, settings, **extra):
     """LLM-as-a-judge (Yuan et al. 2024): the model judges its own answers `num_judgements` times."""
     return SelfRewardDPOConfig(
         prompt_dataset=prompts, reward_config=task.reward_config, num_judgements=settings.num_judgements,
-        judge_max_new_tokens=task.judge_max_new_tokens, judge_temperature=settings.temperature, judge_top_p=None,
+        judge_max_new_tokens=task.judge_max_new_tokens, judge_temperature=judgement_temperature(settings), judge_top_p=None,
         **settings.pair_kwargs(task, settings.num_judged_candidates), **settings.dpo_kwargs(), **extra,
     )
 
@@ -54,7 +58,7 @@ def meta_reward_arm(prompts, task, settings):
     return MetaRewardDPOConfig(
         prompt_dataset=prompts, reward_config=task.reward_config, meta_judge_config=task.meta_judge_config,
         num_judgements=settings.num_judgements, judge_max_new_tokens=task.judge_max_new_tokens,
-        judge_temperature=settings.temperature, judge_top_p=None, meta_judge_max_new_tokens=task.meta_judge_max_new_tokens,
+        judge_temperature=judgement_temperature(settings), judge_top_p=None, meta_judge_max_new_tokens=task.meta_judge_max_new_tokens,
         meta_judge_temperature=settings.meta_judge_temperature, length_control=settings.length_control,
         **settings.pair_kwargs(task, settings.num_judged_candidates),
         **settings.dpo_kwargs(),

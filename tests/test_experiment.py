@@ -120,6 +120,15 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
     settings = ExperimentSettings(meta_judge_temperature=0.7, length_control=0.2)
     stage = OPTIONAL_ARMS[0].stage(task.prompts(4, 0), task, settings)
     assert (stage.meta_judge_temperature, stage.length_control) == (0.7, 0.2)
+    # the judgements' temperature is the candidates' unless `judge_temperature` is set, and then it is every LLM-judge
+    # arm's (the control without meta-judging judges as hot), while the candidates keep theirs
+    from self_rewarding_lm_pytorch.experiment import DEFAULT_ARMS
+
+    judge_arms = [arm for arm in DEFAULT_ARMS + OPTIONAL_ARMS if arm.name in ("self_judge", "self_judge_agree", "meta_reward")]
+    for temperatures, expected in (({}, 0.4), (dict(judge_temperature=1.0), 1.0)):
+        settings = ExperimentSettings(temperature=0.4, **temperatures)
+        stages = [arm.stage(task.prompts(4, 0), task, settings) for arm in judge_arms]
+        assert [(s.judge_temperature, s.temperature) for s in stages] == [(expected, 0.4)] * 3
     with pytest.raises(ValueError, match="meta_judge_config"):
         ExperimentRunner(replace(task, meta_judge_config=None), arms=OPTIONAL_ARMS, out_dir=tmp_path)
 
