@@ -116,6 +116,10 @@ class ExperimentSettings:
     dpo_epochs: int = 2
     dpo_batch_size: int = 16
     nll_weight: float = 1.0
+    # after each preference iteration, every arm alike: one SFT epoch, at the DPO learning rate, on this share of the
+    # seed judge examples (made before iteration 1: no new labels). The actor's DPO steps move the judge's weights
+    # too, and nothing else trains the judge again (0: off, the paper's plan)
+    judge_refresh_share: float = 0.0
     # measurement
     num_eval_prompts: int = 400
     num_judge_eval_prompts: int = 96
@@ -202,6 +206,9 @@ class ExperimentRunner:
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names) or "sft" in names:
             raise ValueError(f"arm names must be distinct and not 'sft' (the seed model's row), got {names}")
+        if not 0 <= self.settings.judge_refresh_share <= 1:
+            raise ValueError(f"ExperimentSettings.judge_refresh_share is a share of the seed judge examples, in [0, 1]; "
+                             f"got {self.settings.judge_refresh_share}")
         if self.trains_meta_judge and self.task.meta_judge_config is None:
             raise ValueError(f"arms {[a.name for a in self.arms if a.trains_meta_judge]} meta-judge: the task needs a "
                              f"meta_judge_config")
@@ -239,7 +246,7 @@ class ExperimentRunner:
         bar = tqdm(total=units, desc="experiment", disable=not self.show_progress, position=0)
         for seed in settings.seeds:
             seed_dir = self.out_dir / f"seed-{seed}"
-            model = self.seed_model(seed, seed_dir, held_out)
+            model, judge_examples = self.seed_model(seed, seed_dir, held_out)
             seed_state = {k: v.clone() for k, v in model.state_dict().items()}
             if (seed, "sft", 0) not in done:
                 self.record(dict(seed=seed, arm="sft", iteration=0, **measure(model, task, settings, eval_prompts, judge_prompts, seed)))
@@ -255,8 +262,9 @@ class ExperimentRunner:
                 for iteration in range(1, settings.iterations + 1):
                     bar.set_postfix(seed=seed, arm=arm.name, iteration=iteration)
                     stage = arm.stage(iteration_prompts[iteration - 1], task, settings)
+                    plan = [stage, *judge_refresh(judge_examples, settings)]
                     trainer = SelfRewardingTrainer(
-                        model, finetune_configs=[stage], tokenizer_encode=task.encode, tokenizer_decode=task.decode,
+                        model, finetune_configs=plan, tokenizer_encode=task.encode, tokenizer_decode=task.decode,
                         self_reward_prompt_config=task.reward_config, pad_id=task.pad_id, eos_id=task.eos_id,
                         checkpoints_folder=seed_dir / arm.name / f"iteration-{iteration}",
                         accelerate_kwargs=dict(cpu=True), seed=1_000 * seed + iteration,
@@ -273,9 +281,9 @@ class ExperimentRunner:
         bar.close()
         return self.done_rows()
 
-    def seed_model(self, seed: int, seed_dir: Path, held_out: set[str]) -> nn.Module:
+    def seed_model(self, seed: int, seed_dir: Path, held_out: set[str]) -> tuple[nn.Module, list]:
         """SFT on instruction examples, then on judge examples from the model's own answers (labelled once by the
-        checker), as one two-stage plan resumed from `seed_dir`."""
+        checker), as one two-stage plan resumed from `seed_dir`; returns the model and its judge examples."""
         task, settings = self.task, self.settings
         torch.manual_seed(seed)
         model = task.make_model(seed)
@@ -320,7 +328,17 @@ class ExperimentRunner:
         stages = [SFTConfig(train_dataset=ift, num_epochs=settings.sft_epochs, **sft),
                   SFTConfig(train_dataset=judge_set.examples + meta_examples + replayed, num_epochs=settings.eft_epochs, **eft_sft)]
         plan(stages)()
-        return model
+        return model, judge_set.examples
+
+
+def judge_refresh(judge_examples: list, settings: ExperimentSettings) -> list[SFTConfig]:
+    """The stage that follows each preference iteration when `settings.judge_refresh_share` > 0."""
+    if not settings.judge_refresh_share:
+        return []
+    lr = settings.dpo_learning_rate
+    return [SFTConfig(train_dataset=judge_examples[: round(len(judge_examples) * settings.judge_refresh_share)],
+                      num_epochs=1, batch_size=32, grad_accum_steps=1, dropout=0.0, learning_rate=lr,
+                      end_learning_rate=lr / 10)]
 
 
 def pair_numbers(summary: dict) -> dict:

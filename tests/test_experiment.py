@@ -162,3 +162,53 @@ def test_pair_sum_task_in_the_example_fits_its_model_and_builds_every_arm(reason
     assert ExperimentSettings().num_instruction_examples == 700  # sort's defaults: the recorded runs, unchanged
     for arm in DEFAULT_ARMS:
         assert arm.stage(prompts, task, settings).prompt_dataset == prompts
+
+
+def test_judge_refresh_replays_a_share_of_the_seed_judge_examples_after_each_iteration(tmp_path):
+    import torch
+
+    from self_rewarding_lm_pytorch.experiment import ExperimentRunner, ExperimentSettings, judge_refresh
+
+    examples = [(torch.tensor([1, 2, 3, 4]), 2) for _ in range(8)]
+    assert judge_refresh(examples, ExperimentSettings()) == []  # off by default: the paper's plan
+    (stage,) = judge_refresh(examples, ExperimentSettings(judge_refresh_share=0.25, dpo_learning_rate=3e-5))
+    assert len(stage.train_dataset) == 2 and stage.num_epochs == 1 and stage.learning_rate == 3e-5
+
+    spec = importlib.util.spec_from_file_location("self_improvement", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    with pytest.raises(ValueError, match="judge_refresh_share"):
+        ExperimentRunner(example.sort_digits_task(), ExperimentSettings(judge_refresh_share=1.5), out_dir=tmp_path)
+
+
+def test_the_runner_puts_the_judge_refresh_after_every_arms_preference_stage(tmp_path, monkeypatch):
+    """Wiring only (the stages themselves are tested elsewhere): each iteration's plan is the arm's stage, then the
+    refresh, in every arm; the seed model, the trainer and the measurement are stand-ins."""
+    import torch
+    from torch import nn
+
+    import self_rewarding_lm_pytorch.experiment as experiment
+    from self_rewarding_lm_pytorch import SFTConfig
+
+    spec = importlib.util.spec_from_file_location("self_improvement", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    judge_examples = [(torch.tensor([1, 2, 3]), 1)] * 8
+    plans = []
+
+    class RecordingTrainer:
+        def __init__(self, model, finetune_configs, **kwargs):
+            plans.append([type(config).__name__ for config in finetune_configs])
+            self.refresh = finetune_configs[1:]
+
+        def __call__(self):
+            assert all(isinstance(c, SFTConfig) and len(c.train_dataset) == 4 for c in self.refresh)
+            return [dict(pairs=3)]
+
+    monkeypatch.setattr(experiment, "SelfRewardingTrainer", RecordingTrainer)
+    monkeypatch.setattr(experiment, "measure", lambda *args: dict(exact_match=0.5, judge_bacc=0.5))
+    monkeypatch.setattr(experiment.ExperimentRunner, "seed_model", lambda self, *args: (nn.Linear(1, 1), judge_examples))
+    arms = [arm for arm in experiment.DEFAULT_ARMS if arm.name in ("self_judge", "random")]
+    settings = experiment.ExperimentSettings(seeds=(0,), prompts_per_iteration=4, judge_refresh_share=0.5)
+    experiment.ExperimentRunner(example.sort_digits_task(), settings, arms, tmp_path, show_progress=False).run()
+    assert plans == [["SelfRewardDPOConfig", "SFTConfig"]] * 2 + [["ExternalRewardDPOConfig", "SFTConfig"]] * 2
