@@ -117,8 +117,9 @@ class ExperimentSettings:
     dpo_batch_size: int = 16
     nll_weight: float = 1.0
     # after each preference iteration, every arm alike: one SFT epoch, at the DPO learning rate, on this share of the
-    # seed judge examples (made before iteration 1: no new labels). The actor's DPO steps move the judge's weights
-    # too, and nothing else trains the judge again (0: off, the paper's plan)
+    # seed judge examples (made before iteration 1: no new labels), for a judge that its arm's training changes
+    # (meta_reward's judge pairs train it). 0: off, the paper's plan. On pair sum the self_judge arm's judgements do
+    # not change at all, and this does not help it (docs/results.md, "Why the judge's accuracy falls")
     judge_refresh_share: float = 0.0
     # measurement
     num_eval_prompts: int = 400
