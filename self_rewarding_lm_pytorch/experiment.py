@@ -154,7 +154,6 @@ def balanced_accuracy(predicted: Sequence[bool], actual: Sequence[bool]) -> floa
     return (sum(positives) / len(positives) + sum(negatives) / len(negatives)) / 2
 
 
-@torch.no_grad()
 def sampled_answers(model: nn.Module, task: ExperimentTask, settings: ExperimentSettings, prompts: list[str],
                     seed: int) -> Candidates:
     """`settings.num_candidates` answers per prompt at the candidates' temperature: what the judge is measured on."""
@@ -182,6 +181,7 @@ def says_right(judge_scores: Tensor, task: ExperimentTask) -> list[bool]:
     return [bool(s > (low + high) / 2) for s in judge_scores.tolist()]  # NaN (no score) is "wrong"
 
 
+@torch.no_grad()
 def measure(model: nn.Module, task: ExperimentTask, settings: ExperimentSettings, eval_prompts: list[str],
             judge_prompts: list[str], seed: int) -> dict:
     """Held-out exact match, and the LLM judge's and the votes' balanced accuracy on the model's own answers."""
