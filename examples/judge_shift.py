@@ -66,11 +66,11 @@ def main():
         differ = sum(a != b for a, b in zip(*verdicts.values()))
         print(f"answers of the {answerer_name} ({sum(right)} of {len(right)} right); judges disagree on {differ}")
         for judge_name, says in verdicts.items():
-            wrong = [not s for s, r in zip(says, right) if not r]
-            passed_right = [s for s, r in zip(says, right) if r]
+            passed = [s for s, r in zip(says, right) if r]  # per right answer: did the judge pass it?
+            caught = [not s for s, r in zip(says, right) if not r]  # per wrong answer: did the judge fail it?
             print(f"  judged by the {judge_name}: balanced accuracy {balanced_accuracy(says, right):.3f}, "
-                  f"right answers passed {sum(passed_right) / max(len(passed_right), 1):.3f}, "
-                  f"wrong answers caught {sum(wrong) / max(len(wrong), 1):.3f}")
+                  f"right answers passed {sum(passed) / max(len(passed), 1):.3f}, "
+                  f"wrong answers caught {sum(caught) / max(len(caught), 1):.3f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,14 @@ from self_rewarding_lm_pytorch.experiment_report import mean_and_interval, per_s
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "self_improvement.py"
 
 
+def load_example():
+    """examples/self_improvement.py as a module: its tasks and TASK_SETTINGS are what the recorded runs used."""
+    spec = importlib.util.spec_from_file_location("self_improvement", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
+
+
 def test_balanced_accuracy_by_hand():
     # 3 right answers (2 called right), 1 wrong answer (called wrong): (2/3 + 1) / 2
     assert balanced_accuracy([True, True, False, False], [True, True, True, False]) == pytest.approx(5 / 6)
@@ -65,9 +73,7 @@ def test_report_files(tmp_path):
 def test_self_consistency_beats_random_pairs_on_one_seed(tmp_path):
     """One seed of the recorded experiment, two arms: ScPO pairs from the model alone must gain over the seed model
     and end above random pairs of the same candidates."""
-    spec = importlib.util.spec_from_file_location("self_improvement", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example()
     from self_rewarding_lm_pytorch.experiment import DEFAULT_ARMS, ExperimentRunner, ExperimentSettings
 
     arms = [arm for arm in DEFAULT_ARMS if arm.name in ("self_consistency", "random")]
@@ -83,9 +89,7 @@ def test_the_models_own_llm_judge_beats_random_pairs_on_pair_sum(tmp_path):
     """The namesake recipe on one dev seed (about 10 minutes on 2 cores): pair sum, the judge trained on the model's
     own answers and writing its look-ups first (`--reasoned-judge`); the model judges its own candidates, and its pairs
     must gain over the seed model and end above random pairs of the same candidates."""
-    spec = importlib.util.spec_from_file_location("self_improvement", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example()
     from self_rewarding_lm_pytorch.experiment import DEFAULT_ARMS, ExperimentRunner, ExperimentSettings
 
     arms = [arm for arm in DEFAULT_ARMS if arm.name in ("self_judge", "random")]
@@ -111,9 +115,7 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
     assert row["pairs"] == 10 and row["judge_pairs"] == 2 and row["pairs_neither"] == pytest.approx(0.3)
     assert row["judge_pairs_better"] == 1.0 and row["judge_pairs_worse"] == 0.0 and row["judge_pairs_dropped/meta_tied"] == 7
 
-    spec = importlib.util.spec_from_file_location("self_improvement", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example()
     task = example.sort_digits_task()
     assert ExperimentRunner(task, arms=OPTIONAL_ARMS, out_dir=tmp_path).trains_meta_judge
     # the settings reach the stage: a sampled meta-judge when asked for (`--set meta_judge_temperature=0.7`)
@@ -135,9 +137,7 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
 
 @pytest.mark.parametrize("reasoned_judge", [False, True])
 def test_pair_sum_task_in_the_example_fits_its_model_and_builds_every_arm(reasoned_judge):
-    spec = importlib.util.spec_from_file_location("self_improvement", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example()
     from self_rewarding_lm_pytorch.experiment import DEFAULT_ARMS, ExperimentSettings
 
     task = example.pair_sum_task(reasoned_judge=reasoned_judge)
@@ -174,9 +174,7 @@ def test_judge_refresh_replays_a_share_of_the_seed_judge_examples_after_each_ite
     (stage,) = judge_refresh(examples, ExperimentSettings(judge_refresh_share=0.25, dpo_learning_rate=3e-5))
     assert len(stage.train_dataset) == 2 and stage.num_epochs == 1 and stage.learning_rate == 3e-5
 
-    spec = importlib.util.spec_from_file_location("self_improvement", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example()
     with pytest.raises(ValueError, match="judge_refresh_share"):
         ExperimentRunner(example.sort_digits_task(), ExperimentSettings(judge_refresh_share=1.5), out_dir=tmp_path)
 
@@ -190,9 +188,7 @@ def test_the_runner_puts_the_judge_refresh_after_every_arms_preference_stage(tmp
     import self_rewarding_lm_pytorch.experiment as experiment
     from self_rewarding_lm_pytorch import SFTConfig
 
-    spec = importlib.util.spec_from_file_location("self_improvement", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example()
     judge_examples = [(torch.tensor([1, 2, 3]), 1)] * 8
     plans = []
 
