@@ -9,6 +9,8 @@ from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
 from self_rewarding_lm_pytorch.eft import (
     JudgeTrainingSet,
     five_point_targets,
+    judge_mistakes,
+    labelled_judge_examples,
     meta_judge_examples,
     own_answer_judge_examples,
     two_point_targets,
@@ -82,6 +84,8 @@ __all__ = [
     "create_mock_dataset",
     "five_point_targets",
     "fully_shard_model",
+    "judge_mistakes",
+    "labelled_judge_examples",
     "load_checkpoint",
     "meta_judge_examples",
     "min_p",

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data import as_token_tensor
-from self_rewarding_lm_pytorch.judges import strip_response
+from self_rewarding_lm_pytorch.judges import Candidates, SelfJudge, strip_response
 from self_rewarding_lm_pytorch.meta_judge import MetaJudgeConfig
 from self_rewarding_lm_pytorch.reward import RewardConfig
 from self_rewarding_lm_pytorch.sampling import sample, top_p
@@ -150,18 +150,9 @@ def own_answer_judge_examples(
         rarest = min(before.values())
         rng = random.Random(seed)
         by_target = {target: rng.sample(items, rarest) for target, items in by_target.items()}
-    examples, labelled = [], []
-    for target, items in by_target.items():
-        for prompt, answer in items:
-            labelled.append((prompt, answer, labels[(prompt, answer)]))
-            judge_prompt = as_token_tensor(tokenizer_encode(reward_config.render(prompt, answer)), "encoded judge prompt")
-            text = target if rationale is None else f"{rationale(prompt, answer)}{target}"
-            if reward_config.parse(text) != reward_config.parse(target):
-                raise ValueError(f"with its rationale, the judge target {text!r} parses to {reward_config.parse(text)}, "
-                                 f"not {reward_config.parse(target)}: the rationale must not look like a score")
-            answer_ids = as_token_tensor(tokenizer_encode(text), "encoded target")
-            tail = [answer_ids] + ([torch.tensor([eos_id])] if eos_id is not None else [])
-            examples.append((torch.cat([judge_prompt, *tail]), len(judge_prompt)))
+    labelled = [(prompt, answer, labels[(prompt, answer)]) for items in by_target.values() for prompt, answer in items]
+    examples = labelled_judge_examples(labelled, reward_config=reward_config, tokenizer_encode=tokenizer_encode,
+                                       targets=targets, rationale=rationale, eos_id=eos_id)
     random.Random(seed + 1).shuffle(examples)
     return JudgeTrainingSet(
         examples=examples,
@@ -171,6 +162,62 @@ def own_answer_judge_examples(
         label_counts_before_balancing=before,
         labelled=labelled,
     )
+
+
+def labelled_judge_examples(
+    labelled: Sequence[tuple[str, str, float | bool]],
+    *,
+    reward_config: RewardConfig,
+    tokenizer_encode: Callable[[str], Tensor],
+    targets: Callable[[float | bool], str] = two_point_targets(),
+    rationale: Callable[[str, str], str] | None = None,
+    eos_id: int | None = None,
+) -> list[tuple[Tensor, int]]:
+    """Each (prompt, answer, label) as a judge example: the judge prompt, then `rationale(prompt, answer)` (when
+    given) and `targets(label)`, then EOS; items are (ids, judge prompt length), in the order given."""
+    examples = []
+    for prompt, answer, label in labelled:
+        target = targets(label)
+        judge_prompt = as_token_tensor(tokenizer_encode(reward_config.render(prompt, answer)), "encoded judge prompt")
+        text = target if rationale is None else f"{rationale(prompt, answer)}{target}"
+        if reward_config.parse(text) != reward_config.parse(target):
+            raise ValueError(f"with its rationale, the judge target {text!r} parses to {reward_config.parse(text)}, "
+                             f"not {reward_config.parse(target)}: the rationale must not look like a score")
+        answer_ids = as_token_tensor(tokenizer_encode(text), "encoded target")
+        tail = [answer_ids] + ([torch.tensor([eos_id])] if eos_id is not None else [])
+        examples.append((torch.cat([judge_prompt, *tail]), len(judge_prompt)))
+    return examples
+
+
+@torch.no_grad()
+def judge_mistakes(
+    model: nn.Module,
+    labelled: Sequence[tuple[str, str, float | bool]],
+    *,
+    reward_config: RewardConfig,
+    tokenizer_encode: Callable[[str], Tensor],
+    tokenizer_decode: Callable[[Tensor], str],
+    targets: Callable[[float | bool], str] = two_point_targets(),
+    max_new_tokens: int = 64,
+    pad_id: int = -1,
+    eos_id: int | None = None,
+    batch_size: int = 64,
+) -> list[bool]:
+    """For each labelled answer (e.g. `JudgeTrainingSet.labelled` of a set made with `balance=False`): does the
+    model's judge, greedy, fail to give its target's score (`targets(label)`; no score parsed is a failure)? The
+    failures are a trained judge's blind spots, and an actor trained on its rewards finds them; a further round of
+    judge training on them (`labelled_judge_examples`) uses seed labels only, made before the first iteration."""
+    if not labelled:
+        return []
+    judge = SelfJudge(model, reward_config, tokenizer_encode=tokenizer_encode, tokenizer_decode=tokenizer_decode,
+                      num_judgements=1, max_new_tokens=max_new_tokens, temperature=0.0, top_p=None, pad_id=pad_id,
+                      eos_id=eos_id, batch_size=batch_size)
+    prompt_ids = [as_token_tensor(tokenizer_encode(p), "encoded prompt") for p, _, _ in labelled]
+    response_ids = [as_token_tensor(tokenizer_encode(a), "encoded answer") for _, a, _ in labelled]
+    candidates = Candidates(prompts=[p for p, _, _ in labelled], prompt_ids=prompt_ids,
+                            responses=[a for _, a, _ in labelled], response_ids=response_ids, num_per_prompt=1)
+    scores = judge(candidates).scores[:, 0].tolist()
+    return [score != reward_config.parse(targets(label)) for score, (_, _, label) in zip(scores, labelled)]
 
 
 def meta_judge_examples(

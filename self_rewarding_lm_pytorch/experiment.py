@@ -1,7 +1,9 @@
 """An experiment runner for self-improvement: arms over the same prompts and seeds, measured the same way.
 
 For each seed: one seed model is trained (SFT on instruction examples, then judge-training examples built from its
-OWN answers, `own_answer_judge_examples`) and shared by every arm. Each arm then runs `iterations` preference stages
+OWN answers, `own_answer_judge_examples`, and optionally a round on the judge's mistakes, `judge_mistakes`; all
+labelled once, before iteration 1) and shared by every arm. Its task and settings: experiment_config.py; its
+measurements: experiment_measure.py. Each arm then runs `iterations` preference stages
 from that model (the arms: experiment_arms.py), each through `SelfRewardingTrainer` on the same prompts as every
 other arm, and after each the model is measured on held-out prompts:
 - `exact_match`: greedy answers the task's checker accepts,
@@ -23,25 +25,23 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Hashable, Sequence
+import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch import (
-    MetaJudgeConfig,
     PairGenerationError,
-    RewardConfig,
-    SelfConsistencyJudge,
-    SelfJudge,
     SelfRewardingTrainer,
     SFTConfig,
+    judge_mistakes,
+    labelled_judge_examples,
     meta_judge_examples,
     own_answer_judge_examples,
-    sample,
     two_point_targets,
 )
 from self_rewarding_lm_pytorch.experiment_arms import (  # noqa: F401  (public here too)
@@ -55,155 +55,14 @@ from self_rewarding_lm_pytorch.experiment_arms import (  # noqa: F401  (public h
     self_judge_agreeing_arm,
     self_judge_arm,
 )
-from self_rewarding_lm_pytorch.judges import Candidates, strip_response
-
-
-@dataclass
-class ExperimentTask:
-    """What the runner needs of a task: a model, a tokenizer, data generators and a checker."""
-
-    make_model: Callable[[int], nn.Module]  # seed -> a fresh model
-    encode: Callable[[str], Tensor]
-    decode: Callable[[Tensor], str]
-    instruction_examples: Callable[[int, int], list]  # (n, seed) -> SFT items (prompt + answer + EOS, prompt_len)
-    prompts: Callable[[int, int], list[str]]  # (n, seed) -> prompts
-    checker: Callable[[str, str], bool]  # (prompt, response) -> right?
-    answer_key: Callable[[str], Hashable | None]  # the final answer of a response, for self-consistency
-    reward_config: RewardConfig  # the judge prompt
-    max_seq_len: int
-    max_new_tokens: int  # answers
-    judge_max_new_tokens: int
-    eos_id: int | None
-    pad_id: int = -1
-    judge_rationale: Callable[[str, str], str] | None = None  # (prompt, response) -> text the EFT judge writes first
-    meta_judge_config: MetaJudgeConfig | None = None  # the meta-judge prompt (arms that train the judge: meta_reward)
-    meta_judge_max_new_tokens: int = 10
-
-
-@dataclass
-class ExperimentSettings:
-    """Sizes and hyperparameters shared by every arm. Defaults: the run recorded in docs/results.md."""
-
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    iterations: int = 2
-    # seed model
-    num_instruction_examples: int = 700  # seed models at 0.8-0.9 exact match: a majority worth trusting (dev)
-    sft_epochs: int = 4
-    sft_learning_rate: float = 1e-3
-    num_eft_prompts: int = 600
-    eft_samples_per_prompt: int = 4
-    eft_temperatures: tuple[float, ...] = (0.0, 0.4)  # greedy and sampled answers: both kinds the judge will see
-    eft_epochs: int = 1
-    eft_learning_rate_factor: float = 1.0
-    # the share of the instruction examples replayed beside the judge examples in each EFT epoch: 1.0 keeps answering
-    # from being forgotten; less keeps many judge epochs from also making the seed model much stronger
-    eft_instruction_replay_share: float = 1.0
-    # each preference iteration
-    prompts_per_iteration: int = 768  # a strong model agrees with itself on most prompts: more prompts, enough pairs
-    num_preference_pairs: int = 384  # at most; `accept_fewer_pairs` keeps what the prompts give
-    num_candidates: int = 8  # self-consistency needs votes (the paper samples 8 or more); also the random control's
-    num_judged_candidates: int = 4  # the LLM-judge arms (the paper's N = 4), each judged num_judgements times
-    temperature: float = 0.4  # candidates (and judgements); a small model's samples at 0.7 are mostly wrong
-    num_judgements: int = 3
-    # the LLM-judge arms' judgements (self_judge, self_judge_agree, meta_reward); None: `temperature`. A 0.99 judge at
-    # 0.4 almost never disagrees with itself, and Meta-Rewarding learns only from its disagreements
-    judge_temperature: float | None = None
-    min_vote_margin: float | None = 0.5
-    length_control: float | None = None  # meta_reward's actor pairs: the paper's rho; None: best vs worst
-    meta_judge_temperature: float = 0.0  # meta_reward's verdicts, one per order of each judgement pair
-    dpo_learning_rate: float = 1e-5
-    dpo_beta: float = 0.1
-    dpo_epochs: int = 2
-    dpo_batch_size: int = 16
-    nll_weight: float = 1.0
-    # after each preference iteration, every arm alike: one SFT epoch, at the DPO learning rate, on this share of the
-    # seed judge examples (made before iteration 1: no new labels), for a judge that its arm's training changes
-    # (meta_reward's judge pairs train it). 0: off, the paper's plan. On pair sum the self_judge arm's judgements do
-    # not change at all, and this does not help it (docs/results.md, "Why the judge's accuracy falls")
-    judge_refresh_share: float = 0.0
-    # measurement
-    num_eval_prompts: int = 400
-    num_judge_eval_prompts: int = 96
-    eval_split_seed: int = 10_000  # the held-out prompts; tune on another split, report this one
-
-    def dpo_kwargs(self) -> dict:
-        return dict(
-            learning_rate=self.dpo_learning_rate, end_learning_rate=self.dpo_learning_rate / 10, beta=self.dpo_beta,
-            num_epochs=self.dpo_epochs, batch_size=self.dpo_batch_size, grad_accum_steps=1, dropout=0.0,
-            nll_weight=self.nll_weight,
-        )
-
-    def pair_kwargs(self, task: ExperimentTask, num_candidates: int | None = None) -> dict:
-        return dict(
-            num_preference_pairs=self.num_preference_pairs, accept_fewer_pairs=True,
-            num_candidate_responses=num_candidates or self.num_candidates, temperature=self.temperature, top_p=None,
-            prompt_batch_size=64, response_max_new_tokens=task.max_new_tokens, max_seq_len=task.max_seq_len,
-            verifier=task.checker,
-        )
-
-
-# measurement
-
-
-def balanced_accuracy(predicted: Sequence[bool], actual: Sequence[bool]) -> float:
-    """Mean of the true-positive and true-negative rates; NaN when either class is absent."""
-    positives = [p for p, a in zip(predicted, actual) if a]
-    negatives = [not p for p, a in zip(predicted, actual) if not a]
-    if not positives or not negatives:
-        return math.nan
-    return (sum(positives) / len(positives) + sum(negatives) / len(negatives)) / 2
-
-
-def sampled_answers(model: nn.Module, task: ExperimentTask, settings: ExperimentSettings, prompts: list[str],
-                    seed: int) -> Candidates:
-    """`settings.num_candidates` answers per prompt at the candidates' temperature: what the judge is measured on."""
-    n = settings.num_candidates
-    prompt_ids = [task.encode(p) for p in prompts]
-    sampled = sample(model, prompt_ids, temperature=settings.temperature, eos_id=task.eos_id, pad_id=task.pad_id,
-                     max_new_tokens=task.max_new_tokens, seq_len=task.max_seq_len, num_samples=n, generator=seed)
-    response_ids = [strip_response(row.cpu(), task.pad_id, task.eos_id) for row in sampled]
-    return Candidates(
-        prompts=[p for p in prompts for _ in range(n)], prompt_ids=[ids for ids in prompt_ids for _ in range(n)],
-        responses=[task.decode(ids) for ids in response_ids], response_ids=response_ids, num_per_prompt=n,
-    )
-
-
-def judge_scores_of(model: nn.Module, task: ExperimentTask, candidates: Candidates) -> Tensor:
-    """The model's LLM judge, greedy, one judgement per candidate (NaN where no score parses)."""
-    judge = SelfJudge(model, task.reward_config, tokenizer_encode=task.encode, tokenizer_decode=task.decode,
-                      num_judgements=1, max_new_tokens=task.judge_max_new_tokens, temperature=0.0, top_p=None,
-                      pad_id=task.pad_id, eos_id=task.eos_id, batch_size=64)
-    return judge(candidates).scores[:, 0]
-
-
-def says_right(judge_scores: Tensor, task: ExperimentTask) -> list[bool]:
-    low, high = task.reward_config.score_range or (0.0, 5.0)
-    return [bool(s > (low + high) / 2) for s in judge_scores.tolist()]  # NaN (no score) is "wrong"
-
-
-@torch.no_grad()
-def measure(model: nn.Module, task: ExperimentTask, settings: ExperimentSettings, eval_prompts: list[str],
-            judge_prompts: list[str], seed: int) -> dict:
-    """Held-out exact match, and the LLM judge's and the votes' balanced accuracy on the model's own answers."""
-    greedy = sample(model, [task.encode(p) for p in eval_prompts], temperature=0.0, eos_id=task.eos_id,
-                    pad_id=task.pad_id, max_new_tokens=task.max_new_tokens, seq_len=task.max_seq_len)
-    answers = [task.decode(strip_response(row.cpu(), task.pad_id, task.eos_id)) for row in greedy]
-    exact_match = sum(task.checker(p, a) for p, a in zip(eval_prompts, answers)) / len(eval_prompts)
-
-    candidates = sampled_answers(model, task, settings, judge_prompts, seed)
-    right = [task.checker(p, r) for p, r in zip(candidates.prompts, candidates.responses)]
-    judge_scores = judge_scores_of(model, task, candidates)
-    judge_says_right = says_right(judge_scores, task)
-    votes = SelfConsistencyJudge(task.answer_key)(candidates).scores[:, 0]
-    vote_says_right = [bool(v > 0.5) for v in votes.tolist()]
-    return dict(
-        exact_match=exact_match,
-        sampled_accuracy=sum(right) / len(right),
-        judge_bacc=balanced_accuracy(judge_says_right, right),
-        judge_parse_rate=float((~judge_scores.isnan()).float().mean()),
-        vote_bacc=balanced_accuracy(vote_says_right, right),
-    )
-
+from self_rewarding_lm_pytorch.experiment_config import ExperimentSettings, ExperimentTask
+from self_rewarding_lm_pytorch.experiment_measure import (  # noqa: F401  (public here too)
+    balanced_accuracy,
+    judge_scores_of,
+    measure,
+    sampled_answers,
+    says_right,
+)
 
 # the run
 
@@ -224,6 +83,10 @@ class ExperimentRunner:
         if not 0 <= self.settings.judge_refresh_share <= 1:
             raise ValueError(f"ExperimentSettings.judge_refresh_share is a share of the seed judge examples, in [0, 1]; "
                              f"got {self.settings.judge_refresh_share}")
+        if self.settings.eft_mistake_prompts < 0 or self.settings.eft_judged_right_per_mistake < 0:
+            raise ValueError(f"ExperimentSettings.eft_mistake_prompts and eft_judged_right_per_mistake must be >= 0 (0 "
+                             f"prompts: no mistake round); got {self.settings.eft_mistake_prompts} and "
+                             f"{self.settings.eft_judged_right_per_mistake}")
         if self.trains_meta_judge and self.task.meta_judge_config is None:
             raise ValueError(f"arms {[a.name for a in self.arms if a.trains_meta_judge]} meta-judge: the task needs a "
                              f"meta_judge_config")
@@ -343,7 +206,37 @@ class ExperimentRunner:
         stages = [SFTConfig(train_dataset=ift, num_epochs=settings.sft_epochs, **sft),
                   SFTConfig(train_dataset=judge_set.examples + meta_examples + replayed, num_epochs=settings.eft_epochs, **eft_sft)]
         plan(stages)()
+        if settings.eft_mistake_prompts:
+            mistakes = self.judge_mistake_examples(model, seed, held_out, seed_dir)
+            if mistakes:  # none: the judge is right on every answer, and there is nothing to train on
+                torch.manual_seed(seed)
+                model = task.make_model(seed)
+                plan([*stages, SFTConfig(train_dataset=mistakes + replayed, num_epochs=settings.eft_mistake_epochs, **eft_sft)])()
         return model, judge_set.examples
+
+    def judge_mistake_examples(self, model: nn.Module, seed: int, held_out: set[str], seed_dir: Path) -> list:
+        """`eft_mistake_prompts`' round: judge examples of the seed judge's mistakes on fresh checker-labelled answers,
+        and of `eft_judged_right_per_mistake` times as many answers (seeded) it judged right."""
+        task, settings = self.task, self.settings
+        prompts = [p for p in task.prompts(2 * settings.eft_mistake_prompts, 4_000 + seed) if p not in held_out]
+        pool = own_answer_judge_examples(
+            model, prompts[: settings.eft_mistake_prompts], labeller=task.checker, reward_config=task.reward_config,
+            tokenizer_encode=task.encode, tokenizer_decode=task.decode, targets=two_point_targets(),
+            rationale=task.judge_rationale, num_samples=settings.eft_samples_per_prompt, max_new_tokens=task.max_new_tokens,
+            temperature=settings.eft_mistake_temperatures, top_p_threshold=None, balance=False, pad_id=task.pad_id,
+            eos_id=task.eos_id, seed=seed,
+        ).labelled
+        missed = judge_mistakes(model, pool, reward_config=task.reward_config, tokenizer_encode=task.encode,
+                                tokenizer_decode=task.decode, targets=two_point_targets(),
+                                max_new_tokens=task.judge_max_new_tokens, pad_id=task.pad_id, eos_id=task.eos_id)
+        wrong = [item for item, bad in zip(pool, missed) if bad]
+        right = [item for item, bad in zip(pool, missed) if not bad]
+        judged_right = round(len(wrong) * settings.eft_judged_right_per_mistake)
+        chosen = wrong + random.Random(seed).sample(right, min(judged_right, len(right)))
+        (seed_dir / "eft_mistakes.json").write_text(json.dumps(dict(
+            answers=len(pool), mistakes=len(wrong), mistakes_on_right_answers=sum(bool(label) for _, _, label in wrong))))
+        return labelled_judge_examples(chosen, reward_config=task.reward_config, tokenizer_encode=task.encode,
+                                       targets=two_point_targets(), rationale=task.judge_rationale, eos_id=task.eos_id)
 
 
 def judge_refresh(judge_examples: list, settings: ExperimentSettings) -> list[SFTConfig]:

@@ -2,6 +2,7 @@
 itself: one seed of the bundled self-improvement experiment, where pairs from the model alone beat random pairs."""
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -159,6 +160,7 @@ def test_pair_sum_task_in_the_example_fits_its_model_and_builds_every_arm(reason
     settings = ExperimentSettings(**example.TASK_SETTINGS["pair_sum"])
     assert (settings.num_instruction_examples, settings.num_eft_prompts, settings.eft_epochs) == (1_500, 6_000, 4)
     assert (settings.eft_instruction_replay_share, settings.dpo_learning_rate) == (0.25, 3e-5)
+    assert settings.eft_mistake_prompts == 6_000 and ExperimentSettings().eft_mistake_prompts == 0  # sort: off
     assert ExperimentSettings().num_instruction_examples == 700  # sort's defaults: the recorded runs, unchanged
     for arm in DEFAULT_ARMS:
         assert arm.stage(prompts, task, settings).prompt_dataset == prompts
@@ -208,3 +210,41 @@ def test_the_runner_puts_the_judge_refresh_after_every_arms_preference_stage(tmp
     settings = experiment.ExperimentSettings(seeds=(0,), prompts_per_iteration=4, judge_refresh_share=0.5)
     experiment.ExperimentRunner(example.sort_digits_task(), settings, arms, tmp_path, show_progress=False).run()
     assert plans == [["SelfRewardDPOConfig", "SFTConfig"]] * 2 + [["ExternalRewardDPOConfig", "SFTConfig"]] * 2
+
+
+def test_the_judge_mistake_round_trains_a_third_seed_stage_on_the_judges_mistakes_and_resumes(tmp_path):
+    """`eft_mistake_prompts`: after judge training, the seed judge judges fresh checker-labelled answers and one more
+    SFT stage trains on its mistakes. A barely trained judge parses no score, so every answer is a mistake; a second
+    call resumes the finished plan instead of training again."""
+    from dataclasses import replace
+
+    import torch
+
+    from self_rewarding_lm_pytorch import load_checkpoint
+    from self_rewarding_lm_pytorch.experiment import ExperimentRunner, ExperimentSettings
+
+    example = load_example()
+    # a tiny model, and a checker that splits its answers (by their characters) so that both judge labels occur
+    task = replace(example.sort_digits_task(dim=16, depth=1),
+                   checker=lambda prompt, response: sum(map(ord, response)) % 2 == 0)
+    settings = ExperimentSettings(seeds=(0,), num_instruction_examples=16, sft_epochs=1, num_eft_prompts=8,
+                                  eft_samples_per_prompt=2, eft_temperatures=(1.0,), eft_mistake_prompts=6,
+                                  eft_mistake_temperatures=(1.0,), eft_mistake_epochs=1)
+    with pytest.raises(ValueError, match="eft_judged_right_per_mistake must be >= 0"):
+        ExperimentRunner(task, replace(settings, eft_judged_right_per_mistake=-1), out_dir=tmp_path)
+    runner = ExperimentRunner(task, settings, out_dir=tmp_path, show_progress=False)
+    model, _ = runner.seed_model(0, tmp_path / "seed-0", held_out=set())
+
+    counts = json.loads((tmp_path / "seed-0" / "eft_mistakes.json").read_text())
+    assert counts["answers"] > 0 and counts["mistakes"] == counts["answers"]
+    checkpoints = sorted((tmp_path / "seed-0" / "seed-model").glob("stage-*.pt"))
+    assert [c.name for c in checkpoints] == ["stage-00-sft.pt", "stage-01-sft.pt", "stage-02-sft.pt"]
+    judge_trained = task.make_model(0)
+    load_checkpoint(judge_trained, checkpoints[1])
+    final = model.state_dict()
+    assert any(not torch.equal(v, final[k]) for k, v in judge_trained.state_dict().items())  # the round trained
+
+    last_written = checkpoints[2].stat().st_mtime_ns
+    again, _ = runner.seed_model(0, tmp_path / "seed-0", held_out=set())
+    assert checkpoints[2].stat().st_mtime_ns == last_written  # resumed, not retrained
+    assert all(torch.equal(v, final[k]) for k, v in again.state_dict().items())

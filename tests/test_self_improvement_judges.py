@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from accelerate import Accelerator
+from torch import nn
 
 from self_rewarding_lm_pytorch import (
     Candidates,
@@ -14,6 +15,8 @@ from self_rewarding_lm_pytorch import (
     RewardConfig,
     SelfConsistencyDPOConfig,
     SelfConsistencyJudge,
+    judge_mistakes,
+    labelled_judge_examples,
     own_answer_judge_examples,
     two_point_targets,
 )
@@ -213,3 +216,50 @@ def test_own_answer_judge_examples_refuse_a_single_label(make_transformer):
         own_answer_judge_examples(model, SortDigitsTask(seed=0).prompts(4), labeller=lambda p, r: False,
                                   reward_config=reward_config, tokenizer_encode=TOKENIZER.encode,
                                   tokenizer_decode=TOKENIZER.decode, max_new_tokens=3, temperature=(0.0, 1.0))
+
+
+def test_labelled_judge_examples_render_prompt_rationale_target_and_eos_in_order():
+    reward_config = RewardConfig(prompt_template="j {{ prompt }}{{ response }}|", reward_regex_template="Score: {{ reward }}")
+    labelled = [("p1", " a", True), ("p2", " b", False)]
+    examples = labelled_judge_examples(labelled, reward_config=reward_config, tokenizer_encode=TOKENIZER.encode,
+                                       rationale=lambda p, r: f"<{r.strip()}> ", eos_id=TOKENIZER.eos_id)
+    expected = [("j p1 a|", "<a> Score: 5"), ("j p2 b|", "<b> Score: 0")]
+    for (ids, prompt_len), (judge_prompt, target) in zip(examples, expected, strict=True):
+        assert ids.tolist() == TOKENIZER.encode(judge_prompt + target).tolist() + [TOKENIZER.eos_id]
+        assert prompt_len == len(judge_prompt)
+
+
+class MarkerJudge(nn.Module):
+    """A judge that reads its input, not weights: after the judge prompt's closing '|' it writes "Score: 5" when the
+    answer holds a 'Y', "no idea" when it holds a 'Z' (no score), else "Score: 0"; then EOS."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(()))
+
+    def forward(self, ids):
+        logits = torch.full((*ids.shape, CharTokenizer.num_tokens), -1e4)
+        for r, row in enumerate(ids.tolist()):
+            bar = row.index(ord("|"))  # the first: a shorter prompt in a batch is padded after it
+            answer = row[:bar]
+            says = "no idea" if ord("Z") in answer else "Score: 5" if ord("Y") in answer else "Score: 0"
+            for i in range(len(row)):
+                k = i - bar
+                logits[r, i, ord(says[k]) if 0 <= k < len(says) else TOKENIZER.eos_id] = 0.0
+        return logits + self.unused
+
+
+def test_judge_mistakes_are_the_answers_whose_judgement_misses_the_labels_score():
+    reward_config = RewardConfig(prompt_template="j {{ prompt }}{{ response }}|", reward_regex_template="Score: {{ reward }}")
+    labelled = [
+        ("p", " 1Y", True),  # judged 5, right: no mistake
+        ("p", " 2Y", False),  # judged 5, wrong: passed a wrong answer
+        ("p", " 3", False),  # judged 0, wrong: no mistake
+        ("p", " 4", True),  # judged 0, right: failed a right answer
+        ("p", " 5Z", False),  # no score at all: a mistake whatever the label
+    ]
+    assert judge_mistakes(MarkerJudge(), labelled, reward_config=reward_config, tokenizer_encode=TOKENIZER.encode,
+                          tokenizer_decode=TOKENIZER.decode, max_new_tokens=10,
+                          eos_id=TOKENIZER.eos_id) == [False, True, False, True, True]
+    assert judge_mistakes(MarkerJudge(), [], reward_config=reward_config, tokenizer_encode=TOKENIZER.encode,
+                          tokenizer_decode=TOKENIZER.decode) == []
