@@ -161,7 +161,8 @@ class ExperimentRunner:
 
     def seed_model(self, seed: int, seed_dir: Path, held_out: set[str]) -> tuple[nn.Module, list]:
         """SFT on instruction examples, then on judge examples from the model's own answers (labelled once by the
-        checker), as one two-stage plan resumed from `seed_dir`; returns the model and its judge examples."""
+        checker), then (`eft_mistake_prompts`) on the judge's mistakes, as one plan resumed from `seed_dir`; returns
+        the model and its judge examples (the second stage's)."""
         task, settings = self.task, self.settings
         torch.manual_seed(seed)
         model = task.make_model(seed)
@@ -207,11 +208,12 @@ class ExperimentRunner:
                   SFTConfig(train_dataset=judge_set.examples + meta_examples + replayed, num_epochs=settings.eft_epochs, **eft_sft)]
         plan(stages)()
         if settings.eft_mistake_prompts:
-            mistakes = self.judge_mistake_examples(model, seed, held_out, seed_dir)
-            if mistakes:  # none: the judge is right on every answer, and there is nothing to train on
+            mistake_examples = self.judge_mistake_examples(model, seed, held_out, seed_dir)
+            if mistake_examples:  # none: the judge is right on every answer, and there is nothing to train on
                 torch.manual_seed(seed)
                 model = task.make_model(seed)
-                plan([*stages, SFTConfig(train_dataset=mistakes + replayed, num_epochs=settings.eft_mistake_epochs, **eft_sft)])()
+                plan([*stages, SFTConfig(train_dataset=mistake_examples + replayed, num_epochs=settings.eft_mistake_epochs,
+                                         **eft_sft)])()
         return model, judge_set.examples
 
     def judge_mistake_examples(self, model: nn.Module, seed: int, held_out: set[str], seed_dir: Path) -> list:
@@ -229,12 +231,13 @@ class ExperimentRunner:
         missed = judge_mistakes(model, pool, reward_config=task.reward_config, tokenizer_encode=task.encode,
                                 tokenizer_decode=task.decode, targets=two_point_targets(),
                                 max_new_tokens=task.judge_max_new_tokens, pad_id=task.pad_id, eos_id=task.eos_id)
-        wrong = [item for item, bad in zip(pool, missed) if bad]
-        right = [item for item, bad in zip(pool, missed) if not bad]
-        judged_right = round(len(wrong) * settings.eft_judged_right_per_mistake)
-        chosen = wrong + random.Random(seed).sample(right, min(judged_right, len(right)))
+        misjudged = [item for item, mistake in zip(pool, missed) if mistake]
+        judged_well = [item for item, mistake in zip(pool, missed) if not mistake]
+        beside = round(len(misjudged) * settings.eft_judged_right_per_mistake)
+        chosen = misjudged + random.Random(seed).sample(judged_well, min(beside, len(judged_well)))
         (seed_dir / "eft_mistakes.json").write_text(json.dumps(dict(
-            answers=len(pool), mistakes=len(wrong), mistakes_on_right_answers=sum(bool(label) for _, _, label in wrong))))
+            answers=len(pool), mistakes=len(misjudged),
+            mistakes_on_right_answers=sum(bool(label) for _, _, label in misjudged))))
         return labelled_judge_examples(chosen, reward_config=task.reward_config, tokenizer_encode=task.encode,
                                        targets=two_point_targets(), rationale=task.judge_rationale, eos_id=task.eos_id)
 
