@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data import as_token_tensor
 from self_rewarding_lm_pytorch.judges import Candidates, SelfJudge, strip_response
@@ -85,6 +86,7 @@ def own_answer_judge_examples(
     eos_id: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
+    show_progress: bool = True,
 ) -> JudgeTrainingSet:
     """Sample `num_samples` answers per prompt from `model` (at each `temperature` when several are given: greedy
     and sampled answers are the two kinds the judge will see), label each distinct (prompt, answer) once with
@@ -96,7 +98,8 @@ def own_answer_judge_examples(
     model's answers are mostly right or mostly wrong, and a judge trained on that skew learns to say the common
     label; when every answer gets the same target there is nothing to balance, and that is an error (a judge
     trained on one label can only say that label). Examples with a target the judge's `reward_config` cannot parse
-    are refused: the judge would learn an answer that pair generation then cannot read."""
+    are refused: the judge would learn an answer that pair generation then cannot read. `show_progress`: a bar over
+    the sampling batches (pass False on every process but the main one)."""
     if not prompts:
         raise ValueError("own_answer_judge_examples got no prompts")
     if num_samples < 1 or batch_size < 1:
@@ -108,20 +111,20 @@ def own_answer_judge_examples(
     # 1) the model's answers, `num_samples` per prompt and temperature, in batches
     temperatures = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
     answers: list[tuple[str, str]] = []
-    for t in temperatures:
-        for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start : start + batch_size])
-            ids = [as_token_tensor(tokenizer_encode(p), "encoded prompt") for p in chunk]
-            out = sample(
-                model, ids, temperature=t,
-                filter_fn=top_p if top_p_threshold is not None and t > 0 else None,
-                filter_kwargs=dict(thres=top_p_threshold) if top_p_threshold is not None and t > 0 else None,
-                pad_id=pad_id, eos_id=eos_id, max_new_tokens=max_new_tokens, num_samples=1 if t == 0 else num_samples,
-                generator=seed + start,
-            )
-            texts = [tokenizer_decode(strip_response(row.cpu(), pad_id, eos_id)) for row in out]
-            per_prompt = len(texts) // len(chunk)
-            answers += [(chunk[i // per_prompt], text) for i, text in enumerate(texts)]
+    batches = [(t, start) for t in temperatures for start in range(0, len(prompts), batch_size)]
+    for t, start in tqdm(batches, desc="judge examples: answers", unit="batch", disable=not show_progress):
+        chunk = list(prompts[start : start + batch_size])
+        ids = [as_token_tensor(tokenizer_encode(p), "encoded prompt") for p in chunk]
+        out = sample(
+            model, ids, temperature=t,
+            filter_fn=top_p if top_p_threshold is not None and t > 0 else None,
+            filter_kwargs=dict(thres=top_p_threshold) if top_p_threshold is not None and t > 0 else None,
+            pad_id=pad_id, eos_id=eos_id, max_new_tokens=max_new_tokens, num_samples=1 if t == 0 else num_samples,
+            generator=seed + start,
+        )
+        texts = [tokenizer_decode(strip_response(row.cpu(), pad_id, eos_id)) for row in out]
+        per_prompt = len(texts) // len(chunk)
+        answers += [(chunk[i // per_prompt], text) for i, text in enumerate(texts)]
 
     # 2) each distinct answer labelled once, rendered as a judge prompt and its target
     distinct = list(dict.fromkeys(answers))
@@ -202,21 +205,27 @@ def judge_mistakes(
     pad_id: int = -1,
     eos_id: int | None = None,
     batch_size: int = 64,
+    show_progress: bool = True,
 ) -> list[bool]:
     """For each labelled answer (e.g. `JudgeTrainingSet.labelled` of a set made with `balance=False`): does the
     model's judge, greedy, fail to give its target's score (`targets(label)`; no score parsed is a failure)? The
     failures are a trained judge's blind spots, and an actor trained on its rewards finds them; a further round of
-    judge training on them (`labelled_judge_examples`) uses seed labels only, made before the first iteration."""
+    judge training on them (`labelled_judge_examples`) uses seed labels only, made before the first iteration.
+    `show_progress`: a bar over the judge's batches."""
     if not labelled:
         return []
     judge = SelfJudge(model, reward_config, tokenizer_encode=tokenizer_encode, tokenizer_decode=tokenizer_decode,
                       num_judgements=1, max_new_tokens=max_new_tokens, temperature=0.0, top_p=None, pad_id=pad_id,
                       eos_id=eos_id, batch_size=batch_size)
-    prompt_ids = [as_token_tensor(tokenizer_encode(p), "encoded prompt") for p, _, _ in labelled]
-    response_ids = [as_token_tensor(tokenizer_encode(a), "encoded answer") for _, a, _ in labelled]
-    candidates = Candidates(prompts=[p for p, _, _ in labelled], prompt_ids=prompt_ids,
-                            responses=[a for _, a, _ in labelled], response_ids=response_ids, num_per_prompt=1)
-    scores = judge(candidates).scores[:, 0].tolist()
+    scores = []
+    for start in tqdm(range(0, len(labelled), batch_size), desc="judge mistakes", unit="batch", disable=not show_progress):
+        chunk = labelled[start : start + batch_size]
+        candidates = Candidates(
+            prompts=[p for p, _, _ in chunk], prompt_ids=[as_token_tensor(tokenizer_encode(p), "encoded prompt") for p, _, _ in chunk],
+            responses=[a for _, a, _ in chunk], response_ids=[as_token_tensor(tokenizer_encode(a), "encoded answer") for _, a, _ in chunk],
+            num_per_prompt=1,
+        )
+        scores += judge(candidates).scores[:, 0].tolist()
     return [score != reward_config.parse(targets(label)) for score, (_, _, label) in zip(scores, labelled)]
 
 

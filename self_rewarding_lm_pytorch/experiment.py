@@ -186,6 +186,7 @@ class ExperimentRunner:
             rationale=task.judge_rationale,
             num_samples=settings.eft_samples_per_prompt, max_new_tokens=task.max_new_tokens,
             temperature=settings.eft_temperatures, top_p_threshold=None, pad_id=task.pad_id, eos_id=task.eos_id, seed=seed,
+            show_progress=self.show_progress,
         )
         meta_examples = meta_judge_examples(
             judge_set.labelled, reward_config=task.reward_config, meta_judge_config=task.meta_judge_config,
@@ -226,11 +227,12 @@ class ExperimentRunner:
             tokenizer_encode=task.encode, tokenizer_decode=task.decode, targets=two_point_targets(),
             rationale=task.judge_rationale, num_samples=settings.eft_samples_per_prompt, max_new_tokens=task.max_new_tokens,
             temperature=settings.eft_mistake_temperatures, top_p_threshold=None, balance=False, pad_id=task.pad_id,
-            eos_id=task.eos_id, seed=seed,
+            eos_id=task.eos_id, seed=seed, show_progress=self.show_progress,
         ).labelled
         missed = judge_mistakes(model, pool, reward_config=task.reward_config, tokenizer_encode=task.encode,
                                 tokenizer_decode=task.decode, targets=two_point_targets(),
-                                max_new_tokens=task.judge_max_new_tokens, pad_id=task.pad_id, eos_id=task.eos_id)
+                                max_new_tokens=task.judge_max_new_tokens, pad_id=task.pad_id, eos_id=task.eos_id,
+                                show_progress=self.show_progress)
         misjudged = [item for item, mistake in zip(pool, missed) if mistake]
         judged_well = [item for item, mistake in zip(pool, missed) if not mistake]
         beside = round(len(misjudged) * settings.eft_judged_right_per_mistake)

@@ -60,3 +60,25 @@ def test_dpo_shows_its_reference_log_prob_pass(make_transformer, capsys):
     err = capsys.readouterr().err
     assert "dpo reference log-probs: 100%" in err and "20/20" in err
     assert "dpo reference log-probs (valid): 100%" in err and "6/6" in err
+
+
+def test_judge_examples_from_own_answers_and_judge_mistakes_show_bars_unless_told_not_to(char_model, capsys):
+    from self_rewarding_lm_pytorch import judge_mistakes, own_answer_judge_examples
+
+    reward_config = RewardConfig("j {{ prompt }}{{ response }}|", reward_regex_template="Score: {{ reward }}")
+    prompts = SortDigitsTask(seed=3).prompts(6)
+
+    def run(show_progress):
+        judge_set = own_answer_judge_examples(
+            char_model, prompts, labeller=lambda p, r: sum(map(ord, r)) % 2 == 0, reward_config=reward_config,
+            tokenizer_encode=TOKENIZER.encode, tokenizer_decode=TOKENIZER.decode, num_samples=2, max_new_tokens=3,
+            temperature=(0.0, 1.0), balance=False, eos_id=0, batch_size=4, show_progress=show_progress)
+        judge_mistakes(char_model, judge_set.labelled, reward_config=reward_config, tokenizer_encode=TOKENIZER.encode,
+                       tokenizer_decode=TOKENIZER.decode, max_new_tokens=3, eos_id=0, batch_size=4,
+                       show_progress=show_progress)
+        return capsys.readouterr().err
+
+    err = run(True)
+    assert "judge examples: answers" in err and "4/4" in err  # 2 temperatures x 2 batches of prompts
+    assert "judge mistakes" in err
+    assert "judge examples" not in run(False) and "judge mistakes" not in run(False)
