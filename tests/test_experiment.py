@@ -87,9 +87,10 @@ def test_self_consistency_beats_random_pairs_on_one_seed(tmp_path):
 
 @pytest.mark.slow
 def test_the_models_own_llm_judge_beats_random_pairs_on_pair_sum(tmp_path):
-    """The namesake recipe on one dev seed (about 10 minutes on 2 cores): pair sum, the judge trained on the model's
-    own answers and writing its look-ups first (`--reasoned-judge`); the model judges its own candidates, and its pairs
-    must gain over the seed model and end above random pairs of the same candidates."""
+    """The namesake recipe on one dev seed (about 13 minutes on one core, the seed model built from scratch): pair sum,
+    the judge trained on the model's own answers, writing its look-ups first (`--reasoned-judge`), and once more on
+    its mistakes; the model judges its own candidates, and its pairs must gain over the seed model and end above
+    random pairs of the same candidates."""
     example = load_example()
     from self_rewarding_lm_pytorch.experiment import DEFAULT_ARMS, ExperimentRunner, ExperimentSettings
 
