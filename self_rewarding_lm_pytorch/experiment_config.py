@@ -31,6 +31,9 @@ class ExperimentTask:
     judge_rationale: Callable[[str, str], str] | None = None  # (prompt, response) -> text the EFT judge writes first
     meta_judge_config: MetaJudgeConfig | None = None  # the meta-judge prompt (arms that train the judge: meta_reward)
     meta_judge_max_new_tokens: int = 10
+    # (prompt, response, label) -> a wrong judgement with wrong reasoning of its own, or None: more meta-judge examples
+    # (`meta_judge_examples(wrong_judgement=...)`), so that the meta-judge learns to check the judge's reasoning
+    meta_wrong_judgement: Callable[[str, str, bool], str | None] | None = None
 
 
 @dataclass

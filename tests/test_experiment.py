@@ -249,3 +249,19 @@ def test_the_judge_mistake_round_trains_a_third_seed_stage_on_the_judges_mistake
     again, _ = runner.seed_model(0, tmp_path / "seed-0", held_out=set())
     assert checkpoints[2].stat().st_mtime_ns == last_written  # resumed, not retrained
     assert all(torch.equal(v, final[k]) for k, v in again.state_dict().items())
+
+
+def test_pair_sum_wrong_look_ups_flip_the_look_up_that_decides_the_score():
+    """`--meta-wrong-look-ups`: the meta-judge's extra wrong judgements are the judge's real error, a wrong look-up."""
+    example = load_example()
+    # a right answer: its first digit called unlisted, so "Score: 0"
+    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 5 7", True) == "5n 7y 5+7=12 Score: 0"
+    # a wrong answer with the right sum and an unlisted digit (9): called listed, so "Score: 5", the blind spot
+    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 9", False) == "3y 9y 3+9=12 Score: 5"
+    # a wrong sum: no look-up error changes the score; malformed: no look-ups at all
+    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 7", False) is None
+    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 37", False) is None
+    assert example.pair_sum_task(reasoned_judge=True, meta_wrong_look_ups=True).meta_wrong_judgement is example.wrong_look_up
+    assert example.pair_sum_task(reasoned_judge=True).meta_wrong_judgement is None  # the recorded meta runs
+    with pytest.raises(ValueError, match="only the reasoned judge writes look-ups"):
+        example.pair_sum_task(meta_wrong_look_ups=True)

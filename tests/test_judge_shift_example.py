@@ -37,3 +37,25 @@ def test_judge_shift_reads_a_run_folder_and_finds_no_disagreement_between_identi
     lines = result.stdout.splitlines()
     assert [line.split(";")[1].strip() for line in lines if line.startswith("answers of")] == ["judges disagree on 0"] * 2
     assert "answers of the iteration-2 model (" in result.stdout and "of 6 right" in result.stdout
+
+
+def test_meta_judge_check_reads_a_run_folder_and_asks_both_kinds_of_pair_in_both_orders(tmp_path):
+    sys.path.insert(0, str(EXAMPLES))
+    from self_improvement import TASKS
+
+    from self_rewarding_lm_pytorch import save_checkpoint
+
+    (tmp_path / "settings.json").write_text(json.dumps(dict(num_candidates=2, num_judge_eval_prompts=3, eval_split_seed=7)))
+    model = TASKS["pair_sum"](reasoned_judge=True, max_seq_len=96).make_model(0)
+    save_checkpoint(Accelerator(cpu=True), model, tmp_path / "seed-0" / "seed-model" / "stage-01-sft.pt")
+    script = str(EXAMPLES / "meta_judge_check.py")
+    result = subprocess.run([sys.executable, script, "--run", str(tmp_path), "--seed", "0"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split(":")[0]: line for line in result.stdout.splitlines()}
+    assert set(lines) == {"score flipped", "wrong look-up"}
+    # 6 answers of an untrained model: every one gets a score-flipped pair unless it is not a pair of digits
+    assert "pairs; the right judgement named in both orders" in lines["score flipped"] or "no pairs" in lines["score flipped"]
+    alone = subprocess.run([sys.executable, script, "--run", str(tmp_path), "--seed", "0", "--arm", "meta_reward"],
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode != 0 and "--arm and --iteration go together" in alone.stderr

@@ -232,6 +232,29 @@ def test_meta_judge_examples_name_the_right_judgement_in_both_orders():
                             tokenizer_encode=TOKENIZER.encode, wrong_targets=lambda label: "Score: 5")
 
 
+def test_meta_judge_examples_with_wrong_reasoning_add_a_pair_where_one_is_given():
+    """`wrong_judgement`: a wrong judgement with its own (wrong) rationale, beside the score-flipped one."""
+
+    def wrong_reasoning(prompt, answer, label):
+        return "looks wrong Score: 0" if label else None  # none for the wrong answer
+
+    examples = meta_judge_examples([("sort 2 1:", " 1 2", True), ("sort 3 1:", " 3 1", False)], reward_config=REWARD,
+                                   meta_judge_config=META, tokenizer_encode=TOKENIZER.encode,
+                                   rationale=lambda p, a: "ok ", wrong_judgement=wrong_reasoning, eos_id=TOKENIZER.eos_id)
+    texts = sorted(TOKENIZER.decode(ids[:prompt_len]) + "=" + TOKENIZER.decode(ids[prompt_len:]) for ids, prompt_len in examples)
+    assert texts == [
+        "Msort 2 1: 1 2|looks wrong Score: 0|ok Score: 5|=Winner: B",  # the wrong reasoning, in both orders
+        "Msort 2 1: 1 2|ok Score: 0|ok Score: 5|=Winner: B",
+        "Msort 2 1: 1 2|ok Score: 5|looks wrong Score: 0|=Winner: A",
+        "Msort 2 1: 1 2|ok Score: 5|ok Score: 0|=Winner: A",
+        "Msort 3 1: 3 1|ok Score: 0|ok Score: 5|=Winner: A",  # no wrong reasoning given: the score-flipped pair only
+        "Msort 3 1: 3 1|ok Score: 5|ok Score: 0|=Winner: B",
+    ]
+    with pytest.raises(ValueError, match="same score"):
+        meta_judge_examples([("p", "a", True)], reward_config=REWARD, meta_judge_config=META,
+                            tokenizer_encode=TOKENIZER.encode, wrong_judgement=lambda p, a, label: "still Score: 5")
+
+
 def test_meta_reward_stage_on_two_processes(tmp_path):
     from test_multiprocess import launch
 

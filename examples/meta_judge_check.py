@@ -1,0 +1,76 @@
+"""Can the meta-judge tell a right judgement of an answer from a wrong one? (pair sum, `--reasoned-judge`)
+
+    python examples/meta_judge_check.py --run DIR --seed S               # the seed model's meta-judge
+    python examples/meta_judge_check.py --run DIR --seed S --arm meta_reward --iteration 3
+
+DIR is a runner's out folder (examples/self_improvement.py --task pair_sum --reasoned-judge --max-seq-len 96
+--arms meta_reward ...). The model answers the run's held-out judge prompts (as `judge_bacc` samples them); the
+checker labels each answer, and each answer's right judgement (its look-ups, then the score) is paired with two kinds
+of wrong one, each shown in both orders to the meta-judge (greedy):
+- score flipped: the right look-ups, the other score (what `meta_judge_examples` trains on by default);
+- wrong look-up: one look-up wrong and the score that follows from it (`wrong_look_up`), the judge's real error.
+Printed per kind: the pairs, the share where the meta-judge names the right judgement in both orders, and the share
+of verdicts naming the first position (0.5 for a meta-judge without a favourite position).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from judge_shift import last_checkpoint
+from self_improvement import check_steps, pair_sum_task, wrong_look_up
+
+from self_rewarding_lm_pytorch import MetaJudge, load_checkpoint, two_point_targets
+from self_rewarding_lm_pytorch.experiment import ExperimentSettings, sampled_answers
+from self_rewarding_lm_pytorch.meta_judge import MetaQuery
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="a runner's out folder (holds settings.json)")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--arm", default=None, help="an arm's iteration model (default: the seed model)")
+    parser.add_argument("--iteration", type=int, default=None)
+    parser.add_argument("--max-seq-len", type=int, default=96)
+    args = parser.parse_args()
+    if (args.arm is None) != (args.iteration is None):
+        parser.error("--arm and --iteration go together (neither: the seed model)")
+    torch.set_num_threads(1)
+
+    settings = ExperimentSettings(**json.loads((args.run / "settings.json").read_text()))
+    task = pair_sum_task(reasoned_judge=True, max_seq_len=args.max_seq_len)
+    seed_dir = args.run / f"seed-{args.seed}"
+    folder = seed_dir / "seed-model" if args.arm is None else seed_dir / args.arm / f"iteration-{args.iteration}"
+    model = task.make_model(args.seed)
+    load_checkpoint(model, last_checkpoint(folder))
+    model.eval()
+
+    candidates = sampled_answers(model, task, settings, task.prompts(settings.num_judge_eval_prompts,
+                                                                      settings.eval_split_seed + 1), args.seed)
+    labelled = [(p, r, task.checker(p, r)) for p, r in zip(candidates.prompts, candidates.responses)]
+    meta_judge = MetaJudge(model, task.meta_judge_config, tokenizer_encode=task.encode, tokenizer_decode=task.decode,
+                           max_new_tokens=task.meta_judge_max_new_tokens, temperature=0.0, pad_id=task.pad_id,
+                           eos_id=task.eos_id, batch_size=64)
+    target = two_point_targets()
+    wrong_kinds = {"score flipped": lambda p, r, label: check_steps(p, r) + target(not label),
+                   "wrong look-up": wrong_look_up}
+    for kind, wrong_of in wrong_kinds.items():
+        pairs = [(p, r, check_steps(p, r) + target(label), wrong_of(p, r, label)) for p, r, label in labelled]
+        pairs = [(p, r, right, wrong) for p, r, right, wrong in pairs if wrong is not None and check_steps(p, r) != "? "]
+        if not pairs:
+            print(f"{kind}: no pairs")
+            continue
+        queries = [MetaQuery(p, r, right, wrong) for p, r, right, wrong in pairs]
+        queries += [MetaQuery(p, r, wrong, right) for p, r, right, wrong in pairs]
+        verdicts, _ = meta_judge(queries)
+        n = len(pairs)
+        both = sum(first == 0 and second == 1 for first, second in zip(verdicts[:n], verdicts[n:])) / n
+        names_first = sum(v == 0 for v in verdicts) / len(verdicts)
+        print(f"{kind}: {n} pairs; the right judgement named in both orders {both:.3f}; first position named {names_first:.3f}")
+
+
+if __name__ == "__main__":
+    main()
