@@ -218,11 +218,13 @@ def judge_mistakes(
                       num_judgements=1, max_new_tokens=max_new_tokens, temperature=0.0, top_p=None, pad_id=pad_id,
                       eos_id=eos_id, batch_size=batch_size)
     scores = []
-    for start in tqdm(range(0, len(labelled), batch_size), desc="judge mistakes", unit="batch", disable=not show_progress):
+    batches = range(0, len(labelled), batch_size)
+    for start in tqdm(batches, desc="judge mistakes", unit="batch", disable=not show_progress):
         chunk = labelled[start : start + batch_size]
+        prompts, answers = [p for p, _, _ in chunk], [a for _, a, _ in chunk]
         candidates = Candidates(
-            prompts=[p for p, _, _ in chunk], prompt_ids=[as_token_tensor(tokenizer_encode(p), "encoded prompt") for p, _, _ in chunk],
-            responses=[a for _, a, _ in chunk], response_ids=[as_token_tensor(tokenizer_encode(a), "encoded answer") for _, a, _ in chunk],
+            prompts=prompts, prompt_ids=[as_token_tensor(tokenizer_encode(p), "encoded prompt") for p in prompts],
+            responses=answers, response_ids=[as_token_tensor(tokenizer_encode(a), "encoded answer") for a in answers],
             num_per_prompt=1,
         )
         scores += judge(candidates).scores[:, 0].tolist()

@@ -213,8 +213,9 @@ class ExperimentRunner:
             if mistake_examples:  # none: the judge is right on every answer, and there is nothing to train on
                 torch.manual_seed(seed)
                 model = task.make_model(seed)
-                plan([*stages, SFTConfig(train_dataset=mistake_examples + replayed, num_epochs=settings.eft_mistake_epochs,
-                                         **eft_sft)])()
+                mistake_stage = SFTConfig(train_dataset=mistake_examples + replayed,
+                                          num_epochs=settings.eft_mistake_epochs, **eft_sft)
+                plan([*stages, mistake_stage])()
         return model, judge_set.examples
 
     def judge_mistake_examples(self, model: nn.Module, seed: int, held_out: set[str], seed_dir: Path) -> list:
@@ -225,9 +226,9 @@ class ExperimentRunner:
         pool = own_answer_judge_examples(
             model, prompts[: settings.eft_mistake_prompts], labeller=task.checker, reward_config=task.reward_config,
             tokenizer_encode=task.encode, tokenizer_decode=task.decode, targets=two_point_targets(),
-            rationale=task.judge_rationale, num_samples=settings.eft_samples_per_prompt, max_new_tokens=task.max_new_tokens,
-            temperature=settings.eft_mistake_temperatures, top_p_threshold=None, balance=False, pad_id=task.pad_id,
-            eos_id=task.eos_id, seed=seed, show_progress=self.show_progress,
+            rationale=task.judge_rationale, num_samples=settings.eft_samples_per_prompt,
+            max_new_tokens=task.max_new_tokens, temperature=settings.eft_mistake_temperatures, top_p_threshold=None,
+            balance=False, pad_id=task.pad_id, eos_id=task.eos_id, seed=seed, show_progress=self.show_progress,
         ).labelled
         missed = judge_mistakes(model, pool, reward_config=task.reward_config, tokenizer_encode=task.encode,
                                 tokenizer_decode=task.decode, targets=two_point_targets(),
