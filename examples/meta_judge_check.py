@@ -28,6 +28,31 @@ from self_rewarding_lm_pytorch.experiment import ExperimentSettings, sampled_ans
 from self_rewarding_lm_pytorch.meta_judge import MetaQuery
 
 
+def score_flipped(prompt: str, response: str, label: bool) -> str:
+    """The right look-ups, then the other score."""
+    return check_steps(prompt, response) + two_point_targets()(not label)
+
+
+WRONG_KINDS = {"score flipped": score_flipped, "wrong look-up": wrong_look_up}
+
+
+def meta_judge_accuracy(meta_judge, labelled, wrong_of) -> tuple[int, float, float] | None:
+    """Each labelled (prompt, answer, right?) whose answer is a pair of digits and that `wrong_of` gives a wrong
+    judgement for, asked in both orders against its right judgement: (pairs, share with the right judgement named
+    in both orders, share of verdicts naming the first position); None when there is no such answer."""
+    pairs = [(p, r, check_steps(p, r) + two_point_targets()(label), wrong_of(p, r, label)) for p, r, label in labelled
+             if check_steps(p, r) != "? "]
+    pairs = [(p, r, right, wrong) for p, r, right, wrong in pairs if wrong is not None]
+    if not pairs:
+        return None
+    queries = [MetaQuery(p, r, right, wrong) for p, r, right, wrong in pairs]
+    queries += [MetaQuery(p, r, wrong, right) for p, r, right, wrong in pairs]
+    verdicts, _ = meta_judge(queries)
+    n = len(pairs)
+    both = sum(first == 0 and second == 1 for first, second in zip(verdicts[:n], verdicts[n:])) / n
+    return n, both, sum(v == 0 for v in verdicts) / len(verdicts)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a runner's out folder (holds settings.json)")
@@ -54,23 +79,13 @@ def main():
     meta_judge = MetaJudge(model, task.meta_judge_config, tokenizer_encode=task.encode, tokenizer_decode=task.decode,
                            max_new_tokens=task.meta_judge_max_new_tokens, temperature=0.0, pad_id=task.pad_id,
                            eos_id=task.eos_id, batch_size=64)
-    target = two_point_targets()
-    wrong_kinds = {"score flipped": lambda p, r, label: check_steps(p, r) + target(not label),
-                   "wrong look-up": wrong_look_up}
-    for kind, wrong_of in wrong_kinds.items():
-        pairs = [(p, r, check_steps(p, r) + target(label), wrong_of(p, r, label)) for p, r, label in labelled]
-        pairs = [(p, r, right, wrong) for p, r, right, wrong in pairs if wrong is not None and check_steps(p, r) != "? "]
-        if not pairs:
+    for kind, wrong_of in WRONG_KINDS.items():
+        asked = meta_judge_accuracy(meta_judge, labelled, wrong_of)
+        if asked is None:
             print(f"{kind}: no pairs")
             continue
-        queries = [MetaQuery(p, r, right, wrong) for p, r, right, wrong in pairs]
-        queries += [MetaQuery(p, r, wrong, right) for p, r, right, wrong in pairs]
-        verdicts, _ = meta_judge(queries)
-        n = len(pairs)
-        both = sum(first == 0 and second == 1 for first, second in zip(verdicts[:n], verdicts[n:])) / n
-        names_first = sum(v == 0 for v in verdicts) / len(verdicts)
+        n, both, names_first = asked
         print(f"{kind}: {n} pairs; the right judgement named in both orders {both:.3f}; first position named {names_first:.3f}")
-
 
 if __name__ == "__main__":
     main()

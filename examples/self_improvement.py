@@ -203,11 +203,11 @@ def main():
     if args.meta_wrong_look_ups and not (args.task == "pair_sum" and args.reasoned_judge):
         parser.error("--meta-wrong-look-ups needs --task pair_sum --reasoned-judge: only its judge writes look-ups")
     arms = [arm for arm in DEFAULT_ARMS + OPTIONAL_ARMS if arm.name in args.arms] if args.arms else list(DEFAULT_ARMS)
+    task_options = dict(meta_wrong_look_ups=True) if args.meta_wrong_look_ups else {}  # pair_sum only (checked above)
+    task = TASKS[args.task](reasoned_judge=args.reasoned_judge, max_seq_len=args.max_seq_len, **task_options)
     for lr in args.learning_rates or [settings.dpo_learning_rate]:
         out = args.out / f"lr-{lr:g}" if args.learning_rates else args.out
         settings.dpo_learning_rate = lr
-        task_options = dict(meta_wrong_look_ups=True) if args.meta_wrong_look_ups else {}
-        task = TASKS[args.task](reasoned_judge=args.reasoned_judge, max_seq_len=args.max_seq_len, **task_options)
         runner = ExperimentRunner(task, settings, arms, out)
         rows = runner.run()
         print(write_report(rows, out, title=f"{TASK_TITLES[args.task]}, DPO lr {lr:g}, {args.split} prompts"))
