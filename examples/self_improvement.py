@@ -18,6 +18,7 @@ runs.jsonl (every measurement), results.md (mean and 95% interval over seeds) an
 from __future__ import annotations
 
 import argparse
+import zlib
 from pathlib import Path
 
 import torch
@@ -101,17 +102,21 @@ def check_steps(prompt: str, response: str) -> str:
 
 def wrong_look_up(prompt: str, response: str, label: bool) -> str | None:
     """A pair-sum judgement with one wrong look-up and the score that follows from it, the error the judge really
-    makes (meta-judge training, `meta_judge_examples(wrong_judgement=...)`): a right answer's first digit called
+    makes (meta-judge training, `meta_judge_examples(wrong_judgement=...)`): one of a right answer's digits called
     unlisted, or a wrong answer's unlisted digit called listed when its sum is right. None where no look-up error
-    changes the score (a wrong sum)."""
+    changes the score (a wrong sum). Which of a right answer's digits is fixed by a checksum of the text, so that
+    both positions occur (a meta-judge shown only first-digit errors passed every second-digit one, dev) and a rerun
+    gives the same examples."""
     pair = pair_sum.parse_response(response)
     if pair is None:
         return None
-    first, second, total = check_steps(prompt, response).split()
+    *look_ups, total = check_steps(prompt, response).split()
     if label:
-        return f"{first[0]}n {second} {total} {two_point_targets()(False)}"
-    if "n" in first[1] + second[1] and sum(pair) == pair_sum.parse_prompt(prompt)[1]:
-        return f"{first[0]}y {second[0]}y {total} {two_point_targets()(True)}"
+        wrong = zlib.crc32(f"{prompt}{response}".encode()) % 2
+        look_ups[wrong] = f"{look_ups[wrong][0]}n"
+        return f"{' '.join(look_ups)} {total} {two_point_targets()(False)}"
+    if any(look_up[1] == "n" for look_up in look_ups) and sum(pair) == pair_sum.parse_prompt(prompt)[1]:
+        return f"{' '.join(look_up[0] + 'y' for look_up in look_ups)} {total} {two_point_targets()(True)}"
     return None
 
 

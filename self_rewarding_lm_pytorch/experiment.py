@@ -87,6 +87,9 @@ class ExperimentRunner:
             raise ValueError(f"ExperimentSettings.eft_mistake_prompts and eft_judged_right_per_mistake must be >= 0 (0 "
                              f"prompts: no mistake round); got {self.settings.eft_mistake_prompts} and "
                              f"{self.settings.eft_judged_right_per_mistake}")
+        if self.settings.meta_judge_repeats < 1:
+            raise ValueError(f"ExperimentSettings.meta_judge_repeats is how many times each judge-training epoch holds "
+                             f"the meta-judge examples: >= 1, got {self.settings.meta_judge_repeats}")
         if self.trains_meta_judge and self.task.meta_judge_config is None:
             raise ValueError(f"arms {[a.name for a in self.arms if a.trains_meta_judge]} meta-judge: the task needs a "
                              f"meta_judge_config")
@@ -206,7 +209,8 @@ class ExperimentRunner:
                        end_learning_rate=settings.sft_learning_rate * settings.eft_learning_rate_factor / 10)
         replayed = ift[: round(len(ift) * settings.eft_instruction_replay_share)]
         stages = [SFTConfig(train_dataset=ift, num_epochs=settings.sft_epochs, **sft),
-                  SFTConfig(train_dataset=judge_set.examples + meta_examples + replayed, num_epochs=settings.eft_epochs, **eft_sft)]
+                  SFTConfig(train_dataset=judge_set.examples + meta_examples * settings.meta_judge_repeats + replayed,
+                            num_epochs=settings.eft_epochs, **eft_sft)]
         plan(stages)()
         if settings.eft_mistake_prompts:
             mistake_examples = self.judge_mistake_examples(model, seed, held_out, seed_dir)

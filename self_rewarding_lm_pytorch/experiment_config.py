@@ -64,6 +64,10 @@ class ExperimentSettings:
     eft_mistake_temperatures: tuple[float, ...] = (0.4, 1.0)
     eft_judged_right_per_mistake: float = 4.0
     eft_mistake_epochs: int = 2
+    # arms that train a meta-judge (meta_reward): each EFT epoch holds the meta-judge examples this many times, beside
+    # the judge examples once. Meta-Rewarding needs a meta-judge better than the judge it judges; trained as often as
+    # the judge, pair sum's was not (dev). Alone, the meta-judge examples erase the judge's format (dev)
+    meta_judge_repeats: int = 1
     # each preference iteration
     prompts_per_iteration: int = 768  # a strong model agrees with itself on most prompts: more prompts, enough pairs
     num_preference_pairs: int = 384  # at most; `accept_fewer_pairs` keeps what the prompts give

@@ -251,11 +251,48 @@ def test_the_judge_mistake_round_trains_a_third_seed_stage_on_the_judges_mistake
     assert all(torch.equal(v, final[k]) for k, v in again.state_dict().items())
 
 
-def test_pair_sum_wrong_look_ups_flip_the_look_up_that_decides_the_score():
+def test_meta_judge_repeats_put_the_meta_judge_examples_that_many_times_in_the_judge_epoch(tmp_path, monkeypatch):
+    """`meta_judge_repeats`: a meta-judge trained more than the judge it judges, in the same stage (alone, the meta
+    examples erase the judge's format)."""
+    from dataclasses import replace
+
+    from self_rewarding_lm_pytorch import experiment
+
+    example = load_example()
+    task = replace(example.sort_digits_task(dim=16, depth=1),  # both labels occur: a checker by the answer's characters
+                   checker=lambda prompt, response: sum(map(ord, response)) % 2 == 0)
+    stage_sizes = {}
+
+    class RecordingTrainer:
+        def __init__(self, model, finetune_configs, **kwargs):
+            self.configs = finetune_configs
+
+        def __call__(self):
+            stage_sizes[repeats] = [len(config.train_dataset) for config in self.configs]
+
+    monkeypatch.setattr(experiment, "SelfRewardingTrainer", RecordingTrainer)
+    settings = experiment.ExperimentSettings(seeds=(0,), num_instruction_examples=16, sft_epochs=1, num_eft_prompts=8,
+                                             eft_samples_per_prompt=2, eft_temperatures=(1.0,))
+    for repeats in (1, 3):
+        runner = experiment.ExperimentRunner(task, replace(settings, meta_judge_repeats=repeats), experiment.OPTIONAL_ARMS,
+                                             tmp_path / str(repeats), show_progress=False)
+        (tmp_path / str(repeats) / "seed-0").mkdir(parents=True)  # the trainer that is replaced here would make it
+        runner.seed_model(0, tmp_path / str(repeats) / "seed-0", held_out=set())
+    meta_examples = json.loads((tmp_path / "1" / "seed-0" / "eft.json").read_text())["meta_judge_examples"]
+    assert meta_examples > 0
+    assert stage_sizes[1][0] == stage_sizes[3][0] == 16  # the instruction stage is the same
+    assert stage_sizes[3][1] - stage_sizes[1][1] == 2 * meta_examples  # the judge stage: 2 more copies of the meta examples
+    with pytest.raises(ValueError, match="meta_judge_repeats"):
+        experiment.ExperimentRunner(task, replace(settings, meta_judge_repeats=0), experiment.OPTIONAL_ARMS, tmp_path)
+
+
+def test_pair_sum_wrong_look_ups_flip_either_look_up_that_decides_the_score():
     """`--meta-wrong-look-ups`: the meta-judge's extra wrong judgements are the judge's real error, a wrong look-up."""
     example = load_example()
-    # a right answer: its first digit called unlisted, so "Score: 0"
+    # a right answer: one of its digits called unlisted, so "Score: 0"; which one is fixed by the text, and both occur
     assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 5 7", True) == "5n 7y 5+7=12 Score: 0"
+    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 9:", " 8 1", True) == "8y 1n 8+1=9 Score: 0"
+    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 9:", " 8 1", True) == example.wrong_look_up("pair 3 7 1 8 5 2 = 9:", " 8 1", True)
     # a wrong answer with the right sum and an unlisted digit (9): called listed, so "Score: 5", the blind spot
     assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 9", False) == "3y 9y 3+9=12 Score: 5"
     # a wrong sum: no look-up error changes the score; malformed: no look-ups at all
