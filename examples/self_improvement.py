@@ -105,7 +105,7 @@ def wrong_look_up(prompt: str, response: str, label: bool) -> str | None:
     makes (meta-judge training, `meta_judge_examples(wrong_judgement=...)`): one of a right answer's digits called
     unlisted, or a wrong answer's unlisted digit called listed when its sum is right. None where no look-up error
     changes the score (a wrong sum). Which of a right answer's digits is fixed by a checksum of the text, so that
-    both positions occur (a meta-judge shown only first-digit errors passed every second-digit one, dev) and a rerun
+    both positions occur (a meta-judge shown only first-digit errors passed most second-digit ones, dev) and a rerun
     gives the same examples."""
     pair = pair_sum.parse_response(response)
     if pair is None:

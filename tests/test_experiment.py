@@ -289,10 +289,10 @@ def test_meta_judge_repeats_put_the_meta_judge_examples_that_many_times_in_the_j
 def test_pair_sum_wrong_look_ups_flip_either_look_up_that_decides_the_score():
     """`--meta-wrong-look-ups`: the meta-judge's extra wrong judgements are the judge's real error, a wrong look-up."""
     example = load_example()
-    # a right answer: one of its digits called unlisted, so "Score: 0"; which one is fixed by the text, and both occur
+    # a right answer: one of its digits called unlisted, so "Score: 0"; which one is fixed by a checksum of the text
+    # (crc32, the same in every process, unlike hash()), and both positions occur
     assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 5 7", True) == "5n 7y 5+7=12 Score: 0"
     assert example.wrong_look_up("pair 3 7 1 8 5 2 = 9:", " 8 1", True) == "8y 1n 8+1=9 Score: 0"
-    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 9:", " 8 1", True) == example.wrong_look_up("pair 3 7 1 8 5 2 = 9:", " 8 1", True)
     # a wrong answer with the right sum and an unlisted digit (9): called listed, so "Score: 5", the blind spot
     assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 9", False) == "3y 9y 3+9=12 Score: 5"
     # a wrong sum: no look-up error changes the score; malformed: no look-ups at all
