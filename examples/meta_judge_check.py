@@ -40,9 +40,11 @@ def meta_judge_accuracy(meta_judge, labelled, wrong_of) -> tuple[int, float, flo
     """Each labelled (prompt, answer, right?) whose answer is a pair of digits and that `wrong_of` gives a wrong
     judgement for, asked in both orders against its right judgement: (pairs, share with the right judgement named
     in both orders, share of verdicts naming the first position); None when there is no such answer."""
-    pairs = [(p, r, check_steps(p, r) + two_point_targets()(label), wrong_of(p, r, label)) for p, r, label in labelled
-             if check_steps(p, r) != "? "]
-    pairs = [(p, r, right, wrong) for p, r, right, wrong in pairs if wrong is not None]
+    pairs = []
+    for p, r, label in labelled:
+        steps, wrong = check_steps(p, r), wrong_of(p, r, label)
+        if steps != "? " and wrong is not None:  # "? ": not a pair of digits, so no look-ups to check
+            pairs.append((p, r, steps + two_point_targets()(label), wrong))
     if not pairs:
         return None
     queries = [MetaQuery(p, r, right, wrong) for p, r, right, wrong in pairs]

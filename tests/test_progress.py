@@ -81,4 +81,5 @@ def test_judge_examples_from_own_answers_and_judge_mistakes_show_bars_unless_tol
     err = run(True)
     assert "judge examples: answers" in err and "4/4" in err  # 2 temperatures x 2 batches of prompts
     assert "judge mistakes" in err
-    assert "judge examples" not in run(False) and "judge mistakes" not in run(False)
+    quiet = run(False)
+    assert "judge examples" not in quiet and "judge mistakes" not in quiet
