@@ -80,9 +80,10 @@ class ExperimentRunner:
         names = [arm.name for arm in self.arms]
         if len(set(names)) != len(names) or "sft" in names:
             raise ValueError(f"arm names must be distinct and not 'sft' (the seed model's row), got {names}")
-        if not 0 <= self.settings.judge_refresh_share <= 1:
-            raise ValueError(f"ExperimentSettings.judge_refresh_share is a share of the seed judge examples, in [0, 1]; "
-                             f"got {self.settings.judge_refresh_share}")
+        for name in ("judge_refresh_share", "meta_judge_refresh_share"):
+            if not 0 <= getattr(self.settings, name) <= 1:
+                raise ValueError(f"ExperimentSettings.{name} is a share of the seed model's examples, in [0, 1]; "
+                                 f"got {getattr(self.settings, name)}")
         if self.settings.eft_mistake_prompts < 0 or self.settings.eft_judged_right_per_mistake < 0:
             raise ValueError(f"ExperimentSettings.eft_mistake_prompts and eft_judged_right_per_mistake must be >= 0 (0 "
                              f"prompts: no mistake round); got {self.settings.eft_mistake_prompts} and "
@@ -127,7 +128,7 @@ class ExperimentRunner:
         bar = tqdm(total=units, desc="experiment", disable=not self.show_progress, position=0)
         for seed in settings.seeds:
             seed_dir = self.out_dir / f"seed-{seed}"
-            model, judge_examples = self.seed_model(seed, seed_dir, held_out)
+            model, judge_examples, meta_examples = self.seed_model(seed, seed_dir, held_out)
             seed_state = {k: v.clone() for k, v in model.state_dict().items()}
             if (seed, "sft", 0) not in done:
                 self.record(dict(seed=seed, arm="sft", iteration=0, **measure(model, task, settings, eval_prompts, judge_prompts, seed)))
@@ -143,7 +144,7 @@ class ExperimentRunner:
                 for iteration in range(1, settings.iterations + 1):
                     bar.set_postfix(seed=seed, arm=arm.name, iteration=iteration)
                     stage = arm.stage(iteration_prompts[iteration - 1], task, settings)
-                    plan = [stage, *judge_refresh(judge_examples, settings)]
+                    plan = [stage, *judge_refresh(judge_examples, settings, meta_examples)]
                     trainer = SelfRewardingTrainer(
                         model, finetune_configs=plan, tokenizer_encode=task.encode, tokenizer_decode=task.decode,
                         self_reward_prompt_config=task.reward_config, pad_id=task.pad_id, eos_id=task.eos_id,
@@ -162,10 +163,11 @@ class ExperimentRunner:
         bar.close()
         return self.done_rows()
 
-    def seed_model(self, seed: int, seed_dir: Path, held_out: set[str]) -> tuple[nn.Module, list]:
+    def seed_model(self, seed: int, seed_dir: Path, held_out: set[str]) -> tuple[nn.Module, list, list]:
         """SFT on instruction examples, then on judge examples from the model's own answers (labelled once by the
         checker), then (`eft_mistake_prompts`) on the judge's mistakes, as one plan resumed from `seed_dir`; returns
-        the model and its judge examples (the second stage's)."""
+        the model, its judge examples and its meta-judge examples (the second stage's; no meta-judge examples in a
+        run without a meta-judge)."""
         task, settings = self.task, self.settings
         torch.manual_seed(seed)
         model = task.make_model(seed)
@@ -220,7 +222,7 @@ class ExperimentRunner:
                 mistake_stage = SFTConfig(train_dataset=mistake_examples + replayed,
                                           num_epochs=settings.eft_mistake_epochs, **eft_sft)
                 plan([*stages, mistake_stage])()
-        return model, judge_set.examples
+        return model, judge_set.examples, meta_examples
 
     def judge_mistake_examples(self, model: nn.Module, seed: int, held_out: set[str], seed_dir: Path) -> list:
         """`eft_mistake_prompts`' round: judge examples of the seed judge's mistakes on fresh checker-labelled answers,
@@ -249,14 +251,16 @@ class ExperimentRunner:
                                        targets=two_point_targets(), rationale=task.judge_rationale, eos_id=task.eos_id)
 
 
-def judge_refresh(judge_examples: list, settings: ExperimentSettings) -> list[SFTConfig]:
-    """The stage that follows each preference iteration when `settings.judge_refresh_share` > 0."""
-    if not settings.judge_refresh_share:
+def judge_refresh(judge_examples: list, settings: ExperimentSettings, meta_examples: list = ()) -> list[SFTConfig]:
+    """The stage that follows each preference iteration when `settings.judge_refresh_share` or
+    `settings.meta_judge_refresh_share` is > 0: the first share of each kind of seed example, one epoch."""
+    replayed = (judge_examples[: round(len(judge_examples) * settings.judge_refresh_share)]
+                + list(meta_examples[: round(len(meta_examples) * settings.meta_judge_refresh_share)]))
+    if not replayed:
         return []
     lr = settings.dpo_learning_rate
-    return [SFTConfig(train_dataset=judge_examples[: round(len(judge_examples) * settings.judge_refresh_share)],
-                      num_epochs=1, batch_size=32, grad_accum_steps=1, dropout=0.0, learning_rate=lr,
-                      end_learning_rate=lr / 10)]
+    return [SFTConfig(train_dataset=replayed, num_epochs=1, batch_size=32, grad_accum_steps=1, dropout=0.0,
+                      learning_rate=lr, end_learning_rate=lr / 10)]
 
 
 def pair_numbers(summary: dict) -> dict:

@@ -91,6 +91,9 @@ class ExperimentSettings:
     # (meta_reward's judge pairs train it). 0: off, the paper's plan. On pair sum the self_judge arm's judgements do
     # not change at all, and this does not help it (docs/results.md, "Why the judge's accuracy falls")
     judge_refresh_share: float = 0.0
+    # the same for the seed meta-judge examples, in the same stage (runs with a meta-judge; every arm alike): the
+    # meta-judge is the same weights as the actor and the judge, and nothing else trains it after the seed model
+    meta_judge_refresh_share: float = 0.0
     # measurement
     num_eval_prompts: int = 400
     num_judge_eval_prompts: int = 96

@@ -176,10 +176,18 @@ def test_judge_refresh_replays_a_share_of_the_seed_judge_examples_after_each_ite
     assert judge_refresh(examples, ExperimentSettings()) == []  # off by default: the paper's plan
     (stage,) = judge_refresh(examples, ExperimentSettings(judge_refresh_share=0.25, dpo_learning_rate=3e-5))
     assert len(stage.train_dataset) == 2 and stage.num_epochs == 1 and stage.learning_rate == 3e-5
+    # the meta-judge's seed examples, by their own share, in the same stage
+    meta = [(torch.tensor([5, 6, 7]), 1) for _ in range(4)]
+    assert judge_refresh(examples, ExperimentSettings(judge_refresh_share=0.25), meta) == judge_refresh(examples, ExperimentSettings(judge_refresh_share=0.25))
+    (stage,) = judge_refresh(examples, ExperimentSettings(judge_refresh_share=0.25, meta_judge_refresh_share=0.5), meta)
+    assert stage.train_dataset == examples[:2] + meta[:2]
+    (stage,) = judge_refresh(examples, ExperimentSettings(meta_judge_refresh_share=1.0), meta)
+    assert stage.train_dataset == meta
 
     example = load_example()
-    with pytest.raises(ValueError, match="judge_refresh_share"):
-        ExperimentRunner(example.sort_digits_task(), ExperimentSettings(judge_refresh_share=1.5), out_dir=tmp_path)
+    for name in ("judge_refresh_share", "meta_judge_refresh_share"):
+        with pytest.raises(ValueError, match=name):
+            ExperimentRunner(example.sort_digits_task(), ExperimentSettings(**{name: 1.5}), out_dir=tmp_path)
 
 
 def test_the_runner_puts_the_judge_refresh_after_every_arms_preference_stage(tmp_path, monkeypatch):
@@ -206,7 +214,7 @@ def test_the_runner_puts_the_judge_refresh_after_every_arms_preference_stage(tmp
 
     monkeypatch.setattr(experiment, "SelfRewardingTrainer", RecordingTrainer)
     monkeypatch.setattr(experiment, "measure", lambda *args: dict(exact_match=0.5, judge_bacc=0.5))
-    monkeypatch.setattr(experiment.ExperimentRunner, "seed_model", lambda self, *args: (nn.Linear(1, 1), judge_examples))
+    monkeypatch.setattr(experiment.ExperimentRunner, "seed_model", lambda self, *args: (nn.Linear(1, 1), judge_examples, []))
     arms = [arm for arm in experiment.DEFAULT_ARMS if arm.name in ("self_judge", "random")]
     settings = experiment.ExperimentSettings(seeds=(0,), prompts_per_iteration=4, judge_refresh_share=0.5)
     experiment.ExperimentRunner(example.sort_digits_task(), settings, arms, tmp_path, show_progress=False).run()
@@ -234,7 +242,7 @@ def test_the_judge_mistake_round_trains_a_third_seed_stage_on_the_judges_mistake
     with pytest.raises(ValueError, match="eft_judged_right_per_mistake must be >= 0"):
         ExperimentRunner(task, replace(settings, eft_judged_right_per_mistake=-1), out_dir=tmp_path)
     runner = ExperimentRunner(task, settings, out_dir=tmp_path, show_progress=False)
-    model, _ = runner.seed_model(0, tmp_path / "seed-0", held_out=set())
+    model, *_ = runner.seed_model(0, tmp_path / "seed-0", held_out=set())
 
     counts = json.loads((tmp_path / "seed-0" / "eft_mistakes.json").read_text())
     assert counts["answers"] > 0 and counts["mistakes"] == counts["answers"]
@@ -246,7 +254,7 @@ def test_the_judge_mistake_round_trains_a_third_seed_stage_on_the_judges_mistake
     assert any(not torch.equal(v, final[k]) for k, v in judge_trained.state_dict().items())  # the round trained
 
     last_written = checkpoints[2].stat().st_mtime_ns
-    again, _ = runner.seed_model(0, tmp_path / "seed-0", held_out=set())
+    again, *_ = runner.seed_model(0, tmp_path / "seed-0", held_out=set())
     assert checkpoints[2].stat().st_mtime_ns == last_written  # resumed, not retrained
     assert all(torch.equal(v, final[k]) for k, v in again.state_dict().items())
 
