@@ -92,7 +92,8 @@ class ExperimentSettings:
     # not change at all, and this does not help it (docs/results.md, "Why the judge's accuracy falls")
     judge_refresh_share: float = 0.0
     # the same for the seed meta-judge examples, in the same stage (runs with a meta-judge; every arm alike): the
-    # meta-judge is the same weights as the actor and the judge, and nothing else trains it after the seed model
+    # meta-judge is the same weights as the actor and the judge, and nothing else trains it after the seed model.
+    # On pair sum a tenth barely slowed its loss of accuracy (dev, docs/results.md "After the test run")
     meta_judge_refresh_share: float = 0.0
     # measurement
     num_eval_prompts: int = 400
