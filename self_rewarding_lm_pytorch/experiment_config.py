@@ -81,6 +81,11 @@ class ExperimentSettings:
     min_vote_margin: float | None = 0.5
     length_control: float | None = None  # meta_reward's actor pairs: the paper's rho; None: best vs worst
     meta_judge_temperature: float = 0.0  # meta_reward's verdicts, one per order of each judgement pair
+    # meta_reward: judge the top-scored answer this many more times (at meta_dissent_temperature; None: the judgements'
+    # temperature) and meta-judge it instead of the most disputed one (MetaRewardDPOConfig.dissent_judgements). 0: the
+    # paper's plan
+    meta_dissent_judgements: int = 0
+    meta_dissent_temperature: float | None = None
     dpo_learning_rate: float = 1e-5
     dpo_beta: float = 0.1
     dpo_epochs: int = 2

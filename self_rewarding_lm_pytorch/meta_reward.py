@@ -4,7 +4,8 @@ For each batch of prompts:
   1) the actor answers, the judge judges each answer K times, and actor pairs are picked (pair_generation's
      `judge_prompts`, with the paper's length control when asked),
   2) for each prompt, the answer whose judgements disagree most is meta-judged: every pair of its valid
-     judgements, in both orders, in one batched call,
+     judgements, in both orders, in one batched call (with `dissent_judgements`: the top-scored answer, judged that
+     many more times, so that a judgement the K agree on can meet a dissent),
   3) the verdicts rate the judgements (Elo ratings of position-weighted wins, meta_pairs.py) and the best vs the worst
      judgement form the judge pair, after the paper's filters,
   4) log p_ref of each judge pair's judgements given the judge prompt, from the generating model,
@@ -17,6 +18,7 @@ from the last commit.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
@@ -29,7 +31,7 @@ from tqdm.auto import tqdm
 from self_rewarding_lm_pytorch.data import as_token_tensor
 from self_rewarding_lm_pytorch.dpo import train_on_stored_pairs
 from self_rewarding_lm_pytorch.generation import LibrarySampler, Sampler
-from self_rewarding_lm_pytorch.judges import SelfJudge
+from self_rewarding_lm_pytorch.judges import Candidates, SelfJudge
 from self_rewarding_lm_pytorch.logprobs import reference_logprobs
 from self_rewarding_lm_pytorch.meta_judge import A, MetaJudge, MetaQuery
 from self_rewarding_lm_pytorch.meta_pairs import (
@@ -38,8 +40,9 @@ from self_rewarding_lm_pytorch.meta_pairs import (
     length_controlled_pairs,
     most_disputed_answer,
     pick_judge_pair,
+    top_scored_answer,
 )
-from self_rewarding_lm_pytorch.pair_generation import JudgedBatch, judge_prompts
+from self_rewarding_lm_pytorch.pair_generation import JudgedBatch, judge_prompts, valid_judgement_scores
 from self_rewarding_lm_pytorch.pair_stats import PairGenerationError, PairGenerationStats, shortfall_message
 from self_rewarding_lm_pytorch.preference_data import PreferenceDataWriter, read_meta
 from self_rewarding_lm_pytorch.sharding import is_fully_sharded
@@ -206,20 +209,15 @@ def _judge_pairs(model, prompts, prompt_indices, batch: JudgedBatch | None, judg
                  ) -> list[_JudgePairResult]:
     if batch is None:
         return []
-    n, k = config.num_candidate_responses, judge.num_judgements
-    raw, output_ids = batch.judgements.raw_outputs, batch.judgements.output_ids
-    # 2) the most disputed answer of each prompt; every pair of its valid judgements, both orders, in one call
-    rows: list[int | None] = []
+    # 2) each prompt's meta-judged answer; every pair of its valid judgements, both orders, in one call
+    subjects = _meta_judged_answers(prompts, batch, judge, config, seed=seed + 15_485_863)
     queries, owners = [], []
-    for i, prompt in enumerate(prompts):
-        answer = most_disputed_answer(batch.valid_scores[i * n : (i + 1) * n])
-        rows.append(None if answer is None else i * n + answer)
-        if answer is None:
+    for i, (prompt, subject) in enumerate(zip(prompts, subjects)):
+        if subject is None:
             continue
-        row = i * n + answer
-        valid = [j for j in range(k) if not math.isnan(batch.valid_scores[row, j])]
+        valid = [j for j, score in enumerate(subject.scores.tolist()) if not math.isnan(score)]
         for a, b in all_ordered_pairs(valid):
-            queries.append(MetaQuery(prompt, batch.texts[row], raw[row][a], raw[row][b]))
+            queries.append(MetaQuery(prompt, batch.texts[subject.row], subject.raw[a], subject.raw[b]))
             owners.append((i, a, b))
     verdicts, outputs = meta_judge(queries, seed=seed) if queries else ([], [])
 
@@ -228,36 +226,36 @@ def _judge_pairs(model, prompts, prompt_indices, batch: JudgedBatch | None, judg
     for i, prompt in enumerate(prompts):
         result = _JudgePairResult(MetaJudgeStats())
         results.append(result)
-        row = rows[i]
-        if row is None:
+        subject = subjects[i]
+        if subject is None:
             result.stats.prompts_agreeing = 1
             continue
+        row, score, raw_judgements = subject.row, subject.scores, subject.raw
         asked = [(a, b, verdicts[q], outputs[q]) for q, (owner, a, b) in enumerate(owners) if owner == i]
         parsed = [v for _, _, v, _ in asked if v is not None]
         result.stats.add(MetaJudgeStats(answers_meta_judged=1, verdicts=len(asked), verdicts_parsed=len(parsed),
                                         wins_first=sum(v == A for v in parsed)))
         if not parsed:
             result.example_output = asked[0][3]
-        meta_scores = judgement_meta_scores(k, [(a, b, v) for a, b, v, _ in asked])
-        picked = pick_judge_pair(meta_scores, batch.valid_scores[row], config.min_meta_margin)
+        meta_scores = judgement_meta_scores(len(score), [(a, b, v) for a, b, v, _ in asked])
+        picked = pick_judge_pair(meta_scores, score, config.min_meta_margin)
         if isinstance(picked, str):
             result.stats.pairs_dropped = {picked: 1}
             continue
         chosen, rejected = picked
         judge_prompt_text = judge.reward_config.render(prompt, batch.texts[row])
         judge_prompt = as_token_tensor(judge_encode(judge_prompt_text), "encoded judge prompt")
-        seqs = [torch.cat([judge_prompt, output_ids[row][j]]) for j in (chosen, rejected)]
+        seqs = [torch.cat([judge_prompt, subject.ids[j]]) for j in (chosen, rejected)]
         if max(len(s) for s in seqs) > max_seq_len:
             result.stats.pairs_dropped = {"too_long": 1}
             continue
-        score = batch.valid_scores[row]
         record = dict(
             kind="judge", prompt_index=prompt_indices[i], prompt=prompt, response=batch.texts[row],
-            judge_prompt=judge_prompt_text, chosen=raw[row][chosen], rejected=raw[row][rejected],
+            judge_prompt=judge_prompt_text, chosen=raw_judgements[chosen], rejected=raw_judgements[rejected],
             chosen_score=float(meta_scores[chosen]), rejected_score=float(meta_scores[rejected]),
             chosen_judgement_score=float(score[chosen]), rejected_judgement_score=float(score[rejected]),
             judgement_meta_scores=[None if math.isnan(s) else s for s in meta_scores.tolist()],
-            judgements=raw[row],
+            judgements=raw_judgements,  # the K judgements, then any dissent judgements
             meta_judge_outputs=[dict(a=a, b=b, verdict=None if v is None else "AB"[v], output=text) for a, b, v, text in asked],
         )
         if config.verifier is not None and judge.reward_config.score_range is not None:
@@ -278,6 +276,45 @@ def _judge_pairs(model, prompts, prompt_indices, batch: JudgedBatch | None, judg
         for j, pair in enumerate(pairs):
             pair["chosen_ref_logp"], pair["rejected_ref_logp"] = float(logps[j]), float(logps[len(pairs) + j])
     return results
+
+
+@dataclass
+class _MetaJudgedAnswer:
+    row: int  # in the batch
+    scores: torch.Tensor  # (judgements,) valid scores, NaN where none
+    raw: list[str]
+    ids: list[torch.Tensor]
+
+
+def _meta_judged_answers(prompts, batch: JudgedBatch, judge: SelfJudge, config: MetaRewardDPOConfig, *, seed
+                         ) -> list[_MetaJudgedAnswer | None]:
+    """Per prompt, the answer whose judgements are meta-judged, or None when its judgements all give one score (no
+    judge pair could differ in score). The paper's: the answer whose K judgements disagree most. With
+    `config.dissent_judgements`: the top-scored answer, which the actor pair is trained towards, judged that many more
+    times at `dissent_temperature`; a wrong answer that every judgement passes is then meta-judged whenever one
+    dissent fails it."""
+    n, raw, ids = config.num_candidate_responses, batch.judgements.raw_outputs, batch.judgements.output_ids
+    pick = top_scored_answer if config.dissent_judgements else most_disputed_answer
+    rows = []
+    for i in range(len(prompts)):
+        answer = pick(batch.valid_scores[i * n : (i + 1) * n])
+        rows.append(None if answer is None else i * n + answer)
+    subjects = [None if row is None else _MetaJudgedAnswer(row, batch.valid_scores[row], raw[row], ids[row]) for row in rows]
+    asked = [i for i, row in enumerate(rows) if row is not None]
+    if config.dissent_judgements and asked:
+        dissent_judge = copy.copy(judge)  # the same model and prompt, more judgements, its own temperature
+        dissent_judge.num_judgements = config.dissent_judgements
+        if config.dissent_temperature is not None:
+            dissent_judge.temperature = config.dissent_temperature
+        extra = dissent_judge(Candidates([prompts[i] for i in asked], [batch.prompt_ids[i] for i in asked],
+                                         [batch.texts[rows[i]] for i in asked], [batch.response_ids[rows[i]] for i in asked]),
+                              seed=seed)
+        extra_scores = valid_judgement_scores(extra.scores, judge, config)
+        for j, i in enumerate(asked):
+            s = subjects[i]
+            subjects[i] = _MetaJudgedAnswer(s.row, torch.cat([s.scores, extra_scores[j]]), s.raw + extra.raw_outputs[j],
+                                            s.ids + extra.output_ids[j])
+    return [s if s is not None and most_disputed_answer(s.scores[None]) is not None else None for s in subjects]
 
 
 def _check_shortfall(stats, meta_stats, made, targets, config, judge, cursor, budget, examples):

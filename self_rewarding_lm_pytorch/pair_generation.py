@@ -68,8 +68,9 @@ class JudgedBatch:
     """One batch's candidates and their judgements, prompt-major (rows [i * n, (i + 1) * n) answer prompt i), for
     a stage that does more with them than pick the actor's pairs (Meta-Rewarding's meta-judge, meta_reward.py)."""
 
-    prompt_ids: list[Tensor]
+    prompt_ids: list[Tensor]  # one per prompt
     texts: list[str]
+    response_ids: list[Tensor]
     judgements: Judgements
     valid_scores: Tensor  # (rows, K): the judge's scores, NaN where it gave none or an invalid one
 
@@ -253,11 +254,8 @@ def judge_prompts(
     judgements = judge(Candidates(repeated_prompts, repeated_ids, texts, response_ids, num_per_prompt=n), seed=seed + 7919)
     scores = judgements.scores
     parsed = ~scores.isnan()
-    valid = parsed.clone()
-    valid[parsed] = torch.tensor(
-        [judge.is_valid_score(float(s)) and bool(config.is_valid_reward(float(s))) for s in scores[parsed]], dtype=torch.bool
-    )
-    valid_scores = scores.masked_fill(~valid, math.nan)  # (rows, K): what the pair filters see
+    valid_scores = valid_judgement_scores(scores, judge, config)  # (rows, K): what the pair filters see
+    valid = ~valid_scores.isnan()
     mean_scores = scores.masked_fill(~valid, 0).sum(-1) / valid.sum(-1)  # NaN where no valid score
     mean_scores = mean_scores.view(len(prompts), n)
     lengths = torch.tensor([len(r) for r in response_ids]).view(len(prompts), n)
@@ -325,4 +323,15 @@ def judge_prompts(
         logps = reference_logprobs(model, seqs, prompt_len, pad_id, logp_reduction)
         for j, pair in enumerate(pairs):
             pair["chosen_ref_logp"], pair["rejected_ref_logp"] = float(logps[j]), float(logps[len(pairs) + j])
-    return results, JudgedBatch(prompt_ids, texts, judgements, valid_scores)
+    return results, JudgedBatch(prompt_ids, texts, response_ids, judgements, valid_scores)
+
+
+def valid_judgement_scores(scores: Tensor, judge: Judge, config: PairGenerationConfig) -> Tensor:
+    """A judge's (rows, K) scores with NaN where it gave none, one off its scale, or one `config.is_valid_reward`
+    refuses."""
+    parsed = ~scores.isnan()
+    valid = parsed.clone()
+    valid[parsed] = torch.tensor(
+        [judge.is_valid_score(float(s)) and bool(config.is_valid_reward(float(s))) for s in scores[parsed]], dtype=torch.bool
+    )
+    return scores.masked_fill(~valid, math.nan)

@@ -80,7 +80,12 @@ class MetaRewardDPOConfig(SelfRewardDPOConfig):
     less than `min_meta_margin`. Actor pairs as in `SelfRewardDPOConfig`; with
     `length_control` rho in [0, 1), the shortest candidate scored within rho x (best - worst) of the best is chosen
     (the paper's length control; None: best vs worst). Up to `num_preference_pairs` actor pairs and
-    `num_judge_pairs` judge pairs (None: as many as actor pairs) train together in one DPO run."""
+    `num_judge_pairs` judge pairs (None: as many as actor pairs) train together in one DPO run.
+
+    `dissent_judgements` > 0 departs from the paper: the meta-judged answer is each prompt's top-scored one (what the
+    actor pair is trained towards), judged that many more times at `dissent_temperature` (None: `judge_temperature`),
+    and its K + dissent judgements are meta-judged. The paper's choice never meta-judges an answer its K judgements
+    all score alike, which is where an actor finds its judge's consistent errors (docs/results.md)."""
 
     meta_judge_config: MetaJudgeConfig | None = None
     num_judge_pairs: int | None = None
@@ -90,6 +95,8 @@ class MetaRewardDPOConfig(SelfRewardDPOConfig):
     meta_judge_batch_size: int = 16
     min_meta_margin: float | None = None
     length_control: float | None = None
+    dissent_judgements: int = 0
+    dissent_temperature: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -107,6 +114,12 @@ class MetaRewardDPOConfig(SelfRewardDPOConfig):
             if getattr(self, field) < 1:
                 raise ValueError(f"{name}.{field} must be >= 1, got {getattr(self, field)}")
         check_sampling_settings(self, "meta_judge_temperature", "meta_judge_top_p")
+        if self.dissent_judgements < 0:
+            raise ValueError(f"{name}.dissent_judgements must be >= 0 (0: the paper's most disputed answer), got "
+                             f"{self.dissent_judgements}")
+        if self.dissent_temperature is not None and self.dissent_temperature < 0:
+            raise ValueError(f"{name}.dissent_temperature must be >= 0 or None (None: judge_temperature), got "
+                             f"{self.dissent_temperature}")
         if self.min_meta_margin is not None and not self.min_meta_margin > 0:
             raise ValueError(f"{name}.min_meta_margin must be > 0 or None, got {self.min_meta_margin}")
         if self.length_control is not None:
