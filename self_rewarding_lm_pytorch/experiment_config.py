@@ -83,7 +83,7 @@ class ExperimentSettings:
     meta_judge_temperature: float = 0.0  # meta_reward's verdicts, one per order of each judgement pair
     # meta_reward: judge the top-scored answer this many more times (at meta_dissent_temperature; None: the judgements'
     # temperature) and meta-judge it instead of the most disputed one (MetaRewardDPOConfig.dissent_judgements). 0: the
-    # paper's plan
+    # paper's plan. On pair sum it did not stop the judge's fall (dev, docs/results.md "After the test run")
     meta_dissent_judgements: int = 0
     meta_dissent_temperature: float | None = None
     dpo_learning_rate: float = 1e-5
