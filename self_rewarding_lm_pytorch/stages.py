@@ -83,7 +83,7 @@ class MetaRewardDPOConfig(SelfRewardDPOConfig):
     `num_judge_pairs` judge pairs (None: as many as actor pairs) train together in one DPO run.
 
     `dissent_judgements` > 0 departs from the paper: the meta-judged answer is each prompt's top-scored one (what the
-    actor pair is trained towards), judged that many more times at `dissent_temperature` (None: `judge_temperature`),
+    actor pair is trained towards, unless `length_control` picks a shorter one), judged that many more times at `dissent_temperature` (None: `judge_temperature`),
     and its K + dissent judgements are meta-judged. The paper's choice never meta-judges an answer its K judgements
     all score alike, which is where an actor finds its judge's consistent errors (docs/results.md)."""
 
