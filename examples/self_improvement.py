@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import zlib
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -84,10 +85,12 @@ def sort_digits_task(length: int = 5, dim: int = 96, depth: int = 3, max_seq_len
     )
 
 
-def check_steps(prompt: str, response: str) -> str:
+def check_steps(prompt: str, response: str, compare_target: bool = False) -> str:
     """What the pair-sum judge writes before its score: each digit of the answer looked up in the list ("y" listed,
     "n" not; a listed digit used once), then their sum, e.g. "5y 7n 5+7=12 " (the checker's steps, written out: a
-    reasoned judgement needs no reference answer here)."""
+    reasoned judgement needs no reference answer here). `compare_target`: then the target and whether the sum is it,
+    e.g. "t12y " (`--judge-compares-target`): half the judge's consistent errors were a sum that is not the target
+    scored as right (dev)."""
     pair = pair_sum.parse_response(response)
     if pair is None:
         return "? "
@@ -97,10 +100,14 @@ def check_steps(prompt: str, response: str) -> str:
         looked_up.append(f"{digit}{'y' if digit in available else 'n'}")
         if digit in available:
             available.remove(digit)
-    return f"{looked_up[0]} {looked_up[1]} {pair[0]}+{pair[1]}={sum(pair)} "
+    steps = f"{looked_up[0]} {looked_up[1]} {pair[0]}+{pair[1]}={sum(pair)} "
+    if compare_target:
+        target = pair_sum.parse_prompt(prompt)[1]
+        steps += f"t{target}{'y' if sum(pair) == target else 'n'} "
+    return steps
 
 
-def wrong_look_up(prompt: str, response: str, label: bool) -> str | None:
+def wrong_look_up(prompt: str, response: str, label: bool, compare_target: bool = False) -> str | None:
     """A pair-sum judgement with one wrong look-up and the score that follows from it, the error the judge really
     makes (meta-judge training, `meta_judge_examples(wrong_judgement=...)`): one of a right answer's digits called
     unlisted, or a wrong answer's unlisted digit called listed when its sum is right. None where no look-up error
@@ -110,25 +117,32 @@ def wrong_look_up(prompt: str, response: str, label: bool) -> str | None:
     pair = pair_sum.parse_response(response)
     if pair is None:
         return None
-    *look_ups, total = check_steps(prompt, response).split()
+    first, second, *rest = check_steps(prompt, response, compare_target).split()  # rest: the sum (and the target)
+    look_ups = [first, second]
     if label:
         wrong = zlib.crc32(f"{prompt}{response}".encode()) % 2
         look_ups[wrong] = f"{look_ups[wrong][0]}n"
-        return f"{' '.join(look_ups)} {total} {two_point_targets()(False)}"
+        return " ".join([*look_ups, *rest, two_point_targets()(False)])
     if any(look_up[1] == "n" for look_up in look_ups) and sum(pair) == pair_sum.parse_prompt(prompt)[1]:
-        return f"{' '.join(look_up[0] + 'y' for look_up in look_ups)} {total} {two_point_targets()(True)}"
+        return " ".join([*(look_up[0] + "y" for look_up in look_ups), *rest, two_point_targets()(True)])
     return None
 
 
 def pair_sum_task(length: int = 6, dim: int = 96, depth: int = 3, max_seq_len: int = 64,
-                  reasoned_judge: bool = False, meta_wrong_look_ups: bool = False) -> ExperimentTask:
+                  reasoned_judge: bool = False, meta_wrong_look_ups: bool = False,
+                  judge_compares_target: bool = False) -> ExperimentTask:
     """Pair sum (`tasks/pair_sum.py`): "pair 3 7 1 8 5 2 = 12:" -> " 5 7". Model size as sort's: greedy exact match
     after SFT alone on 1,500 examples 0.52-0.73 over 3 seeds (700 examples: 0.19; dev prompts), 0.48-0.72 after the
     judge training of `TASK_SETTINGS`, which replays a quarter of them. The judge prompt is as short as sort's."""
     if meta_wrong_look_ups and not reasoned_judge:
         raise ValueError("pair_sum_task: meta_wrong_look_ups (--meta-wrong-look-ups) are wrong look-ups, and only the "
                          "reasoned judge writes look-ups: add reasoned_judge=True (--reasoned-judge)")
+    if judge_compares_target and not reasoned_judge:
+        raise ValueError("pair_sum_task: judge_compares_target (--judge-compares-target) adds a step to the reasoned "
+                         "judge's: add reasoned_judge=True (--reasoned-judge)")
     tokenizer = CharTokenizer()
+    steps = partial(check_steps, compare_target=True) if judge_compares_target else check_steps
+    wrong_judgement = partial(wrong_look_up, compare_target=True) if judge_compares_target else wrong_look_up
 
     return ExperimentTask(
         make_model=rotary_model_maker(tokenizer.num_tokens, dim, depth, max_seq_len),
@@ -139,11 +153,11 @@ def pair_sum_task(length: int = 6, dim: int = 96, depth: int = 3, max_seq_len: i
         reward_config=RewardConfig(prompt_template="judge {{ prompt }}{{ response }}|",
                                    reward_regex_template="Score: {{ reward }}", score_range=(0, 5)),
         max_seq_len=max_seq_len, max_new_tokens=8, eos_id=tokenizer.eos_id,
-        judge_rationale=check_steps if reasoned_judge else None,
-        judge_max_new_tokens=24 if reasoned_judge else 10,
+        judge_rationale=steps if reasoned_judge else None,
+        judge_max_new_tokens=(30 if judge_compares_target else 24) if reasoned_judge else 10,
         meta_judge_config=MetaJudgeConfig(prompt_template="m{{ prompt }}{{ response }}|{{ judgement_a }}|{{ judgement_b }}|"),
         meta_judge_max_new_tokens=10,
-        meta_wrong_judgement=wrong_look_up if meta_wrong_look_ups else None,
+        meta_wrong_judgement=wrong_judgement if meta_wrong_look_ups else None,
     )
 
 
@@ -188,6 +202,9 @@ def main():
     parser.add_argument("--meta-wrong-look-ups", action="store_true",
                         help="pair_sum --reasoned-judge --arms meta_reward: the meta-judge also learns judgement pairs "
                              "whose wrong judgement has a wrong look-up (default: only a wrong score after the right ones)")
+    parser.add_argument("--judge-compares-target", action="store_true",
+                        help="pair_sum --reasoned-judge: the judge also writes the target and whether its sum is it "
+                             "(\"t12y\") before the score")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 is fastest for this tiny model, and the only sane choice on a shared CPU")
     args = parser.parse_args()
@@ -208,7 +225,10 @@ def main():
     if args.meta_wrong_look_ups and not (args.task == "pair_sum" and args.reasoned_judge):
         parser.error("--meta-wrong-look-ups needs --task pair_sum --reasoned-judge: only its judge writes look-ups")
     arms = [arm for arm in DEFAULT_ARMS + OPTIONAL_ARMS if arm.name in args.arms] if args.arms else list(DEFAULT_ARMS)
-    task_options = dict(meta_wrong_look_ups=True) if args.meta_wrong_look_ups else {}  # pair_sum only (checked above)
+    if args.judge_compares_target and not (args.task == "pair_sum" and args.reasoned_judge):
+        parser.error("--judge-compares-target needs --task pair_sum --reasoned-judge")
+    task_options = dict(meta_wrong_look_ups=args.meta_wrong_look_ups, judge_compares_target=args.judge_compares_target
+                        ) if args.task == "pair_sum" else {}
     task = TASKS[args.task](reasoned_judge=args.reasoned_judge, max_seq_len=args.max_seq_len, **task_options)
     for lr in args.learning_rates or [settings.dpo_learning_rate]:
         out = args.out / f"lr-{lr:g}" if args.learning_rates else args.out

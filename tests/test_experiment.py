@@ -307,6 +307,19 @@ def test_pair_sum_wrong_look_ups_flip_either_look_up_that_decides_the_score():
     assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 7", False) is None
     assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 37", False) is None
     assert example.pair_sum_task(reasoned_judge=True, meta_wrong_look_ups=True).meta_wrong_judgement is example.wrong_look_up
+    # `--judge-compares-target`: the judge also writes the target and whether the sum is it; the wrong look-ups keep it
+    assert example.check_steps("pair 3 7 1 8 5 2 = 12:", " 5 7", compare_target=True) == "5y 7y 5+7=12 t12y "
+    assert example.check_steps("pair 9 2 3 6 4 8 = 6:", " 1 3", compare_target=True) == "1n 3y 1+3=4 t6n "
+    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 5 7", True, compare_target=True) == "5n 7y 5+7=12 t12y Score: 0"
+    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 9", False, compare_target=True) == "3y 9y 3+9=12 t12y Score: 5"
+    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 7", False, compare_target=True) is None
+    with pytest.raises(ValueError, match="judge_compares_target"):
+        example.pair_sum_task(judge_compares_target=True)
+    task = example.pair_sum_task(reasoned_judge=True, meta_wrong_look_ups=True, judge_compares_target=True, max_seq_len=96)
+    judgement = example.check_steps("pair 3 7 1 8 5 2 = 12:", " 5 7", compare_target=True) + "Score: 5"
+    assert len(judgement) + 1 <= task.judge_max_new_tokens  # with its EOS
+    meta_prompt = task.meta_judge_config.render("pair 3 7 1 8 5 2 = 12:", " 5 7", judgement, judgement)
+    assert len(task.encode(meta_prompt)) + task.meta_judge_max_new_tokens <= task.max_seq_len
     assert example.pair_sum_task(reasoned_judge=True).meta_wrong_judgement is None  # the recorded meta runs
     with pytest.raises(ValueError, match="only the reasoned judge writes look-ups"):
         example.pair_sum_task(meta_wrong_look_ups=True)
