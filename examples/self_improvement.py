@@ -154,7 +154,7 @@ def pair_sum_task(length: int = 6, dim: int = 96, depth: int = 3, max_seq_len: i
                                    reward_regex_template="Score: {{ reward }}", score_range=(0, 5)),
         max_seq_len=max_seq_len, max_new_tokens=8, eos_id=tokenizer.eos_id,
         judge_rationale=steps if reasoned_judge else None,
-        judge_max_new_tokens=(30 if judge_compares_target else 24) if reasoned_judge else 10,
+        judge_max_new_tokens=(27 if judge_compares_target else 24) if reasoned_judge else 10,  # the longest judgement + EOS
         meta_judge_config=MetaJudgeConfig(prompt_template="m{{ prompt }}{{ response }}|{{ judgement_a }}|{{ judgement_b }}|"),
         meta_judge_max_new_tokens=10,
         meta_wrong_judgement=wrong_judgement if meta_wrong_look_ups else None,
@@ -198,7 +198,8 @@ def main():
                              "score (default: the score alone)")
     parser.add_argument("--max-seq-len", type=int, default=64,
                         help="the model's context (rotary positions: no weights depend on it); 96 fits the meta-judge prompt "
-                             "with two reasoned judgements (--reasoned-judge --arms meta_reward)")
+                             "with two reasoned judgements (--reasoned-judge --arms meta_reward), 100 with "
+                             "--judge-compares-target")
     parser.add_argument("--meta-wrong-look-ups", action="store_true",
                         help="pair_sum --reasoned-judge --arms meta_reward: the meta-judge also learns judgement pairs "
                              "whose wrong judgement has a wrong look-up (default: only a wrong score after the right ones)")

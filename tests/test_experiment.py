@@ -315,11 +315,13 @@ def test_pair_sum_wrong_look_ups_flip_either_look_up_that_decides_the_score():
     assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 7", False, compare_target=True) is None
     with pytest.raises(ValueError, match="judge_compares_target"):
         example.pair_sum_task(judge_compares_target=True)
-    task = example.pair_sum_task(reasoned_judge=True, meta_wrong_look_ups=True, judge_compares_target=True, max_seq_len=96)
+    task = example.pair_sum_task(reasoned_judge=True, meta_wrong_look_ups=True, judge_compares_target=True, max_seq_len=100)
     judgement = example.check_steps("pair 3 7 1 8 5 2 = 12:", " 5 7", compare_target=True) + "Score: 5"
     assert len(judgement) + 1 <= task.judge_max_new_tokens  # with its EOS
-    meta_prompt = task.meta_judge_config.render("pair 3 7 1 8 5 2 = 12:", " 5 7", judgement, judgement)
-    assert len(task.encode(meta_prompt)) + task.meta_judge_max_new_tokens <= task.max_seq_len
+    # the stage's own check: the longest prompt, an answer and two judgements at their budgets, and the verdict
+    meta_prompt = task.meta_judge_config.render(max(task.prompts(200, 0), key=len), "", "", "")
+    budget = task.max_new_tokens + 2 * task.judge_max_new_tokens + task.meta_judge_max_new_tokens
+    assert len(task.encode(meta_prompt)) + budget <= task.max_seq_len
     assert example.pair_sum_task(reasoned_judge=True).meta_wrong_judgement is None  # the recorded meta runs
     with pytest.raises(ValueError, match="only the reasoned judge writes look-ups"):
         example.pair_sum_task(meta_wrong_look_ups=True)
