@@ -154,7 +154,7 @@ def pair_sum_task(length: int = 6, dim: int = 96, depth: int = 3, max_seq_len: i
                                    reward_regex_template="Score: {{ reward }}", score_range=(0, 5)),
         max_seq_len=max_seq_len, max_new_tokens=8, eos_id=tokenizer.eos_id,
         judge_rationale=steps if reasoned_judge else None,
-        judge_max_new_tokens=(27 if judge_compares_target else 24) if reasoned_judge else 10,  # the longest judgement + EOS
+        judge_max_new_tokens=(27 if judge_compares_target else 24) if reasoned_judge else 10,  # room for the longest + EOS
         meta_judge_config=MetaJudgeConfig(prompt_template="m{{ prompt }}{{ response }}|{{ judgement_a }}|{{ judgement_b }}|"),
         meta_judge_max_new_tokens=10,
         meta_wrong_judgement=wrong_judgement if meta_wrong_look_ups else None,
