@@ -314,7 +314,8 @@ def _meta_judged_answers(prompts, batch: JudgedBatch, judge: SelfJudge, config: 
             s = subjects[i]
             subjects[i] = _MetaJudgedAnswer(s.row, torch.cat([s.scores, extra_scores[j]]), s.raw + extra.raw_outputs[j],
                                             s.ids + extra.output_ids[j])
-    return [s if s is not None and most_disputed_answer(s.scores[None]) is not None else None for s in subjects]
+    # a judge pair needs two judgements with different scores
+    return [s if s is not None and s.scores[~s.scores.isnan()].unique().numel() > 1 else None for s in subjects]
 
 
 def _check_shortfall(stats, meta_stats, made, targets, config, judge, cursor, budget, examples):
