@@ -18,6 +18,7 @@ runs.jsonl (every measurement), results.md (mean and 95% interval over seeds) an
 from __future__ import annotations
 
 import argparse
+import typing
 import zlib
 from functools import partial
 from pathlib import Path
@@ -180,6 +181,13 @@ QUICK = dict(seeds=(0,), iterations=2, num_eft_prompts=200, prompts_per_iteratio
              num_eval_prompts=200, num_judge_eval_prompts=48)
 
 
+def setting_value(name: str, text: str):
+    """`--set NAME=TEXT`'s value, of the field's declared type (`int | None` fields take ints, not floats)."""
+    declared = typing.get_type_hints(ExperimentSettings)[name]
+    kinds = [kind for kind in typing.get_args(declared) if kind is not type(None)] or [declared]
+    return kinds[0](text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("experiments/self_improvement"))
@@ -220,7 +228,7 @@ def main():
         current = getattr(settings, name)
         if isinstance(current, tuple):
             parser.error(f"--set {item}: {name} is a tuple; use --seeds for seeds")
-        setattr(settings, name, float(value) if current is None else type(current)(value))
+        setattr(settings, name, setting_value(name, value))
     if args.seeds:
         settings.seeds = tuple(args.seeds)
     if args.meta_wrong_look_ups and not (args.task == "pair_sum" and args.reasoned_judge):

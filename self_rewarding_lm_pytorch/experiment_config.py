@@ -86,6 +86,9 @@ class ExperimentSettings:
     # paper's plan. On pair sum it did not stop the judge's fall (dev, docs/results.md "After the test run")
     meta_dissent_judgements: int = 0
     meta_dissent_temperature: float | None = None
+    # meta_reward: at most this many judge pairs per iteration (None: `num_preference_pairs`, as many as actor pairs).
+    # More judge pairs than actor pairs lets the judge learn the actor's current errors faster than the actor moves
+    meta_num_judge_pairs: int | None = None
     dpo_learning_rate: float = 1e-5
     dpo_beta: float = 0.1
     dpo_epochs: int = 2

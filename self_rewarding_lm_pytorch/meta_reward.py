@@ -18,7 +18,6 @@ from the last commit.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
@@ -302,10 +301,7 @@ def _meta_judged_answers(prompts, batch: JudgedBatch, judge: SelfJudge, config: 
     subjects = [None if row is None else _MetaJudgedAnswer(row, batch.valid_scores[row], raw[row], ids[row]) for row in rows]
     asked = [i for i, row in enumerate(rows) if row is not None]
     if config.dissent_judgements and asked:
-        dissent_judge = copy.copy(judge)  # the same model and prompt, more judgements, its own temperature
-        dissent_judge.num_judgements = config.dissent_judgements
-        if config.dissent_temperature is not None:
-            dissent_judge.temperature = config.dissent_temperature
+        dissent_judge = judge.with_sampling(config.dissent_judgements, config.dissent_temperature)
         extra = dissent_judge(Candidates([prompts[i] for i in asked], [batch.prompt_ids[i] for i in asked],
                                          [batch.texts[rows[i]] for i in asked], [batch.response_ids[rows[i]] for i in asked]),
                               seed=seed)

@@ -111,8 +111,9 @@ class MetaRewardDPOConfig(SelfRewardDPOConfig):
         if self.num_judge_pairs is None:
             self.num_judge_pairs = self.num_preference_pairs
         for field in ("num_judge_pairs", "meta_judge_max_new_tokens", "meta_judge_batch_size"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{name}.{field} must be >= 1, got {getattr(self, field)}")
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}.{field} must be an int >= 1, got {value!r}")
         check_sampling_settings(self, "meta_judge_temperature", "meta_judge_top_p")
         if self.dissent_judgements < 0:
             raise ValueError(f"{name}.dissent_judgements must be >= 0 (0: the paper's most disputed answer), got "

@@ -124,6 +124,12 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
     settings = ExperimentSettings(meta_judge_temperature=0.7, length_control=0.2)
     stage = OPTIONAL_ARMS[0].stage(task.prompts(4, 0), task, settings)
     assert (stage.meta_judge_temperature, stage.length_control) == (0.7, 0.2)
+    assert stage.num_judge_pairs == settings.num_preference_pairs  # unset: as many judge pairs as actor pairs
+    # `--set meta_num_judge_pairs=768` gives the stage an int cap (a float one would break slicing hours later)
+    judge_pairs = example.setting_value("meta_num_judge_pairs", "768")
+    assert type(judge_pairs) is int and type(example.setting_value("meta_dissent_temperature", "1")) is float
+    stage = OPTIONAL_ARMS[0].stage(task.prompts(4, 0), task, ExperimentSettings(meta_num_judge_pairs=judge_pairs))
+    assert stage.num_judge_pairs == 768
     # the judgements' temperature is the candidates' unless `judge_temperature` is set, and then it is every LLM-judge
     # arm's (the control without meta-judging judges as hot), while the candidates keep theirs
     from self_rewarding_lm_pytorch.experiment import DEFAULT_ARMS
