@@ -214,6 +214,11 @@ def main():
     parser.add_argument("--judge-compares-target", action="store_true",
                         help="pair_sum --reasoned-judge: the judge also writes the target and whether its sum is it "
                              "(\"t12y\") before the score")
+    parser.add_argument("--dim", type=int, default=None, help="the model's width (default: the task's, 96)")
+    parser.add_argument("--depth", type=int, default=None, help="the model's layers (default: the task's, 3)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="train and measure on the GPU (default: the CPU, as the recorded runs); a GPU run is a new run, "
+                             "not a replica of a CPU one")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 is fastest for this tiny model, and the only sane choice on a shared CPU")
     args = parser.parse_args()
@@ -236,13 +241,16 @@ def main():
     arms = [arm for arm in DEFAULT_ARMS + OPTIONAL_ARMS if arm.name in args.arms] if args.arms else list(DEFAULT_ARMS)
     if args.judge_compares_target and not (args.task == "pair_sum" and args.reasoned_judge):
         parser.error("--judge-compares-target needs --task pair_sum --reasoned-judge")
+    if args.gpu and not torch.cuda.is_available():
+        parser.error("--gpu: torch sees no CUDA device here (torch.cuda.is_available() is False)")
     task_options = dict(meta_wrong_look_ups=args.meta_wrong_look_ups, judge_compares_target=args.judge_compares_target
                         ) if args.task == "pair_sum" else {}
+    task_options.update({name: getattr(args, name) for name in ("dim", "depth") if getattr(args, name) is not None})
     task = TASKS[args.task](reasoned_judge=args.reasoned_judge, max_seq_len=args.max_seq_len, **task_options)
     for lr in args.learning_rates or [settings.dpo_learning_rate]:
         out = args.out / f"lr-{lr:g}" if args.learning_rates else args.out
         settings.dpo_learning_rate = lr
-        runner = ExperimentRunner(task, settings, arms, out)
+        runner = ExperimentRunner(task, settings, arms, out, accelerate_kwargs={} if args.gpu else dict(cpu=True))
         rows = runner.run()
         print(write_report(rows, out, title=f"{TASK_TITLES[args.task]}, DPO lr {lr:g}, {args.split} prompts"))
 

@@ -74,6 +74,9 @@ class ExperimentRunner:
     arms: Sequence[Arm] = DEFAULT_ARMS
     out_dir: Path = Path("experiments/self_improvement")
     show_progress: bool = True
+    # every trainer's Accelerator (seed model and iterations): the CPU by default, as the recorded runs; {} puts the
+    # model on the GPU Accelerate finds (measurement follows the model's device)
+    accelerate_kwargs: dict = field(default_factory=lambda: dict(cpu=True))
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -149,7 +152,7 @@ class ExperimentRunner:
                         model, finetune_configs=plan, tokenizer_encode=task.encode, tokenizer_decode=task.decode,
                         self_reward_prompt_config=task.reward_config, pad_id=task.pad_id, eos_id=task.eos_id,
                         checkpoints_folder=seed_dir / arm.name / f"iteration-{iteration}",
-                        accelerate_kwargs=dict(cpu=True), seed=1_000 * seed + iteration,
+                        accelerate_kwargs=self.accelerate_kwargs, seed=1_000 * seed + iteration,
                     )
                     try:
                         summary = trainer()[0]
@@ -179,7 +182,7 @@ class ExperimentRunner:
             return SelfRewardingTrainer(
                 model, finetune_configs=stages, tokenizer_encode=task.encode, tokenizer_decode=task.decode,
                 pad_id=task.pad_id, eos_id=task.eos_id, checkpoints_folder=seed_dir / "seed-model",
-                accelerate_kwargs=dict(cpu=True), seed=seed,
+                accelerate_kwargs=self.accelerate_kwargs, seed=seed,
             )
 
         plan([SFTConfig(train_dataset=ift, num_epochs=settings.sft_epochs, **sft)])()

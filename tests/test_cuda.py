@@ -208,3 +208,38 @@ def test_an_interrupted_gpu_run_resumes_to_the_same_weights(tmp_path):
                                   "stage-03-self-reward-dpo.pt"]):
         resumed = torch.load(tmp_path / "resumed" / name, weights_only=True)["model"]
         assert all(torch.equal(whole[index][k], resumed[k].float().cpu()) for k in resumed), name
+
+
+def test_the_experiment_runner_trains_and_measures_on_the_gpu(tmp_path, monkeypatch):
+    """`ExperimentRunner(accelerate_kwargs={})` (examples/self_improvement.py --gpu): the seed model and each arm's
+    iteration train on the GPU, and measurement runs on the model where it is (no CPU/GPU mix-up in sampling, judging
+    or the judge-training data)."""
+    import importlib.util
+    from dataclasses import replace
+    from pathlib import Path
+
+    import self_rewarding_lm_pytorch.experiment as experiment
+
+    spec = importlib.util.spec_from_file_location(
+        "self_improvement", Path(__file__).resolve().parent.parent / "examples" / "self_improvement.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    measured_on = []
+    measure = experiment.measure
+
+    def recording_measure(model, *args):
+        measured_on.append(next(model.parameters()).device.type)
+        return measure(model, *args)
+
+    monkeypatch.setattr(experiment, "measure", recording_measure)
+    settings = experiment.ExperimentSettings(
+        seeds=(0,), iterations=1, num_instruction_examples=64, sft_epochs=1, num_eft_prompts=16,
+        eft_samples_per_prompt=2, prompts_per_iteration=32, num_preference_pairs=8, num_eval_prompts=16,
+        num_judge_eval_prompts=8)
+    arms = [arm for arm in experiment.DEFAULT_ARMS if arm.name in ("self_judge", "random")]
+    # both labels occur for the judge's training however little the model has learned: a checker by the characters
+    task = replace(example.sort_digits_task(dim=32, depth=1), checker=lambda prompt, response: sum(map(ord, response)) % 2 == 0)
+    rows = experiment.ExperimentRunner(task, settings, arms, tmp_path, show_progress=False, accelerate_kwargs={}).run()
+    assert [(r["arm"], r["iteration"]) for r in rows] == [("sft", 0), ("self_judge", 1), ("random", 1)]
+    assert measured_on == ["cuda"] * 3
+    assert all(0 <= r["exact_match"] <= 1 for r in rows)

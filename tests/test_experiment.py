@@ -227,6 +227,68 @@ def test_the_runner_puts_the_judge_refresh_after_every_arms_preference_stage(tmp
     assert plans == [["SelfRewardDPOConfig", "SFTConfig"]] * 2 + [["ExternalRewardDPOConfig", "SFTConfig"]] * 2
 
 
+def test_every_trainer_of_the_run_gets_the_runners_accelerate_kwargs(tmp_path, monkeypatch):
+    """The CPU by default (the recorded runs); `accelerate_kwargs={}` (the example's --gpu) reaches the seed model's
+    trainers and every iteration's, not just the first."""
+    import self_rewarding_lm_pytorch.experiment as experiment
+
+    example = load_example()
+    seen = []
+
+    class RecordingTrainer:
+        def __init__(self, model, finetune_configs, **kwargs):
+            seen.append(kwargs["accelerate_kwargs"])
+
+        def __call__(self):
+            return [dict(pairs=3)]
+
+    monkeypatch.setattr(experiment, "SelfRewardingTrainer", RecordingTrainer)
+    monkeypatch.setattr(experiment, "measure", lambda *args: dict(exact_match=0.5, judge_bacc=0.5))
+    monkeypatch.setattr(experiment, "own_answer_judge_examples", lambda *args, **kwargs: type(
+        "JudgeSet", (), dict(examples=[], labelled=[], target_counts={}, label_counts_before_balancing={},
+                             answers_sampled=0, distinct_answers=0))())
+    arms = [arm for arm in experiment.DEFAULT_ARMS if arm.name == "random"]
+    settings = experiment.ExperimentSettings(seeds=(0,), prompts_per_iteration=4, iterations=2)
+    assert experiment.ExperimentRunner(example.sort_digits_task(), settings, arms, tmp_path).accelerate_kwargs == dict(cpu=True)
+    (tmp_path / "seed-0").mkdir()  # the trainer that is replaced here would make it
+    experiment.ExperimentRunner(example.sort_digits_task(), settings, arms, tmp_path, show_progress=False,
+                                accelerate_kwargs={}).run()
+    assert seen == [{}] * 4  # the seed model's two plans, then the two iterations
+
+
+def test_the_example_cli_passes_model_size_device_and_int_settings_to_the_runner(tmp_path, monkeypatch):
+    """`--dim/--depth` size the task's model, `--gpu` is refused where torch sees no GPU (no silent CPU run), and
+    `--set` gives `int | None` settings ints."""
+    import sys
+
+    import torch
+
+    example = load_example()
+    runs = []
+
+    class RecordingRunner:
+        def __init__(self, task, settings, arms, out, accelerate_kwargs):
+            runs.append((task, settings, accelerate_kwargs))
+
+        def run(self):
+            return []
+
+    monkeypatch.setattr(example, "ExperimentRunner", RecordingRunner)
+    monkeypatch.setattr(example, "write_report", lambda *args, **kwargs: "")
+    argv = ["self_improvement.py", "--task", "pair_sum", "--dim", "32", "--depth", "1", "--out", str(tmp_path),
+            "--set", "meta_num_judge_pairs=5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    example.main()
+    task, settings, accelerate_kwargs = runs[0]
+    model = task.make_model(0)
+    assert model.attn_layers.layers[0][1].to_q.in_features == 32 and len(model.attn_layers.layers) == 2  # attn + ff
+    assert settings.meta_num_judge_pairs == 5 and accelerate_kwargs == dict(cpu=True)
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(sys, "argv", [*argv, "--gpu"])
+        with pytest.raises(SystemExit):
+            example.main()
+
+
 def test_the_judge_mistake_round_trains_a_third_seed_stage_on_the_judges_mistakes_and_resumes(tmp_path):
     """`eft_mistake_prompts`: after judge training, the seed judge judges fresh checker-labelled answers and one more
     SFT stage trains on its mistakes. A barely trained judge parses no score, so every answer is a mistake; a second
