@@ -87,7 +87,8 @@ class ExperimentSettings:
     meta_dissent_judgements: int = 0
     meta_dissent_temperature: float | None = None
     # meta_reward: at most this many judge pairs per iteration (None: `num_preference_pairs`, as many as actor pairs).
-    # More judge pairs than actor pairs lets the judge learn the actor's current errors faster than the actor moves
+    # More judge pairs than actor pairs, to teach the judge the actor's current errors faster than the actor moves,
+    # did not stop the judge's fall on pair sum (dev round 8, docs/results.md "After the test run")
     meta_num_judge_pairs: int | None = None
     dpo_learning_rate: float = 1e-5
     dpo_beta: float = 0.1
