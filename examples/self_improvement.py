@@ -185,6 +185,10 @@ def setting_value(name: str, text: str):
     """`--set NAME=TEXT`'s value, of the field's declared type (`int | None` fields take ints, not floats)."""
     declared = typing.get_type_hints(ExperimentSettings)[name]
     kinds = [kind for kind in typing.get_args(declared) if kind is not type(None)] or [declared]
+    if kinds[0] is bool:  # bool("False") is True
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"--set {name}={text}: {name} is true or false")
+        return text.lower() == "true"
     return kinds[0](text)
 
 

@@ -241,6 +241,7 @@ def meta_judge_examples(
     wrong_targets: Callable[[float | bool], str] | None = None,
     rationale: Callable[[str, str], str] | None = None,
     wrong_judgement: Callable[[str, str, float | bool], str | None] | None = None,
+    balance_wrong_judgements: bool = False,
     eos_id: int | None = None,
     seed: int = 0,
 ) -> list[tuple[Tensor, int]]:
@@ -255,22 +256,47 @@ def meta_judge_examples(
     rationale. `wrong_judgement(prompt, answer, label)`: a whole wrong judgement with a wrong rationale of its own
     and the score that follows from it (e.g. a wrong look-up), the error a judge really makes; each answer it gives
     one for (None: none) adds one more pair of examples, both orders, so the meta-judge learns to check the
-    reasoning too. On pair sum a meta-judge trained without them named the first position on 99.6% of such pairs."""
+    reasoning too. On pair sum a meta-judge trained without them named the first position on 99.6% of such pairs.
+
+    `balance_wrong_judgements`: keep as many `wrong_judgement` pairs whose wrong judgement scores higher than the
+    right one (a wrong pass) as pairs whose wrong judgement scores lower (a wrong fail), dropping a seeded sample of
+    the larger kind. A task's wrong judgements can be far more often of one kind (pair sum: every right answer has a
+    wrong look-up that fails it, few wrong answers one that passes them), and a meta-judge trained on that learns to
+    prefer the passing judgement whatever its reasoning, so that the actor's wrong answers pass."""
     wrong_targets = wrong_targets or (lambda label: targets(not label))
-    examples = []
+    pairs = []  # (prompt, answer, right, wrong, kind of a reasoned wrong judgement or None), in the labelled order
     for prompt, answer, label in labelled:
         before = rationale(prompt, answer) if rationale is not None else ""
         right = before + targets(label)
-        wrongs = [before + wrong_targets(label)]
+        pairs.append((prompt, answer, right, before + wrong_targets(label), None))
         if wrong_judgement is not None and (reasoned_wrong := wrong_judgement(prompt, answer, label)) is not None:
-            wrongs.append(reasoned_wrong)
-        for wrong in wrongs:
-            if reward_config.parse(right) == reward_config.parse(wrong):
-                raise ValueError(f"meta_judge_examples: the right judgement {right!r} and the wrong one {wrong!r} give "
-                                 f"the same score; pass wrong_targets (or a wrong_judgement) that score differently")
-            examples += _both_orders(prompt, answer, right, wrong, meta_judge_config, tokenizer_encode, eos_id)
+            passes = _score_of(reward_config, reasoned_wrong) > _score_of(reward_config, right)
+            pairs.append((prompt, answer, right, reasoned_wrong, "wrong_pass" if passes else "wrong_fail"))
+    if balance_wrong_judgements:
+        pairs = _balanced(pairs, seed)
+    examples = []
+    for prompt, answer, right, wrong, _ in pairs:
+        if reward_config.parse(right) == reward_config.parse(wrong):
+            raise ValueError(f"meta_judge_examples: the right judgement {right!r} and the wrong one {wrong!r} give "
+                             f"the same score; pass wrong_targets (or a wrong_judgement) that score differently")
+        examples += _both_orders(prompt, answer, right, wrong, meta_judge_config, tokenizer_encode, eos_id)
     random.Random(seed).shuffle(examples)
     return examples
+
+
+def _balanced(pairs: list[tuple], seed: int) -> list[tuple]:
+    """`pairs` without a seeded sample of the more common kind of reasoned wrong judgement (the last field), so that
+    both kinds are left equally often; the rest keep their order."""
+    kinds = {kind: [i for i, pair in enumerate(pairs) if pair[-1] == kind] for kind in ("wrong_pass", "wrong_fail")}
+    fewest = min(len(indices) for indices in kinds.values())
+    rng = random.Random(seed)
+    dropped = {i for indices in kinds.values() for i in rng.sample(indices, len(indices) - fewest)}
+    return [pair for i, pair in enumerate(pairs) if i not in dropped]
+
+
+def _score_of(reward_config: RewardConfig, judgement: str) -> float:
+    score = reward_config.parse(judgement)
+    return float("nan") if score is None else score
 
 
 def _both_orders(prompt, answer, right, wrong, meta_judge_config, tokenizer_encode, eos_id) -> list[tuple[Tensor, int]]:

@@ -199,7 +199,8 @@ class ExperimentRunner:
         meta_examples = meta_judge_examples(
             judge_set.labelled, reward_config=task.reward_config, meta_judge_config=task.meta_judge_config,
             tokenizer_encode=task.encode, targets=two_point_targets(), rationale=task.judge_rationale,
-            wrong_judgement=task.meta_wrong_judgement, eos_id=task.eos_id, seed=seed,
+            wrong_judgement=task.meta_wrong_judgement, balance_wrong_judgements=settings.meta_balance_wrong_judgements,
+            eos_id=task.eos_id, seed=seed,
         ) if self.trains_meta_judge else []
         (seed_dir / "eft.json").write_text(json.dumps(dict(meta_judge_examples=len(meta_examples),
             target_counts=judge_set.target_counts, before_balancing=judge_set.label_counts_before_balancing,

@@ -68,6 +68,10 @@ class ExperimentSettings:
     # the judge examples once. Meta-Rewarding needs a meta-judge better than the judge it judges; trained as often as
     # the judge, pair sum's was not (dev). Alone, the meta-judge examples erase the judge's format (dev)
     meta_judge_repeats: int = 1
+    # the seed meta-judge examples with as many wrong judgements that wrongly pass an answer as wrongly fail one
+    # (`meta_judge_examples(balance_wrong_judgements=True)`); pair sum's task makes about 5 of the second for 1 of the
+    # first, and a meta-judge trained on that prefers the passing judgement of a wrong answer (dev round 7's seed 1)
+    meta_balance_wrong_judgements: bool = False
     # each preference iteration
     prompts_per_iteration: int = 768  # a strong model agrees with itself on most prompts: more prompts, enough pairs
     num_preference_pairs: int = 384  # at most; `accept_fewer_pairs` keeps what the prompts give
