@@ -128,6 +128,9 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
     # `--set meta_num_judge_pairs=768` gives the stage an int cap (a float one would break slicing hours later)
     judge_pairs = example.setting_value("meta_num_judge_pairs", "768")
     assert type(judge_pairs) is int and type(example.setting_value("meta_dissent_temperature", "1")) is float
+    assert example.setting_value("meta_balance_wrong_judgements", "False") is False  # not bool("False")
+    with pytest.raises(ValueError, match="true or false"):
+        example.setting_value("meta_balance_wrong_judgements", "0")
     stage = OPTIONAL_ARMS[0].stage(task.prompts(4, 0), task, ExperimentSettings(meta_num_judge_pairs=judge_pairs))
     assert stage.num_judge_pairs == 768
     # the judgements' temperature is the candidates' unless `judge_temperature` is set, and then it is every LLM-judge

@@ -284,6 +284,31 @@ def test_meta_judge_examples_with_wrong_reasoning_add_a_pair_where_one_is_given(
                             tokenizer_encode=TOKENIZER.encode, wrong_judgement=lambda p, a, label: "still Score: 5")
 
 
+def test_balanced_wrong_judgements_keep_as_many_wrong_passes_as_wrong_fails():
+    """`balance_wrong_judgements`: 4 right answers each get a wrong judgement that fails them, 1 wrong answer one that
+    passes it (pair sum's wrong look-ups run about 5:1 so). Balanced, one of each kind is left; the score-flipped
+    pairs all stay; unbalanced, every one is there."""
+
+    def wrong_reasoning(prompt, answer, label):
+        return "bad Score: 0" if label else ("bad Score: 5" if answer == " 9" else None)
+
+    labelled = [(f"q{i}:", " 1", True) for i in range(4)] + [("q4:", " 9", False), ("q5:", " 8", False)]
+    kwargs = dict(reward_config=REWARD, meta_judge_config=META, tokenizer_encode=TOKENIZER.encode,
+                  rationale=lambda p, a: "ok ", wrong_judgement=wrong_reasoning, eos_id=TOKENIZER.eos_id)
+
+    def reasoned(examples):
+        texts = [TOKENIZER.decode(ids[:prompt_len]) for ids, prompt_len in examples]
+        return sorted(t.split("|")[0] + ("|pass" if "bad Score: 5" in t else "|fail") for t in texts if "bad" in t)
+
+    assert len(meta_judge_examples(labelled, **kwargs)) == 2 * (6 + 5)
+    balanced = meta_judge_examples(labelled, balance_wrong_judgements=True, seed=3, **kwargs)
+    assert len(balanced) == 2 * (6 + 2)
+    fails = [t for t in reasoned(balanced) if t.endswith("fail")]
+    assert reasoned(balanced).count("Mq4: 9|pass") == 2 and len(fails) == 2 and len(set(fails)) == 1  # both orders
+    # which right answer keeps its wrong fail is seeded
+    assert meta_judge_examples(labelled, balance_wrong_judgements=True, seed=3, **kwargs)[0][0].tolist() == balanced[0][0].tolist()
+
+
 def test_meta_reward_stage_on_two_processes(tmp_path):
     from test_multiprocess import launch
 
