@@ -289,6 +289,10 @@ def _balanced(pairs: list[tuple], seed: int) -> list[tuple]:
     both kinds are left equally often; the rest keep their order."""
     kinds = {kind: [i for i, pair in enumerate(pairs) if pair[-1] == kind] for kind in ("wrong_pass", "wrong_fail")}
     fewest = min(len(indices) for indices in kinds.values())
+    if fewest == 0 and any(kinds.values()):
+        raise ValueError(f"meta_judge_examples: balance_wrong_judgements would drop every wrong judgement: "
+                         f"{len(kinds['wrong_pass'])} pass a wrong answer and {len(kinds['wrong_fail'])} fail a right "
+                         f"one. Give a wrong_judgement that makes both kinds, or balance_wrong_judgements=False")
     rng = random.Random(seed)
     dropped = {i for indices in kinds.values() for i in rng.sample(indices, len(indices) - fewest)}
     return [pair for i, pair in enumerate(pairs) if i not in dropped]

@@ -307,6 +307,9 @@ def test_balanced_wrong_judgements_keep_as_many_wrong_passes_as_wrong_fails():
     assert reasoned(balanced).count("Mq4: 9|pass") == 2 and len(fails) == 2 and len(set(fails)) == 1  # both orders
     # which right answer keeps its wrong fail is seeded
     assert meta_judge_examples(labelled, balance_wrong_judgements=True, seed=3, **kwargs)[0][0].tolist() == balanced[0][0].tolist()
+    # one kind missing: balancing would silently drop every reasoned example
+    with pytest.raises(ValueError, match="0 pass a wrong answer and 4 fail a right one"):
+        meta_judge_examples(labelled[:4], balance_wrong_judgements=True, **kwargs)
 
 
 def test_meta_reward_stage_on_two_processes(tmp_path):
