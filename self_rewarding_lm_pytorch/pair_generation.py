@@ -256,7 +256,7 @@ def judge_prompts(
     parsed = ~scores.isnan()
     valid_scores = valid_judgement_scores(scores, judge, config)  # (rows, K): what the pair filters see
     valid = ~valid_scores.isnan()
-    mean_scores = scores.masked_fill(~valid, 0).sum(-1) / valid.sum(-1)  # NaN where no valid score
+    mean_scores = valid_scores.nanmean(-1)  # NaN where no valid score
     mean_scores = mean_scores.view(len(prompts), n)
     lengths = torch.tensor([len(r) for r in response_ids]).view(len(prompts), n)
     pair_indices = (pick_pairs(mean_scores, lengths) if pick_pairs else config.pick_paired_rewards(mean_scores)) if prompts else None

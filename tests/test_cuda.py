@@ -29,7 +29,7 @@ from self_rewarding_lm_pytorch.preference_data import DPODataset
 from self_rewarding_lm_pytorch.sampling import top_p
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
-from conftest import Crash, crash_in_stage, tiny_transformer
+from conftest import Crash, crash_in_stage, load_example, tiny_transformer
 
 pytestmark = [
     pytest.mark.cuda,
@@ -214,16 +214,11 @@ def test_the_experiment_runner_trains_and_measures_on_the_gpu(tmp_path, monkeypa
     """`ExperimentRunner(accelerate_kwargs={})` (examples/self_improvement.py --gpu): the seed model and each arm's
     iteration train on the GPU, and measurement runs on the model where it is (no CPU/GPU mix-up in sampling, judging
     or the judge-training data)."""
-    import importlib.util
     from dataclasses import replace
-    from pathlib import Path
 
     import self_rewarding_lm_pytorch.experiment as experiment
 
-    spec = importlib.util.spec_from_file_location(
-        "self_improvement", Path(__file__).resolve().parent.parent / "examples" / "self_improvement.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example()
     measured_on = []
     measure = experiment.measure
 

@@ -1,25 +1,15 @@
 """The experiment runner's arithmetic (balanced accuracy, intervals, per-seed checks) and, marked slow, the claim
 itself: one seed of the bundled self-improvement experiment, where pairs from the model alone beat random pairs."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from self_rewarding_lm_pytorch.experiment import balanced_accuracy
 from self_rewarding_lm_pytorch.experiment_report import mean_and_interval, per_seed_checks, summary_table, write_report
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "self_improvement.py"
-
-
-def load_example():
-    """examples/self_improvement.py as a module: its tasks and TASK_SETTINGS are what the recorded runs used."""
-    spec = importlib.util.spec_from_file_location("self_improvement", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    return example
+from conftest import load_example
 
 
 def test_balanced_accuracy_by_hand():
