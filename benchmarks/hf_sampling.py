@@ -15,7 +15,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from self_rewarding_lm_pytorch import sample
-from self_rewarding_lm_pytorch.hf import HFCausalLM
+from self_rewarding_lm_pytorch.models.hf import HFCausalLM
 
 
 def best_time(fn, repeats: int):

@@ -22,7 +22,7 @@ import torch
 from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import RewardConfig
-from self_rewarding_lm_pytorch.judges import Candidates, SelfJudge
+from self_rewarding_lm_pytorch.judging.judges import Candidates, SelfJudge
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, solve
 
 

@@ -24,7 +24,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from self_rewarding_lm_pytorch import DPOTrainer
-from self_rewarding_lm_pytorch.hf import HFCausalLM
+from self_rewarding_lm_pytorch.models.hf import HFCausalLM
 
 
 def dpo_step(variant: str, config: LlamaConfig, pairs: list[dict], device: str) -> dict:

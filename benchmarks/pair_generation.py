@@ -21,8 +21,10 @@ from accelerate import Accelerator
 from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import RewardConfig, sample
-from self_rewarding_lm_pytorch.judges import SelfJudge, strip_response
-from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig, best_and_worst, generate_preference_pairs
+from self_rewarding_lm_pytorch.judging.judges import SelfJudge, strip_response
+from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
+from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
+from self_rewarding_lm_pytorch.pairs.selection import best_and_worst
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 TOKENIZER = CharTokenizer()

@@ -20,8 +20,8 @@ import time
 import torch
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch.dpo import DPO
-from self_rewarding_lm_pytorch.sft import sft_nll
+from self_rewarding_lm_pytorch.training.dpo_objective import DPO
+from self_rewarding_lm_pytorch.training.sft import sft_nll
 
 
 def main():

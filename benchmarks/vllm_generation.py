@@ -24,10 +24,11 @@ from accelerate import Accelerator  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from self_rewarding_lm_pytorch import RewardConfig, VLLMConfig  # noqa: E402
-from self_rewarding_lm_pytorch.generation import LibrarySampler, make_sampler  # noqa: E402
-from self_rewarding_lm_pytorch.hf import HFCausalLM  # noqa: E402
-from self_rewarding_lm_pytorch.judges import SelfJudge  # noqa: E402
-from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig, generate_preference_pairs  # noqa: E402
+from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, make_sampler  # noqa: E402
+from self_rewarding_lm_pytorch.models.hf import HFCausalLM  # noqa: E402
+from self_rewarding_lm_pytorch.judging.judges import SelfJudge  # noqa: E402
+from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
+from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask  # noqa: E402
 
 TOKENIZER = CharTokenizer()

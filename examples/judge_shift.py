@@ -17,14 +17,9 @@ from pathlib import Path
 import torch
 from self_improvement import TASKS
 
-from self_rewarding_lm_pytorch import load_checkpoint
-from self_rewarding_lm_pytorch.experiment import (
-    ExperimentSettings,
-    balanced_accuracy,
-    judge_scores_of,
-    sampled_answers,
-    says_right,
-)
+from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint
+from self_rewarding_lm_pytorch.experiment.measure import balanced_accuracy, judge_scores_of, sampled_answers, says_right
+from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
 
 def last_checkpoint(folder: Path) -> Path:

@@ -23,9 +23,12 @@ import torch
 from judge_shift import last_checkpoint
 from self_improvement import check_steps, pair_sum_task, wrong_look_up
 
-from self_rewarding_lm_pytorch import MetaJudge, load_checkpoint, two_point_targets
-from self_rewarding_lm_pytorch.experiment import ExperimentSettings, sampled_answers
-from self_rewarding_lm_pytorch.meta_judge import MetaQuery
+from self_rewarding_lm_pytorch.judging.eft import two_point_targets
+from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge
+from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint
+from self_rewarding_lm_pytorch.experiment.measure import sampled_answers
+from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
+from self_rewarding_lm_pytorch.judging.meta_judge import MetaQuery
 
 
 def score_flipped(prompt: str, response: str, label: bool) -> str:

@@ -8,7 +8,7 @@ sum to the target, a task where checking an answer is easier than finding one).
     python examples/self_improvement.py --split dev          # tune on the dev prompts; report on the default (test)
     python examples/self_improvement.py --task pair_sum --split dev   # the pair-sum task
 
-Arms (see self_rewarding_lm_pytorch/experiment_arms.py): `self_judge` (LLM-as-a-judge trained on its own answers),
+Arms (see self_rewarding_lm_pytorch/experiment/arms.py): `self_judge` (LLM-as-a-judge trained on its own answers),
 `self_judge_agree` (+ consistency filtering), `self_consistency` (ScPO votes), `checker` (upper bound), `random`
 (control: random pairs of the same candidates), and on request `meta_reward` (Meta-Rewarding: the judge's
 judgements are meta-judged and judge pairs train beside the actor's); `sft` is the model before any preference stage. Writes
@@ -26,15 +26,12 @@ from pathlib import Path
 import torch
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch import MetaJudgeConfig, RewardConfig, two_point_targets
-from self_rewarding_lm_pytorch.experiment import (
-    DEFAULT_ARMS,
-    OPTIONAL_ARMS,
-    ExperimentRunner,
-    ExperimentSettings,
-    ExperimentTask,
-)
-from self_rewarding_lm_pytorch.experiment_report import write_report
+from self_rewarding_lm_pytorch import MetaJudgeConfig, RewardConfig
+from self_rewarding_lm_pytorch.judging.eft import two_point_targets
+from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS, OPTIONAL_ARMS
+from self_rewarding_lm_pytorch.experiment.runner import ExperimentRunner
+from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings, ExperimentTask
+from self_rewarding_lm_pytorch.experiment.report import write_report
 from self_rewarding_lm_pytorch.tasks import pair_sum
 from self_rewarding_lm_pytorch.tasks.sort_digits import (
     CharTokenizer,

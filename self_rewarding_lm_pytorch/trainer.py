@@ -11,7 +11,7 @@ then its training starts over. `trainer(overwrite_checkpoints=True)` or the envi
 SELF_REWARDING_CLEAR_CHECKPOINTS=1 clears this run's files first; that is never the default.
 
 `log_with="tensorboard"` (any Accelerate tracker name, or several) sends every stage's numbers to that tracker
-under the stage's name, at a global step that keeps growing across stages (tracking.py).
+under the stage's name, at a global step that keeps growing across stages (storage/tracking.py).
 """
 
 from __future__ import annotations
@@ -28,19 +28,22 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch import Tensor, nn
 
-from self_rewarding_lm_pytorch.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from self_rewarding_lm_pytorch.dpo import DPOConfig, train_on_stored_pairs
-from self_rewarding_lm_pytorch.fingerprint import changed_parts, config_fingerprint, describe, short, tokenizer_digest
-from self_rewarding_lm_pytorch.generation import LibrarySampler, check_sampler_processes, make_sampler
-from self_rewarding_lm_pytorch.integrity import content_digest, remove_stale_temp_files
-from self_rewarding_lm_pytorch.judges import Judge, RewardFnJudge, RewardModelJudge, SelfJudge
-from self_rewarding_lm_pytorch.meta_reward import run_meta_reward_stage
-from self_rewarding_lm_pytorch.model_contract import check_special_ids
-from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig, generate_preference_pairs
-from self_rewarding_lm_pytorch.reward import RewardConfig
-from self_rewarding_lm_pytorch.self_consistency import SelfConsistencyJudge
-from self_rewarding_lm_pytorch.sft import SFTConfig, SFTTrainer
-from self_rewarding_lm_pytorch.sharding import (
+from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from self_rewarding_lm_pytorch.training.dpo import DPOConfig, DPOTrainer
+from self_rewarding_lm_pytorch.storage.fingerprint import changed_parts, config_fingerprint, describe, short, tokenizer_digest
+from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, check_sampler_processes, make_sampler
+from self_rewarding_lm_pytorch.storage.integrity import content_digest, remove_stale_temp_files
+from self_rewarding_lm_pytorch.judging.judges import Judge, RewardFnJudge, RewardModelJudge, SelfJudge
+from self_rewarding_lm_pytorch.pairs.meta_reward import generate_meta_reward_pairs
+from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge
+from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
+from self_rewarding_lm_pytorch.models.contract import check_special_ids
+from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
+from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
+from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
+from self_rewarding_lm_pytorch.judging.self_consistency import SelfConsistencyJudge
+from self_rewarding_lm_pytorch.training.sft import SFTConfig, SFTTrainer
+from self_rewarding_lm_pytorch.models.sharding import (
     check_supported_sharding,
     full_state_dict,
     local_weights,
@@ -48,9 +51,9 @@ from self_rewarding_lm_pytorch.sharding import (
     place_on_device,
     same_on_every_rank,
 )
-from self_rewarding_lm_pytorch.spin import SelfPlayConfig, SPINTrainer
-from self_rewarding_lm_pytorch.stage_checks import check_stages
-from self_rewarding_lm_pytorch.stages import (
+from self_rewarding_lm_pytorch.training.spin import SelfPlayConfig, SPINTrainer
+from self_rewarding_lm_pytorch.stages.checks import check_stages
+from self_rewarding_lm_pytorch.stages.configs import (
     ExternalRewardDPOConfig,
     FinetuneConfig,
     MetaRewardDPOConfig,
@@ -58,7 +61,7 @@ from self_rewarding_lm_pytorch.stages import (
     SelfRewardDPOConfig,
     create_default_paper_config,
 )
-from self_rewarding_lm_pytorch.tracking import MetricsLogger, last_logged
+from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger, last_logged
 
 CLEAR_CHECKPOINTS_ENV = "SELF_REWARDING_CLEAR_CHECKPOINTS"
 # settings that do not change a stage's result: editing them keeps the stage's files usable
@@ -80,7 +83,7 @@ class SelfRewardingTrainer:
     error (when the trainer builds the Accelerator; with your own, pass `InitProcessGroupKwargs(timeout=...)` to it).
     `generation_backend`: what generates candidates, judgements and SPIN's answers: "library" (the default, the
     library's KV-cached sampler), or "vllm" / a `VLLMConfig(...)` (engine options) for an `HFCausalLM` policy, one
-    process (vllm_generation.py). It is part of each generating stage's fingerprint: its draws differ.
+    process (generation/vllm_backend.py). It is part of each generating stage's fingerprint: its draws differ.
     """
 
     def __init__(
@@ -164,7 +167,7 @@ class SelfRewardingTrainer:
         return self.folder / f"{self.stage_name(index)}.pairs"
 
     def fingerprint(self, index: int) -> dict[str, str]:
-        """What identifies stage i's result (fingerprint.py): its settings, callables and datasets, the trainer's
+        """What identifies stage i's result (storage/fingerprint.py): its settings, callables and datasets, the trainer's
         ids, seed, judge prompt and tokenizer, and the fingerprint of stage i - 1 (stage 0: the initial weights),
         so a change anywhere upstream is a different plan. Computed once per trainer."""
         if index not in self._fingerprints:
@@ -352,8 +355,50 @@ def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config, logger
 
 def run_meta_reward_dpo(trainer: SelfRewardingTrainer, index: int, config: MetaRewardDPOConfig,
                         logger: MetricsLogger) -> dict:
-    # the judge comes from the one judge factory above; meta_reward.py adds the meta-judge and runs the stage
+    # the judge comes from the one judge factory above; pairs/meta_reward.py adds the meta-judge and runs the stage
     return run_meta_reward_stage(trainer, index, config, logger, judge=make_judge(trainer, config))
+
+
+def train_on_stored_pairs(trainer, index: int, config: DPOConfig, logger: MetricsLogger) -> dict:
+    """The training half of every preference stage of a `SelfRewardingTrainer` plan, once its pairs are on disk:
+    frees the generation backend, runs DPO on stage `index`'s pairs folder (its steps resumable under
+    `<stage>.steps`), and returns the last logged loss numbers with the number of pairs."""
+    trainer.sampler.release()  # generation is over until the next generating stage: a backend may free its memory
+    pairs = DPODataset(trainer.pairs_folder(index))
+    history = DPOTrainer(
+        trainer.model, pairs, config, accelerator=trainer.accelerator,
+        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", checkpoint_prefix="dpo", logger=logger,
+    ).train()
+    return dict(last_logged(history, ("loss", "rewards/accuracies", "rewards/margins")), pairs=len(pairs))
+
+
+def run_meta_reward_stage(trainer, index: int, config: MetaRewardDPOConfig, logger: MetricsLogger, *,
+                          judge: SelfJudge) -> dict:
+    """The stage, for the orchestrator (`trainer`, whose runner table passes the stage's `judge`): pairs of both
+    kinds, then one DPO run on all of them; returns the stage's summary numbers."""
+    meta_judge = MetaJudge(
+        trainer.model, config.meta_judge_config, tokenizer_encode=trainer.judge_encode, tokenizer_decode=trainer.decode,
+        max_new_tokens=config.meta_judge_max_new_tokens, temperature=config.meta_judge_temperature,
+        top_p=config.meta_judge_top_p, pad_id=trainer.pad_id, eos_id=trainer.eos_id, batch_size=config.meta_judge_batch_size,
+        sampler=trainer.sampler,
+    )
+    stats, meta_stats = generate_meta_reward_pairs(
+        trainer.model, config, judge, meta_judge, folder=trainer.pairs_folder(index),
+        tokenizer_encode=trainer.encode, tokenizer_decode=trainer.decode, judge_encode=trainer.judge_encode,
+        accelerator=trainer.accelerator, pad_id=trainer.pad_id, eos_id=trainer.eos_id, seed=trainer.seed + index,
+        fingerprint=trainer.pairs_fingerprint(index), logger=logger, sampler=trainer.sampler,
+    )
+    summary = train_on_stored_pairs(trainer, index, config, logger)
+    summary.update(actor_pairs=stats.pairs_made, judge_pairs=meta_stats.pairs_made,
+                   judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate, meta_parse_rate=meta_stats.parse_rate,
+                   meta_first_position_rate=meta_stats.first_position_rate)
+    summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen", "pairs_filtered"))})
+    summary.update({f"judge_pairs_dropped/{k.split('/', 1)[1]}": v for k, v in meta_stats.summary().items()
+                    if k.startswith("pairs_dropped/")})
+    if meta_stats.pairs_made and (meta_stats.pairs_verified_better or meta_stats.pairs_verified_worse):
+        summary["judge_pairs_chosen_verified_better"] = meta_stats.pairs_verified_better / meta_stats.pairs_made
+        summary["judge_pairs_chosen_verified_worse"] = meta_stats.pairs_verified_worse / meta_stats.pairs_made
+    return summary
 
 
 def is_lost_peer(error: Exception) -> bool:

@@ -31,7 +31,7 @@ from self_rewarding_lm_pytorch import (
     SFTConfig,
     SFTTrainer,
 )
-from self_rewarding_lm_pytorch.sharding import full_state_dict, fully_shard_model
+from self_rewarding_lm_pytorch.models.sharding import full_state_dict, fully_shard_model
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 

@@ -17,8 +17,8 @@ from accelerate import Accelerator
 from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import sample
-from self_rewarding_lm_pytorch.logprobs import reference_logprobs
-from self_rewarding_lm_pytorch.sharding import fully_shard_model, is_fully_sharded
+from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs
+from self_rewarding_lm_pytorch.models.sharding import fully_shard_model, is_fully_sharded
 
 
 def x_transformers_model():
@@ -29,7 +29,7 @@ def x_transformers_model():
 def hf_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from self_rewarding_lm_pytorch.hf import HFCausalLM
+    from self_rewarding_lm_pytorch.models.hf import HFCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -15,7 +15,7 @@ from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import ExternalRewardDPOConfig, SelfPlayConfig, SelfRewardingTrainer, SFTConfig
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
-from self_rewarding_lm_pytorch.train_state import TrainState
+from self_rewarding_lm_pytorch.training.train_state import TrainState
 
 
 def checksum(prompt: str, response: str) -> float:

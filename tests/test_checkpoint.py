@@ -4,8 +4,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from self_rewarding_lm_pytorch.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
-from self_rewarding_lm_pytorch.integrity import CorruptFileError, remove_stale_temp_files
+from self_rewarding_lm_pytorch.storage.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
+from self_rewarding_lm_pytorch.storage.integrity import CorruptFileError, remove_stale_temp_files
 
 
 def test_checkpoint_of_a_prepared_model_loads_strictly_into_a_fresh_model(tmp_path, make_transformer):

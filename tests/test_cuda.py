@@ -21,12 +21,12 @@ from self_rewarding_lm_pytorch import (
     SFTConfig,
     sample,
 )
-from self_rewarding_lm_pytorch.checkpoint import load_checkpoint
-from self_rewarding_lm_pytorch.data import pad_right
-from self_rewarding_lm_pytorch.generation import LibrarySampler
-from self_rewarding_lm_pytorch.logprobs import model_sequence_logprobs, response_mask
-from self_rewarding_lm_pytorch.preference_data import DPODataset
-from self_rewarding_lm_pytorch.sampling import top_p
+from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint
+from self_rewarding_lm_pytorch.data.datasets import pad_right
+from self_rewarding_lm_pytorch.generation.backend import LibrarySampler
+from self_rewarding_lm_pytorch.training.logprobs import model_sequence_logprobs, response_mask
+from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
+from self_rewarding_lm_pytorch.generation.sampling import top_p
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 from conftest import Crash, crash_in_stage, load_example, tiny_transformer
@@ -216,7 +216,7 @@ def test_the_experiment_runner_trains_and_measures_on_the_gpu(tmp_path, monkeypa
     or the judge-training data)."""
     from dataclasses import replace
 
-    import self_rewarding_lm_pytorch.experiment as experiment
+    import self_rewarding_lm_pytorch.experiment.runner as experiment
 
     example = load_example()
     measured_on = []

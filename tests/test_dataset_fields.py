@@ -10,14 +10,9 @@ from tiny_chat import apply_chat, chat_tokenizer, tiny_llama  # noqa: E402
 from torch.utils.data import ConcatDataset  # noqa: E402
 
 from self_rewarding_lm_pytorch import DPOTrainer, RewardConfig, SFTConfig, SFTTrainer  # noqa: E402
-from self_rewarding_lm_pytorch.dataset_fields import (  # noqa: E402
-    EFTFields,
-    PairFields,
-    PromptFields,
-    SFTFields,
-    plain_example_encoder,
-)
-from self_rewarding_lm_pytorch.hf import ChatTemplate, HFCausalLM  # noqa: E402
+from self_rewarding_lm_pytorch.data.fields import PairFields, plain_example_encoder, PromptFields, SFTFields
+from self_rewarding_lm_pytorch.judging.eft import EFTFields
+from self_rewarding_lm_pytorch.models.hf import ChatTemplate, HFCausalLM  # noqa: E402
 
 # the paper's seed data: instruction-following (IFT) and evaluation (EFT) examples
 IFT = [dict(instruction="sort 3 1", response="1 3"), dict(instruction="sort 9 2 5", response="2 5 9")]

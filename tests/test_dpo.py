@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig, DPOTrainer, reference_logprobs
-from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
-from self_rewarding_lm_pytorch.preference_data import DPODataset, PreferenceDataWriter
+from self_rewarding_lm_pytorch.training.dpo import DPOConfig, DPOTrainer
+from self_rewarding_lm_pytorch.training.dpo_objective import DPO
+from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs
+from self_rewarding_lm_pytorch.training.early_stopping import EarlyStopper
+from self_rewarding_lm_pytorch.storage.pair_store import DPODataset, PreferenceDataWriter
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, make_prompt, solve
 
 
@@ -78,7 +80,7 @@ def sort_pairs(n, seed, length=3, tokenizer=CharTokenizer()):
 
 
 def stack(pairs, pad_id=-1):
-    from self_rewarding_lm_pytorch.dpo import DPOCollate
+    from self_rewarding_lm_pytorch.training.dpo_batches import DPOCollate
 
     return DPOCollate(pad_id)(pairs)
 

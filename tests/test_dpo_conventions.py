@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from self_rewarding_lm_pytorch.dpo import DPO, DPOConfig
-from self_rewarding_lm_pytorch.spin import SelfPlayConfig
+from self_rewarding_lm_pytorch.training.dpo import DPOConfig
+from self_rewarding_lm_pytorch.training.dpo_objective import DPO
+from self_rewarding_lm_pytorch.training.spin import SelfPlayConfig
 
 
 class FixedBigram(nn.Module):

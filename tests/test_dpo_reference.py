@@ -1,11 +1,11 @@
-"""DPO on external pairs with the reference log-probs computed once before training (dpo_reference.py)."""
+"""DPO on external pairs with the reference log-probs computed once before training (training/reference.py)."""
 
 import copy
 
 import torch
 
-from self_rewarding_lm_pytorch.dpo import DPOTrainer
-from self_rewarding_lm_pytorch.dpo_reference import with_reference_logprobs
+from self_rewarding_lm_pytorch.training.dpo import DPOTrainer
+from self_rewarding_lm_pytorch.training.reference import with_reference_logprobs
 
 from test_dpo import sort_pairs
 
@@ -65,7 +65,7 @@ def test_precomputed_reference_resumes_inside_the_stage_with_margin_weights(make
     one the stage started from) and margin-weighted losses give the uninterrupted run's rows, weights and steps."""
     from accelerate import Accelerator
 
-    from self_rewarding_lm_pytorch.tracking import MetricsLogger
+    from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 
     pairs = with_rewards(sort_pairs(48, seed=0))  # 3 batches an epoch: step 2's save is inside an epoch
     start = make_transformer(num_tokens=128, dim=64, depth=2)

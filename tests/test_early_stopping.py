@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
+from self_rewarding_lm_pytorch.training.early_stopping import EarlyStopper
 
 
 class Scripted:

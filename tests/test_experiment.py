@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from self_rewarding_lm_pytorch.experiment import balanced_accuracy
-from self_rewarding_lm_pytorch.experiment_report import mean_and_interval, per_seed_checks, summary_table, write_report
+from self_rewarding_lm_pytorch.experiment.measure import balanced_accuracy
+from self_rewarding_lm_pytorch.experiment.report import mean_and_interval, per_seed_checks, summary_table, write_report
 
 from conftest import load_example
 
@@ -65,7 +65,9 @@ def test_self_consistency_beats_random_pairs_on_one_seed(tmp_path):
     """One seed of the recorded experiment, two arms: ScPO pairs from the model alone must gain over the seed model
     and end above random pairs of the same candidates."""
     example = load_example()
-    from self_rewarding_lm_pytorch.experiment import DEFAULT_ARMS, ExperimentRunner, ExperimentSettings
+    from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
+    from self_rewarding_lm_pytorch.experiment.runner import ExperimentRunner
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
     arms = [arm for arm in DEFAULT_ARMS if arm.name in ("self_consistency", "random")]
     rows = ExperimentRunner(example.sort_digits_task(), ExperimentSettings(seeds=(0,)), arms, tmp_path,
@@ -82,7 +84,9 @@ def test_the_models_own_llm_judge_beats_random_pairs_on_pair_sum(tmp_path):
     its mistakes; the model judges its own candidates, and its pairs must gain over the seed model and end above
     random pairs of the same candidates."""
     example = load_example()
-    from self_rewarding_lm_pytorch.experiment import DEFAULT_ARMS, ExperimentRunner, ExperimentSettings
+    from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
+    from self_rewarding_lm_pytorch.experiment.runner import ExperimentRunner
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
     arms = [arm for arm in DEFAULT_ARMS if arm.name in ("self_judge", "random")]
     settings = ExperimentSettings(**example.TASK_SETTINGS["pair_sum"], seeds=(1,), eval_split_seed=example.SPLIT_SEEDS["dev"])
@@ -97,7 +101,9 @@ def test_the_models_own_llm_judge_beats_random_pairs_on_pair_sum(tmp_path):
 def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
     from dataclasses import replace
 
-    from self_rewarding_lm_pytorch.experiment import OPTIONAL_ARMS, ExperimentRunner, ExperimentSettings, pair_numbers
+    from self_rewarding_lm_pytorch.experiment.arms import OPTIONAL_ARMS
+    from self_rewarding_lm_pytorch.experiment.runner import ExperimentRunner, pair_numbers
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
     summary = dict(pairs=12, actor_pairs=10, judge_pairs=2, meta_parse_rate=1.0, meta_first_position_rate=0.5,
                    pairs_chosen_verified_better=0.5, pairs_chosen_verified_worse=0.2,
@@ -125,7 +131,7 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
     assert stage.num_judge_pairs == 768
     # the judgements' temperature is the candidates' unless `judge_temperature` is set, and then it is every LLM-judge
     # arm's (the control without meta-judging judges as hot), while the candidates keep theirs
-    from self_rewarding_lm_pytorch.experiment import DEFAULT_ARMS
+    from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
 
     judge_arms = [arm for arm in DEFAULT_ARMS + OPTIONAL_ARMS if arm.name in ("self_judge", "self_judge_agree", "meta_reward")]
     for temperatures, expected in (({}, 0.4), (dict(judge_temperature=1.0), 1.0)):
@@ -139,7 +145,8 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
 @pytest.mark.parametrize("reasoned_judge", [False, True])
 def test_pair_sum_task_in_the_example_fits_its_model_and_builds_every_arm(reasoned_judge):
     example = load_example()
-    from self_rewarding_lm_pytorch.experiment import DEFAULT_ARMS, ExperimentSettings
+    from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
     task = example.pair_sum_task(reasoned_judge=reasoned_judge)
     prompts = task.prompts(50, 0)
@@ -169,7 +176,8 @@ def test_pair_sum_task_in_the_example_fits_its_model_and_builds_every_arm(reason
 def test_judge_refresh_replays_a_share_of_the_seed_judge_examples_after_each_iteration(tmp_path):
     import torch
 
-    from self_rewarding_lm_pytorch.experiment import ExperimentRunner, ExperimentSettings, judge_refresh
+    from self_rewarding_lm_pytorch.experiment.runner import ExperimentRunner, judge_refresh
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
     examples = [(torch.tensor([1, 2, 3, 4]), 2) for _ in range(8)]
     assert judge_refresh(examples, ExperimentSettings()) == []  # off by default: the paper's plan
@@ -195,7 +203,7 @@ def test_the_runner_puts_the_judge_refresh_after_every_arms_preference_stage(tmp
     import torch
     from torch import nn
 
-    import self_rewarding_lm_pytorch.experiment as experiment
+    import self_rewarding_lm_pytorch.experiment.runner as experiment
     from self_rewarding_lm_pytorch import SFTConfig
 
     example = load_example()
@@ -223,7 +231,7 @@ def test_the_runner_puts_the_judge_refresh_after_every_arms_preference_stage(tmp
 def test_every_trainer_of_the_run_gets_the_runners_accelerate_kwargs(tmp_path, monkeypatch):
     """The CPU by default (the recorded runs); `accelerate_kwargs={}` (the example's --gpu) reaches the seed model's
     trainers and every iteration's, not just the first."""
-    import self_rewarding_lm_pytorch.experiment as experiment
+    import self_rewarding_lm_pytorch.experiment.runner as experiment
 
     example = load_example()
     seen = []
@@ -290,8 +298,9 @@ def test_the_judge_mistake_round_trains_a_third_seed_stage_on_the_judges_mistake
 
     import torch
 
-    from self_rewarding_lm_pytorch import load_checkpoint
-    from self_rewarding_lm_pytorch.experiment import ExperimentRunner, ExperimentSettings
+    from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint
+    from self_rewarding_lm_pytorch.experiment.runner import ExperimentRunner
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
     example = load_example()
     # a tiny model, and a checker that splits its answers (by their characters) so that both judge labels occur
@@ -325,7 +334,7 @@ def test_meta_judge_repeats_put_the_meta_judge_examples_that_many_times_in_the_j
     examples erase the judge's format)."""
     from dataclasses import replace
 
-    from self_rewarding_lm_pytorch import experiment
+    from self_rewarding_lm_pytorch.experiment import runner as experiment
 
     example = load_example()
     task = replace(example.sort_digits_task(dim=16, depth=1),  # both labels occur: a checker by the answer's characters

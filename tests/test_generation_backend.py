@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch import SelfRewardingTrainer, SFTConfig, SPINTrainer, VLLMConfig, min_p, top_k, top_p
-from self_rewarding_lm_pytorch.generation import LibrarySampler, make_sampler
+from self_rewarding_lm_pytorch import SelfRewardingTrainer, SFTConfig, SPINTrainer, top_p, VLLMConfig
+from self_rewarding_lm_pytorch.generation.sampling import min_p, top_k
+from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, make_sampler
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer
-from self_rewarding_lm_pytorch.vllm_generation import request_seeds, vllm_sampling_settings
+from self_rewarding_lm_pytorch.generation.vllm_backend import request_seeds, vllm_sampling_settings
 
 TOKENIZER = CharTokenizer()
 SFT_DATA = [(torch.tensor([5, 6, 7, 8]), 2)] * 4
@@ -51,7 +52,7 @@ def test_unknown_backends_and_bad_engine_options_are_refused(make_transformer, t
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_without_vllm_an_hf_model_gets_the_install_command():
     transformers = pytest.importorskip("transformers", reason="needs transformers for an HF model")
-    from self_rewarding_lm_pytorch.hf import HFCausalLM
+    from self_rewarding_lm_pytorch.models.hf import HFCausalLM
 
     config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, max_position_embeddings=32)

@@ -8,9 +8,10 @@ transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from self_rewarding_lm_pytorch import ExternalRewardDPOConfig, ModelContractError, SelfRewardingTrainer, SFTConfig, sample  # noqa: E402
-from self_rewarding_lm_pytorch.hf import HFCausalLM, hf_tokenizer_functions  # noqa: E402
-from self_rewarding_lm_pytorch.model_contract import forward_logits  # noqa: E402
+from self_rewarding_lm_pytorch import ExternalRewardDPOConfig, sample, SelfRewardingTrainer, SFTConfig
+from self_rewarding_lm_pytorch.models.contract import ModelContractError
+from self_rewarding_lm_pytorch.models.hf import HFCausalLM, hf_tokenizer_functions  # noqa: E402
+from self_rewarding_lm_pytorch.models.contract import forward_logits  # noqa: E402
 from self_rewarding_lm_pytorch.tasks.sort_digits import SortDigitsTask  # noqa: E402
 
 VOCAB = 64

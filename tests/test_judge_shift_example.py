@@ -19,8 +19,8 @@ def test_judge_shift_reads_a_run_folder_and_finds_no_disagreement_between_identi
     sys.path.insert(0, str(EXAMPLES))
     from self_improvement import TASKS
 
-    from self_rewarding_lm_pytorch import save_checkpoint
-    from self_rewarding_lm_pytorch.experiment import ExperimentSettings
+    from self_rewarding_lm_pytorch.storage.checkpoint import save_checkpoint
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
     (tmp_path / "settings.json").write_text(json.dumps(dict(num_candidates=2, num_judge_eval_prompts=3, eval_split_seed=7)))
     model, accelerator = TASKS["pair_sum"]().make_model(0), Accelerator(cpu=True)
@@ -43,7 +43,7 @@ def test_meta_judge_check_reads_a_run_folder_and_asks_both_kinds_of_pair_in_both
     sys.path.insert(0, str(EXAMPLES))
     from self_improvement import TASKS
 
-    from self_rewarding_lm_pytorch import save_checkpoint
+    from self_rewarding_lm_pytorch.storage.checkpoint import save_checkpoint
 
     (tmp_path / "settings.json").write_text(json.dumps(dict(num_candidates=2, num_judge_eval_prompts=3, eval_split_seed=7)))
     model = TASKS["pair_sum"](reasoned_judge=True, max_seq_len=96).make_model(0)

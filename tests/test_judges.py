@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch.judges import Candidates, RewardFnJudge
+from self_rewarding_lm_pytorch.judging.judges import Candidates, RewardFnJudge
 
 
 def candidates(*responses: str) -> Candidates:
@@ -28,7 +28,7 @@ def test_reward_fn_returning_a_non_number_names_the_function_and_the_value(value
 
 
 def test_parse_reward_returning_a_string_is_an_error_naming_it():
-    from self_rewarding_lm_pytorch.reward import RewardConfig
+    from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 
     config = RewardConfig("{{ prompt }} {{ response }}", parse_reward=lambda text: text.split()[-1])
     with pytest.raises(TypeError, match=r"parse_reward returned '5'"):

@@ -13,13 +13,14 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from tiny_chat import tiny_llama  # noqa: E402
 
-from self_rewarding_lm_pytorch import DPO, DPOTrainer, ExternalRewardDPOConfig, SelfRewardingTrainer, SFTConfig  # noqa: E402
-from self_rewarding_lm_pytorch.adapters import AdaptersOff  # noqa: E402
-from self_rewarding_lm_pytorch.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from self_rewarding_lm_pytorch.dpo import DPOCollate  # noqa: E402
-from self_rewarding_lm_pytorch.hf import HFCausalLM  # noqa: E402
-from self_rewarding_lm_pytorch.logprobs import reference_logprobs  # noqa: E402
-from self_rewarding_lm_pytorch.spin import SPINTrainer  # noqa: E402
+from self_rewarding_lm_pytorch import DPOTrainer, ExternalRewardDPOConfig, SelfRewardingTrainer, SFTConfig
+from self_rewarding_lm_pytorch.training.dpo_objective import DPO
+from self_rewarding_lm_pytorch.models.adapters import AdaptersOff  # noqa: E402
+from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from self_rewarding_lm_pytorch.training.dpo_batches import DPOCollate
+from self_rewarding_lm_pytorch.models.hf import HFCausalLM  # noqa: E402
+from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs  # noqa: E402
+from self_rewarding_lm_pytorch.training.spin import SPINTrainer  # noqa: E402
 
 
 def with_lora(base, seed=1):
@@ -128,7 +129,7 @@ def test_pipeline_with_lora_saves_adapters_and_exports_a_merged_model(tmp_path):
 
     # the DPO stage's stored reference log-probs are the base model's (adapters off), like its live reference
     pairs_folder = trainer.pairs_folder(1)
-    from self_rewarding_lm_pytorch import DPODataset
+    from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
 
     stored = DPODataset(pairs_folder)[0]
     reloaded = copy.deepcopy(model)
@@ -179,7 +180,7 @@ def test_early_stopper_keeps_and_restores_the_adapters_only():
 
 
 def test_adapter_checkpoints_are_checksummed(tmp_path):
-    from self_rewarding_lm_pytorch import CorruptFileError
+    from self_rewarding_lm_pytorch.storage.integrity import CorruptFileError
 
     model = with_lora(tiny_llama())
     save_checkpoint(Accelerator(cpu=True), model, tmp_path / "a.pt")

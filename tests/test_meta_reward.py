@@ -12,19 +12,19 @@ from accelerate import Accelerator
 
 from conftest import tiny_transformer
 from self_rewarding_lm_pytorch import (
-    MetaJudge,
     MetaJudgeConfig,
     MetaRewardDPOConfig,
     PairGenerationError,
     RewardConfig,
-    SelfJudge,
     SelfRewardingTrainer,
-    meta_judge_examples,
 )
-from self_rewarding_lm_pytorch.data import pad_right
-from self_rewarding_lm_pytorch.generation import LibrarySampler
-from self_rewarding_lm_pytorch.meta_reward import generate_meta_reward_pairs
-from self_rewarding_lm_pytorch.preference_data import DPODataset
+from self_rewarding_lm_pytorch.judging.eft import meta_judge_examples
+from self_rewarding_lm_pytorch.judging.judges import SelfJudge
+from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge
+from self_rewarding_lm_pytorch.data.datasets import pad_right
+from self_rewarding_lm_pytorch.generation.backend import LibrarySampler
+from self_rewarding_lm_pytorch.pairs.meta_reward import generate_meta_reward_pairs
+from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, is_correct
 
 TOKENIZER = CharTokenizer()

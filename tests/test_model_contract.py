@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from self_rewarding_lm_pytorch.model_contract import ModelContractError, forward_logits
+from self_rewarding_lm_pytorch.models.contract import ModelContractError, forward_logits
 
 
 class ReturnsTuple(nn.Module):

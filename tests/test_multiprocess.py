@@ -12,7 +12,8 @@ import pytest
 import torch
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch import DPODataset, load_checkpoint
+from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint
+from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
 
 SCRIPT = Path(__file__).with_name("multiprocess_pipeline.py")
 SHARDED_SAMPLING_SCRIPT = Path(__file__).with_name("multiprocess_sharded_sampling.py")

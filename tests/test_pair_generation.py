@@ -6,18 +6,16 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from self_rewarding_lm_pytorch.data import pad_right
-from self_rewarding_lm_pytorch.judges import RewardFnJudge, RewardModelJudge, SelfJudge
-from self_rewarding_lm_pytorch.logprobs import model_sequence_logprobs, response_mask
-from self_rewarding_lm_pytorch.pair_generation import (
-    PairGenerationConfig,
-    PairGenerationError,
-    best_and_worst,
-    generate_preference_pairs,
-)
-from self_rewarding_lm_pytorch.preference_data import DPODataset
-from self_rewarding_lm_pytorch.reward import RewardConfig
-from self_rewarding_lm_pytorch.sft import SFTTrainer
+from self_rewarding_lm_pytorch.data.datasets import pad_right
+from self_rewarding_lm_pytorch.judging.judges import RewardFnJudge, RewardModelJudge, SelfJudge
+from self_rewarding_lm_pytorch.training.logprobs import model_sequence_logprobs, response_mask
+from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
+from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
+from self_rewarding_lm_pytorch.pairs.selection import best_and_worst
+from self_rewarding_lm_pytorch.pairs.stats import PairGenerationError
+from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
+from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
+from self_rewarding_lm_pytorch.training.sft import SFTTrainer
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 NAN = float("nan")

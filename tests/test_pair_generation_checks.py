@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from self_rewarding_lm_pytorch.judges import RewardFnJudge
-from self_rewarding_lm_pytorch.pair_generation import PairGenerationError
-from self_rewarding_lm_pytorch.preference_data import DPODataset
+from self_rewarding_lm_pytorch.judging.judges import RewardFnJudge
+from self_rewarding_lm_pytorch.pairs.stats import PairGenerationError
+from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 from test_pair_generation import char_model, generate  # noqa: F401  (a fixture and a helper shared with it)

@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch.integrity import CorruptFileError
-from self_rewarding_lm_pytorch.preference_data import GROW_ROWS, DPODataset, PreferenceDataWriter
+from self_rewarding_lm_pytorch.storage.integrity import CorruptFileError
+from self_rewarding_lm_pytorch.storage.pair_store import GROW_ROWS, DPODataset, PreferenceDataWriter
 
 
 def pairs(n, offset=0):
@@ -142,8 +142,8 @@ def test_non_finite_reference_logps_are_refused_when_written(tmp_path):
 
 DISK_FULL = """
 import sys
-from self_rewarding_lm_pytorch.integrity import DiskFullError
-from self_rewarding_lm_pytorch.preference_data import PreferenceDataWriter
+from self_rewarding_lm_pytorch.storage.integrity import DiskFullError
+from self_rewarding_lm_pytorch.storage.pair_store import PreferenceDataWriter
 try:
     PreferenceDataWriter(sys.argv[1], capacity=2000, max_len=256, pad_id=-1, with_ref_logps=True)  # 8.2 MB of arrays
 except DiskFullError as error:
@@ -220,8 +220,8 @@ FILLED_LATER = """
 import sys
 from pathlib import Path
 import torch
-from self_rewarding_lm_pytorch.integrity import DiskFullError
-from self_rewarding_lm_pytorch.preference_data import GROW_ROWS, DPODataset, PreferenceDataWriter
+from self_rewarding_lm_pytorch.storage.integrity import DiskFullError
+from self_rewarding_lm_pytorch.storage.pair_store import GROW_ROWS, DPODataset, PreferenceDataWriter
 
 folder = Path(sys.argv[1])
 settings = dict(capacity=300, max_len=256, pad_id=-1, with_ref_logps=False)  # 1.2 MB of arrays: fits the 2 MB disk

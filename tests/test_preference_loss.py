@@ -2,7 +2,7 @@ import pytest
 import torch
 from jaxtyping import TypeCheckError
 
-from self_rewarding_lm_pytorch.preference_loss import preference_loss
+from self_rewarding_lm_pytorch.training.losses import preference_loss
 
 # One pair worked by hand: policy log-probs chosen -1, rejected -4; reference -2 and -2.
 # Log-ratios: chosen -1 - (-2) = 1, rejected -4 - (-2) = -2, so h = 1 - (-2) = 3.

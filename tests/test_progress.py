@@ -3,12 +3,12 @@ SPIN's answers and reference log-probs; a bar that halts early says why."""
 
 import pytest
 
-from self_rewarding_lm_pytorch.dpo import DPOTrainer
-from self_rewarding_lm_pytorch.early_stopping import EarlyStopper
-from self_rewarding_lm_pytorch.judges import RewardFnJudge, SelfJudge
-from self_rewarding_lm_pytorch.pair_generation import PairGenerationError
-from self_rewarding_lm_pytorch.reward import RewardConfig
-from self_rewarding_lm_pytorch.spin import SPINTrainer
+from self_rewarding_lm_pytorch.training.dpo import DPOTrainer
+from self_rewarding_lm_pytorch.training.early_stopping import EarlyStopper
+from self_rewarding_lm_pytorch.judging.judges import RewardFnJudge, SelfJudge
+from self_rewarding_lm_pytorch.pairs.stats import PairGenerationError
+from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
+from self_rewarding_lm_pytorch.training.spin import SPINTrainer
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 from test_pair_generation import char_model, generate  # noqa: F401  (a fixture and a helper shared with it)
@@ -63,7 +63,7 @@ def test_dpo_shows_its_reference_log_prob_pass(make_transformer, capsys):
 
 
 def test_judge_examples_from_own_answers_and_judge_mistakes_show_bars_unless_told_not_to(char_model, capsys):
-    from self_rewarding_lm_pytorch import judge_mistakes, own_answer_judge_examples
+    from self_rewarding_lm_pytorch.judging.eft import judge_mistakes, own_answer_judge_examples
 
     reward_config = RewardConfig("j {{ prompt }}{{ response }}|", reward_regex_template="Score: {{ reward }}")
     prompts = SortDigitsTask(seed=3).prompts(6)

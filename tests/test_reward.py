@@ -1,6 +1,6 @@
 import pytest
 
-from self_rewarding_lm_pytorch.reward import RewardConfig
+from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 
 DEFAULT = RewardConfig()
 
@@ -103,7 +103,7 @@ def test_a_whitespace_run_matches_any_whitespace_including_none():
 
 
 LINEAR_CHECK = """
-from self_rewarding_lm_pytorch.reward import RewardConfig
+from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 templates = [(" {{ reward }}", False), ("Score: {{ reward }}", True), ("{{ reward }}/10", True), ("Rating:\\n {{ reward }} pts", True)]
 texts = [" " * 100_000, "1" * 100_000, "Score:" + " " * 100_000 + "x", "- " * 50_000, "1." * 50_000, "\\t\\n" * 50_000 + "5",
          "Score: " * 14_000, "+" * 100_000, "." * 100_000]

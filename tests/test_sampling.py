@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from self_rewarding_lm_pytorch.sampling import make_decoder, min_p, sample, top_k, top_p
+from self_rewarding_lm_pytorch.generation.sampling import min_p, sample, top_k, top_p
+from self_rewarding_lm_pytorch.models.decoders import make_decoder
 
 POSITION_SCHEMES = {
     "absolute": dict(),
@@ -164,7 +165,7 @@ class CountingDecoder:
 
 
 def test_num_samples_prefills_each_prompt_once_and_is_prompt_major(make_transformer, monkeypatch):
-    import self_rewarding_lm_pytorch.sampling as sampling
+    import self_rewarding_lm_pytorch.generation.sampling as sampling
 
     net = make_transformer(seed=7)
     prompts = random_prompts((3, 6))

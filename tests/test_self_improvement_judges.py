@@ -8,23 +8,22 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from self_rewarding_lm_pytorch import (
-    Candidates,
-    JudgementsAgree,
-    MarginAtLeast,
-    RewardConfig,
-    SelfConsistencyDPOConfig,
-    SelfConsistencyJudge,
+from self_rewarding_lm_pytorch import JudgementsAgree, MarginAtLeast, RewardConfig, SelfConsistencyDPOConfig
+from self_rewarding_lm_pytorch.judging.eft import (
     judge_mistakes,
     labelled_judge_examples,
     own_answer_judge_examples,
     two_point_targets,
 )
-from self_rewarding_lm_pytorch.dpo_data import DPOCollate
-from self_rewarding_lm_pytorch.dpo_objective import DPO
-from self_rewarding_lm_pytorch.pair_generation import PairGenerationConfig, PairGenerationError, generate_preference_pairs
-from self_rewarding_lm_pytorch.pair_stats import PairGenerationStats
-from self_rewarding_lm_pytorch.preference_data import DPODataset
+from self_rewarding_lm_pytorch.judging.judges import Candidates
+from self_rewarding_lm_pytorch.judging.self_consistency import SelfConsistencyJudge
+from self_rewarding_lm_pytorch.training.dpo_batches import DPOCollate
+from self_rewarding_lm_pytorch.training.dpo_objective import DPO
+from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
+from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
+from self_rewarding_lm_pytorch.pairs.stats import PairGenerationError
+from self_rewarding_lm_pytorch.pairs.stats import PairGenerationStats
+from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, answer_key, is_correct
 
 NAN = math.nan
@@ -104,7 +103,7 @@ def test_pair_generation_drops_pairs_whose_judgements_disagree(make_transformer,
             # candidate j of each prompt scores (j, j) except candidate 0, scored (0, 9): its order is not agreed on
             scores = torch.tensor([[float(i % 4), float(i % 4)] for i in range(n)])
             scores[::4, 1] = 9.0
-            from self_rewarding_lm_pytorch.judges import Judgements
+            from self_rewarding_lm_pytorch.judging.judges import Judgements
             return Judgements(scores)
 
         def is_valid_score(self, score):

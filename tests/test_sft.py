@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from self_rewarding_lm_pytorch import SFTTrainer, create_mock_dataset
-from self_rewarding_lm_pytorch.data import SFTCollate
-from self_rewarding_lm_pytorch.sft import sft_nll
+from self_rewarding_lm_pytorch.data.datasets import SFTCollate
+from self_rewarding_lm_pytorch.training.sft import sft_nll
 
 
 class Bigram(nn.Module):

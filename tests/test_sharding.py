@@ -8,8 +8,8 @@ from accelerate.utils import DistributedType
 from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import sample
-from self_rewarding_lm_pytorch.logprobs import reference_logprobs
-from self_rewarding_lm_pytorch.sharding import check_supported_sharding, is_fully_sharded
+from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs
+from self_rewarding_lm_pytorch.models.sharding import check_supported_sharding, is_fully_sharded
 
 
 def tiny():
@@ -47,7 +47,7 @@ def test_dpo_on_a_sharded_model_precomputes_the_reference_and_refuses_a_frozen_c
     """Pairs without reference log-probs: a sharded model gets them computed before training (no reference model
     held), and asking for a live reference (a frozen copy, which a sharded model cannot have) fails at construction.
     (`is_fully_sharded` is stubbed: building the trainer is what is checked; the sharded runs are multi-process.)"""
-    import self_rewarding_lm_pytorch.dpo as dpo
+    import self_rewarding_lm_pytorch.training.dpo as dpo
 
     monkeypatch.setattr(dpo, "is_fully_sharded", lambda model: True)
     model = lambda: TransformerWrapper(num_tokens=16, max_seq_len=16, attn_layers=Decoder(dim=32, depth=1, heads=2))

@@ -8,7 +8,7 @@ import torch
 from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import RewardConfig, sample
-from self_rewarding_lm_pytorch.judges import Candidates, SelfJudge
+from self_rewarding_lm_pytorch.judging.judges import Candidates, SelfJudge
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer
 
 
@@ -19,7 +19,7 @@ def x_transformers(**attn_kwargs):
 
 def hf(kind: str):
     transformers = pytest.importorskip("transformers")
-    from self_rewarding_lm_pytorch.hf import HFCausalLM
+    from self_rewarding_lm_pytorch.models.hf import HFCausalLM
 
     torch.manual_seed(0)
     if kind == "llama":

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch.logprobs import reference_logprobs
-from self_rewarding_lm_pytorch.preference_loss import preference_loss
-from self_rewarding_lm_pytorch.spin import SPIN, SelfPlayConfig, SPINTrainer
+from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs
+from self_rewarding_lm_pytorch.training.losses import preference_loss
+from self_rewarding_lm_pytorch.training.spin import SPIN, SelfPlayConfig, SPINTrainer
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 from conftest import tiny_transformer
@@ -95,7 +95,7 @@ def test_bad_spin_settings_fail_at_construction():
 def test_a_resumed_run_logs_its_next_iteration_after_the_finished_ones(tmp_path):
     """Iteration 0 finished before the kill: the rerun skips it, and iteration 1's rows reach the trackers at the
     global steps of an uninterrupted run (3 steps per iteration: 4, 5, 6), not again at 1, 2, 3."""
-    from self_rewarding_lm_pytorch.tracking import MetricsLogger
+    from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 
     settings = dict(num_iterations=2, num_train_steps=3, checkpoint_every=3, valid_sft_dataset=None)
     spin_trainer(char_model(), tmp_path, **settings)()

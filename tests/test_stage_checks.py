@@ -16,7 +16,7 @@ from self_rewarding_lm_pytorch import (
     SelfRewardingTrainer,
     SFTConfig,
 )
-from self_rewarding_lm_pytorch import sampling
+from self_rewarding_lm_pytorch.generation import sampling
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 from conftest import tiny_transformer

@@ -11,7 +11,7 @@ from self_rewarding_lm_pytorch import (
     SFTTrainer,
 )
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
-from self_rewarding_lm_pytorch.train_state import NonFiniteStepError
+from self_rewarding_lm_pytorch.training.train_state import NonFiniteStepError
 
 from conftest import tiny_transformer
 

@@ -14,8 +14,8 @@ from self_rewarding_lm_pytorch import (
     SPINTrainer,
     create_mock_dataset,
 )
-from self_rewarding_lm_pytorch.checkpoint import load_checkpoint
-from self_rewarding_lm_pytorch.pair_generation import PairGenerationError
+from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint
+from self_rewarding_lm_pytorch.pairs.stats import PairGenerationError
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 from conftest import Crash, crash_in_stage, tiny_transformer

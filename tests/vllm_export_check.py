@@ -12,7 +12,7 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 import torch  # noqa: E402
 
 from self_rewarding_lm_pytorch import sample  # noqa: E402
-from self_rewarding_lm_pytorch.vllm_generation import VLLMSampler  # noqa: E402
+from self_rewarding_lm_pytorch.generation.vllm_backend import VLLMSampler  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_vllm import ENGINE, random_prompts, tiny_llama  # noqa: E402

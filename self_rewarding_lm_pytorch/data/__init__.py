@@ -1,0 +1,1 @@
+"""Datasets and batching shared by the stages, and map-style datasets of dicts read by field name."""

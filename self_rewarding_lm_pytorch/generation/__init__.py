@@ -1,0 +1,1 @@
+"""Generation: the batched KV-cached sampler, and the backend seam every generating step calls (library or vLLM)."""

@@ -1,0 +1,1 @@
+"""Stage kinds of the orchestrator: their configs, their construction checks and their runners."""
