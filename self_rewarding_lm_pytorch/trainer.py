@@ -3,9 +3,9 @@
     SelfRewardingTrainer(model, finetune_configs=[SFTConfig(...), SelfPlayConfig(...), SelfRewardDPOConfig(...)],
                          tokenizer_encode=..., tokenizer_decode=...)()
 
-Each stage is built when it starts (its reference is the model at that moment), dispatched on the config's type
-through `STAGE_RUNNERS`. Stage i writes `stage-{i:02d}-{kind}.pt` and, for preference stages, its own pairs folder
-`stage-{i:02d}-{kind}.pairs/` (stages never share files). Running the same script again resumes: finished stages
+Each stage is built when it starts (its reference is the model at that moment) by the runner of its kind
+(stages/registry.py), which gets a `StageContext` of this run. Stage i writes `stage-{i:02d}-{kind}.pt` and, for
+preference stages, its own pairs folder `stage-{i:02d}-{kind}.pairs/` (stages never share files). Running the same script again resumes: finished stages
 are skipped (their checkpoint is loaded), an interrupted stage's pair generation continues from the pairs on disk,
 then its training starts over. `trainer(overwrite_checkpoints=True)` or the environment variable
 SELF_REWARDING_CLEAR_CHECKPOINTS=1 clears this run's files first; that is never the default.
@@ -28,21 +28,9 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch import Tensor, nn
 
-from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from self_rewarding_lm_pytorch.training.dpo import DPOConfig, DPOTrainer
-from self_rewarding_lm_pytorch.storage.fingerprint import changed_parts, config_fingerprint, describe, short, tokenizer_digest
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, check_sampler_processes, make_sampler
-from self_rewarding_lm_pytorch.storage.integrity import content_digest, remove_stale_temp_files
-from self_rewarding_lm_pytorch.judging.judges import Judge, RewardFnJudge, RewardModelJudge, SelfJudge
-from self_rewarding_lm_pytorch.pairs.meta_reward import generate_meta_reward_pairs
-from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge
-from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
-from self_rewarding_lm_pytorch.models.contract import check_special_ids
-from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
-from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
-from self_rewarding_lm_pytorch.judging.self_consistency import SelfConsistencyJudge
-from self_rewarding_lm_pytorch.training.sft import SFTConfig, SFTTrainer
+from self_rewarding_lm_pytorch.models.contract import check_special_ids
 from self_rewarding_lm_pytorch.models.sharding import (
     check_supported_sharding,
     full_state_dict,
@@ -51,17 +39,15 @@ from self_rewarding_lm_pytorch.models.sharding import (
     place_on_device,
     same_on_every_rank,
 )
-from self_rewarding_lm_pytorch.training.spin import SelfPlayConfig, SPINTrainer
-from self_rewarding_lm_pytorch.stages.checks import check_stages
-from self_rewarding_lm_pytorch.stages.configs import (
-    ExternalRewardDPOConfig,
-    FinetuneConfig,
-    MetaRewardDPOConfig,
-    SelfConsistencyDPOConfig,
-    SelfRewardDPOConfig,
-    create_default_paper_config,
-)
-from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger, last_logged
+from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
+from self_rewarding_lm_pytorch.stages.configs import FinetuneConfig, create_default_paper_config
+from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext
+from self_rewarding_lm_pytorch.stages.registry import check_known_kinds, check_plan, kind_of
+from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from self_rewarding_lm_pytorch.storage.fingerprint import changed_parts, config_fingerprint, describe, short, tokenizer_digest
+from self_rewarding_lm_pytorch.storage.integrity import content_digest, remove_stale_temp_files
+from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
+from self_rewarding_lm_pytorch.training.dpo import DPOConfig
 
 CLEAR_CHECKPOINTS_ENV = "SELF_REWARDING_CLEAR_CHECKPOINTS"
 # settings that do not change a stage's result: editing them keeps the stage's files usable
@@ -113,10 +99,7 @@ class SelfRewardingTrainer:
             finetune_configs = create_default_paper_config(**finetune_configs)
         if not finetune_configs:
             raise ValueError("finetune_configs is empty: give at least one stage config")
-        for index, config in enumerate(finetune_configs):
-            if type(config) not in STAGE_RUNNERS:
-                known = ", ".join(cls.__name__ for cls in STAGE_RUNNERS)
-                raise TypeError(f"finetune_configs[{index}] is a {type(config).__name__}; stages are one of {known}")
+        check_known_kinds(finetune_configs)
         if not callable(tokenizer_encode) or not callable(tokenizer_decode):
             raise TypeError("tokenizer_encode and tokenizer_decode must be callables (str -> Tensor, Tensor -> str)")
         if judge_tokenizer_encode is not None and not callable(judge_tokenizer_encode):
@@ -132,8 +115,7 @@ class SelfRewardingTrainer:
         self.judge_encode = judge_tokenizer_encode or tokenizer_encode
         self.reward_config = self_reward_prompt_config or RewardConfig()
         # every stage's inputs against the model and tokenizer, now rather than when the stage starts
-        check_stages(self.stages, model, encode=tokenizer_encode, reward_config=self.reward_config,
-                     pad_id=pad_id, eos_id=eos_id, judge_encode=self.judge_encode)
+        check_plan(self.stages, PlanInputs(model, tokenizer_encode, self.judge_encode, self.reward_config, pad_id), eos_id)
         self.pad_id, self.eos_id = pad_id, eos_id
         self.folder = Path(checkpoints_folder)
         if accelerator is None:
@@ -158,7 +140,7 @@ class SelfRewardingTrainer:
 
     # files of stage i
     def stage_name(self, index: int) -> str:
-        return f"stage-{index:02d}-{STAGE_KINDS[type(self.stages[index])]}"
+        return f"stage-{index:02d}-{kind_of(self.stages[index]).name}"
 
     def checkpoint_path(self, index: int) -> Path:
         return self.folder / f"{self.stage_name(index)}.pt"
@@ -171,7 +153,7 @@ class SelfRewardingTrainer:
         ids, seed, judge prompt and tokenizer, and the fingerprint of stage i - 1 (stage 0: the initial weights),
         so a change anywhere upstream is a different plan. Computed once per trainer."""
         if index not in self._fingerprints:
-            config = self.stages[index]
+            config, kind = self.stages[index], kind_of(self.stages[index])
             parts = config_fingerprint(config, skip=NOT_RESULT_FIELDS)
             parts.update(
                 stage=self.stage_name(index), pad_id=str(self.pad_id), eos_id=str(self.eos_id), seed=str(self.seed),
@@ -179,11 +161,11 @@ class SelfRewardingTrainer:
                 upstream=short(describe(self.fingerprint(index - 1))) if index else
                 same_on_every_rank(content_digest(local_weights(self.model))[:16], self.model),
             )
-            if isinstance(config, SelfRewardDPOConfig) and config.reward_config is None:
+            if kind.self_judged and config.reward_config is None:
                 parts["reward_config"] = short(describe(self.reward_config))
-            if isinstance(config, SelfRewardDPOConfig) and self.judge_encode is not self.encode:
+            if kind.self_judged and self.judge_encode is not self.encode:
                 parts["judge_tokenizer"] = tokenizer_digest(self.judge_encode, self.decode)
-            if not isinstance(config, SFTConfig) and not isinstance(self.sampler, LibrarySampler):
+            if kind.generates and not isinstance(self.sampler, LibrarySampler):
                 parts["generation_backend"] = short(describe(self.sampler))  # not for the default: old runs resume
             self._fingerprints[index] = parts
         return self._fingerprints[index]
@@ -191,6 +173,15 @@ class SelfRewardingTrainer:
     def pairs_fingerprint(self, index: int) -> dict[str, str]:
         """The parts of stage i's fingerprint that make its pairs (its DPO settings do not)."""
         return {k: v for k, v in self.fingerprint(index).items() if k not in DPO_ONLY_FIELDS}
+
+    def stage_context(self, index: int, logger: MetricsLogger) -> StageContext:
+        """What stage i's runner gets from this run."""
+        return StageContext(
+            name=self.stage_name(index), folder=self.folder, model=self.model, accelerator=self.accelerator,
+            sampler=self.sampler, encode=self.encode, decode=self.decode, judge_encode=self.judge_encode,
+            reward_config=self.reward_config, pad_id=self.pad_id, eos_id=self.eos_id, seed=self.seed + index,
+            pairs_fingerprint=self.pairs_fingerprint(index), logger=logger,
+        )
 
     def clear_checkpoints(self):
         """Delete this trainer's stage files (only `stage-*` entries: the folder may hold other things)."""
@@ -255,10 +246,11 @@ class SelfRewardingTrainer:
             set_seed(self.seed + index)
             self.print(f"stage {index}: {type(config).__name__}")
 
-            summary = dict(stage=index, kind=STAGE_KINDS[type(config)])
+            kind = kind_of(config)
+            summary = dict(stage=index, kind=kind.name)
             logger = MetricsLogger(self.accelerator, self.stage_name(index), start_step=self.next_step)
             try:
-                summary.update(STAGE_RUNNERS[type(config)](self, index, config, logger))
+                summary.update(kind.run(config, self.stage_context(index, logger)))
             except RuntimeError as error:
                 if self.accelerator.num_processes > 1 and is_lost_peer(error):
                     error.add_note(
@@ -301,106 +293,6 @@ class SelfRewardingTrainer:
         self.accelerator.print(*args)
 
 
-# stage runners: build the stage's trainer on the (unwrapped) model, run it, return numbers for the summary
-
-def run_sft(trainer: SelfRewardingTrainer, index: int, config: SFTConfig, logger: MetricsLogger) -> dict:
-    history = SFTTrainer(trainer.model, config, pad_id=trainer.pad_id, accelerator=trainer.accelerator,
-                         checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", logger=logger).train()
-    return last_logged(history, ("loss", "valid_loss"))
-
-
-def run_spin(trainer: SelfRewardingTrainer, index: int, config: SelfPlayConfig, logger: MetricsLogger) -> dict:
-    spin = SPINTrainer(
-        trainer.model, config, pad_id=trainer.pad_id, eos_id=trainer.eos_id, accelerator=trainer.accelerator,
-        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.iterations", logger=logger,
-        generation_backend=trainer.sampler,
-    )
-    return last_logged(spin.train(), ("loss", "rewards/accuracies", "rewards/margins"))
-
-
-def make_judge(trainer: SelfRewardingTrainer, config) -> Judge:
-    """Who scores a preference stage's candidates: the model with its judge prompt, its answers' votes, or an
-    external reward."""
-    if isinstance(config, SelfRewardDPOConfig):
-        return SelfJudge(
-            trainer.model, config.reward_config or trainer.reward_config,
-            tokenizer_encode=trainer.judge_encode, tokenizer_decode=trainer.decode,
-            num_judgements=config.num_judgements, max_new_tokens=config.judge_max_new_tokens,
-            temperature=config.judge_temperature, top_p=config.judge_top_p,
-            pad_id=trainer.pad_id, eos_id=trainer.eos_id, batch_size=config.judge_batch_size, sampler=trainer.sampler,
-        )
-    if isinstance(config, SelfConsistencyDPOConfig):
-        return SelfConsistencyJudge(config.answer_key)
-    if config.reward_fn is not None:
-        return RewardFnJudge(config.reward_fn)
-    return RewardModelJudge(config.reward_model, pad_id=trainer.pad_id, batch_size=config.reward_model_batch_size)
-
-
-def run_preference_dpo(trainer: SelfRewardingTrainer, index: int, config, logger: MetricsLogger) -> dict:
-    judge = make_judge(trainer, config)
-
-    stats = generate_preference_pairs(
-        trainer.model, config.prompt_dataset, judge, config,
-        folder=trainer.pairs_folder(index),
-        tokenizer_encode=trainer.encode, tokenizer_decode=trainer.decode,
-        accelerator=trainer.accelerator, pad_id=trainer.pad_id, eos_id=trainer.eos_id,
-        logp_reduction=config.logp_reduction, seed=trainer.seed + index, fingerprint=trainer.pairs_fingerprint(index),
-        logger=logger, sampler=trainer.sampler,
-    )
-    summary = train_on_stored_pairs(trainer, index, config, logger)
-    summary.update(judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate)
-    summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen", "pairs_filtered"))})
-    return summary
-
-
-def run_meta_reward_dpo(trainer: SelfRewardingTrainer, index: int, config: MetaRewardDPOConfig,
-                        logger: MetricsLogger) -> dict:
-    # the judge comes from the one judge factory above; pairs/meta_reward.py adds the meta-judge and runs the stage
-    return run_meta_reward_stage(trainer, index, config, logger, judge=make_judge(trainer, config))
-
-
-def train_on_stored_pairs(trainer, index: int, config: DPOConfig, logger: MetricsLogger) -> dict:
-    """The training half of every preference stage of a `SelfRewardingTrainer` plan, once its pairs are on disk:
-    frees the generation backend, runs DPO on stage `index`'s pairs folder (its steps resumable under
-    `<stage>.steps`), and returns the last logged loss numbers with the number of pairs."""
-    trainer.sampler.release()  # generation is over until the next generating stage: a backend may free its memory
-    pairs = DPODataset(trainer.pairs_folder(index))
-    history = DPOTrainer(
-        trainer.model, pairs, config, accelerator=trainer.accelerator,
-        checkpoint_folder=trainer.folder / f"{trainer.stage_name(index)}.steps", checkpoint_prefix="dpo", logger=logger,
-    ).train()
-    return dict(last_logged(history, ("loss", "rewards/accuracies", "rewards/margins")), pairs=len(pairs))
-
-
-def run_meta_reward_stage(trainer, index: int, config: MetaRewardDPOConfig, logger: MetricsLogger, *,
-                          judge: SelfJudge) -> dict:
-    """The stage, for the orchestrator (`trainer`, whose runner table passes the stage's `judge`): pairs of both
-    kinds, then one DPO run on all of them; returns the stage's summary numbers."""
-    meta_judge = MetaJudge(
-        trainer.model, config.meta_judge_config, tokenizer_encode=trainer.judge_encode, tokenizer_decode=trainer.decode,
-        max_new_tokens=config.meta_judge_max_new_tokens, temperature=config.meta_judge_temperature,
-        top_p=config.meta_judge_top_p, pad_id=trainer.pad_id, eos_id=trainer.eos_id, batch_size=config.meta_judge_batch_size,
-        sampler=trainer.sampler,
-    )
-    stats, meta_stats = generate_meta_reward_pairs(
-        trainer.model, config, judge, meta_judge, folder=trainer.pairs_folder(index),
-        tokenizer_encode=trainer.encode, tokenizer_decode=trainer.decode, judge_encode=trainer.judge_encode,
-        accelerator=trainer.accelerator, pad_id=trainer.pad_id, eos_id=trainer.eos_id, seed=trainer.seed + index,
-        fingerprint=trainer.pairs_fingerprint(index), logger=logger, sampler=trainer.sampler,
-    )
-    summary = train_on_stored_pairs(trainer, index, config, logger)
-    summary.update(actor_pairs=stats.pairs_made, judge_pairs=meta_stats.pairs_made,
-                   judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate, meta_parse_rate=meta_stats.parse_rate,
-                   meta_first_position_rate=meta_stats.first_position_rate)
-    summary.update({k: v for k, v in stats.summary().items() if k.startswith(("judge_verifier", "pairs_chosen", "pairs_filtered"))})
-    summary.update({f"judge_pairs_dropped/{k.split('/', 1)[1]}": v for k, v in meta_stats.summary().items()
-                    if k.startswith("pairs_dropped/")})
-    if meta_stats.pairs_made and (meta_stats.pairs_verified_better or meta_stats.pairs_verified_worse):
-        summary["judge_pairs_chosen_verified_better"] = meta_stats.pairs_verified_better / meta_stats.pairs_made
-        summary["judge_pairs_chosen_verified_worse"] = meta_stats.pairs_verified_worse / meta_stats.pairs_made
-    return summary
-
-
 def is_lost_peer(error: Exception) -> bool:
     """Whether a collective failed because another process is gone or silent (gloo / NCCL wording)."""
     text = str(error).lower()
@@ -415,22 +307,3 @@ def check_finite_weights(model: nn.Module, what: str):
             f"{what} ended with non-finite weights in {len(bad)} tensors ({', '.join(bad[:3])}...); it is not saved as "
             f"finished. Lower the learning rate, check the data, or set skip_nonfinite_steps=True in its config"
         )
-
-
-STAGE_RUNNERS = {
-    SFTConfig: run_sft,
-    SelfPlayConfig: run_spin,
-    SelfRewardDPOConfig: run_preference_dpo,
-    MetaRewardDPOConfig: run_meta_reward_dpo,
-    ExternalRewardDPOConfig: run_preference_dpo,
-    SelfConsistencyDPOConfig: run_preference_dpo,
-}
-
-STAGE_KINDS = {
-    SFTConfig: "sft",
-    SelfPlayConfig: "spin",
-    SelfRewardDPOConfig: "self-reward-dpo",
-    MetaRewardDPOConfig: "meta-reward-dpo",
-    ExternalRewardDPOConfig: "external-reward-dpo",
-    SelfConsistencyDPOConfig: "self-consistency-dpo",
-}

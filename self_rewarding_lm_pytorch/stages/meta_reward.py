@@ -1,0 +1,87 @@
+"""The Meta-Rewarding stage (Wu et al. 2024, arXiv 2407.19594): a self-reward iteration whose judge learns too.
+The model answers, judges, and as meta-judge compares its judgements; actor pairs and judge pairs train together
+in one DPO run (pairs/meta_reward.py makes both)."""
+
+from __future__ import annotations
+
+from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
+from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge
+from self_rewarding_lm_pytorch.models.sharding import is_fully_sharded
+from self_rewarding_lm_pytorch.pairs.meta_reward import generate_meta_reward_pairs
+from self_rewarding_lm_pytorch.stages.configs import MetaRewardDPOConfig
+from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
+from self_rewarding_lm_pytorch.stages.preference import (
+    check_pair_filters,
+    check_prompts,
+    longest_prompt,
+    model_length_limit,
+    pair_summary,
+    score_scale,
+    train_on_pairs,
+)
+from self_rewarding_lm_pytorch.stages.self_reward import check_judge_prompt_fits, self_judge
+
+
+def run_meta_reward(config: MetaRewardDPOConfig, context: StageContext) -> dict:
+    """Pairs of both kinds, then one DPO run on all of them."""
+    meta_judge = MetaJudge(
+        context.model, config.meta_judge_config, tokenizer_encode=context.judge_encode, tokenizer_decode=context.decode,
+        max_new_tokens=config.meta_judge_max_new_tokens, temperature=config.meta_judge_temperature,
+        top_p=config.meta_judge_top_p, pad_id=context.pad_id, eos_id=context.eos_id,
+        batch_size=config.meta_judge_batch_size, sampler=context.sampler,
+    )
+    stats, meta_stats = generate_meta_reward_pairs(
+        context.model, config, self_judge(config, context), meta_judge, folder=context.path("pairs"),
+        tokenizer_encode=context.encode, tokenizer_decode=context.decode, judge_encode=context.judge_encode,
+        accelerator=context.accelerator, pad_id=context.pad_id, eos_id=context.eos_id, seed=context.seed,
+        fingerprint=context.pairs_fingerprint, logger=context.logger, sampler=context.sampler,
+    )
+    summary = train_on_pairs(config, context)
+    counts = pair_summary(stats)
+    summary.update(actor_pairs=stats.pairs_made, judge_pairs=meta_stats.pairs_made,
+                   judge_parse_rate=counts.pop("judge_parse_rate"), tie_rate=counts.pop("tie_rate"),
+                   meta_parse_rate=meta_stats.parse_rate, meta_first_position_rate=meta_stats.first_position_rate)
+    summary.update(counts)
+    summary.update({f"judge_pairs_dropped/{k.split('/', 1)[1]}": v for k, v in meta_stats.summary().items()
+                    if k.startswith("pairs_dropped/")})
+    if meta_stats.pairs_made and (meta_stats.pairs_verified_better or meta_stats.pairs_verified_worse):
+        summary["judge_pairs_chosen_verified_better"] = meta_stats.pairs_verified_better / meta_stats.pairs_made
+        summary["judge_pairs_chosen_verified_worse"] = meta_stats.pairs_verified_worse / meta_stats.pairs_made
+    return summary
+
+
+def check_meta_reward(stage: str, config: MetaRewardDPOConfig, inputs: PlanInputs):
+    prompt_ids = check_prompts(stage, config, inputs)
+    check_judge_prompt_fits(stage, config, inputs, prompt_ids)
+    check_meta_judge_prompt_fits(stage, config, inputs, prompt_ids)
+    check_pair_filters(stage, config, judgements=config.num_judgements,
+                       **score_scale(config.reward_config or inputs.reward_config),
+                       one_judgement_fix="raise num_judgements to 2 or more, or drop the filter")
+
+
+def check_meta_judge_prompt_fits(stage: str, config: MetaRewardDPOConfig, inputs: PlanInputs, prompt_ids: dict):
+    """The meta-judge prompt (encoded as the judge's) of the longest prompt with a full-length answer, two
+    full-length judgements and the meta-judge's own answer budget fits the model."""
+    if is_fully_sharded(inputs.model):
+        raise NotImplementedError(f"{stage} does not run on a fully sharded model yet: use data "
+                                  f"parallelism (one full model per process) for this stage")
+    limit = model_length_limit(inputs.model)
+    if limit is None:
+        return
+    longest = longest_prompt(prompt_ids)
+    rendered = config.meta_judge_config.render(config.prompt_dataset[longest], "", "", "")
+    template = len(as_token_tensor(inputs.judge_encode(rendered), "meta-judge prompt"))
+    needed = template + config.response_max_new_tokens + 2 * config.judge_max_new_tokens + config.meta_judge_max_new_tokens
+    if needed > limit:
+        raise ValueError(
+            f"{stage}: the meta-judge prompt rendered with its longest prompt (prompt_dataset[{longest}]) "
+            f"is {template} tokens; with a {config.response_max_new_tokens}-token answer (response_max_new_tokens), two "
+            f"{config.judge_max_new_tokens}-token judgements (judge_max_new_tokens) and {config.meta_judge_max_new_tokens} "
+            f"tokens for the verdict (meta_judge_max_new_tokens) it needs {needed} positions, but the model's max_seq_len "
+            f"is {limit}. Pass a shorter MetaJudgeConfig prompt_template as meta_judge_config, lower those budgets, or use "
+            f"a model with a longer max_seq_len"
+        )
+
+
+META_REWARD_STAGE = StageKind(name="meta-reward-dpo", config=MetaRewardDPOConfig, run=run_meta_reward,
+                              check=check_meta_reward, self_judged=True, answer_budget="response_max_new_tokens")

@@ -1,0 +1,117 @@
+"""What every preference stage shares: its pairs are made by the pair loop, then DPO trains on them; and the
+construction checks of its prompts and pair filters.
+
+    1) make the stage's pairs (pairs/loop.py), resuming what its pairs folder holds,
+    2) free the generation backend, then train DPO on the stored pairs (its steps resumable under `<stage>.steps`),
+    3) return the last logged loss numbers, the number of pairs and the pair counts the summary keeps.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
+from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
+from self_rewarding_lm_pytorch.judging.judges import Judge
+from self_rewarding_lm_pytorch.models.decoders import absolute_position_limit
+from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
+from self_rewarding_lm_pytorch.pairs.selection import JudgementsAgree, MarginAtLeast
+from self_rewarding_lm_pytorch.pairs.stats import PairGenerationStats
+from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext
+from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
+from self_rewarding_lm_pytorch.storage.tracking import last_logged
+from self_rewarding_lm_pytorch.training.dpo import DPOTrainer
+
+# the pair counts a stage's summary keeps (every count goes to the trackers as pairs/...)
+SUMMARY_COUNTS = ("judge_verifier", "pairs_chosen", "pairs_filtered")
+
+
+def run_judged_stage(config, context: StageContext, judge: Judge) -> dict:
+    """A preference stage whose pairs are best vs worst of candidates scored by `judge`."""
+    stats = generate_preference_pairs(
+        context.model, config.prompt_dataset, judge, config,
+        folder=context.path("pairs"), tokenizer_encode=context.encode, tokenizer_decode=context.decode,
+        accelerator=context.accelerator, pad_id=context.pad_id, eos_id=context.eos_id,
+        logp_reduction=config.logp_reduction, seed=context.seed, fingerprint=context.pairs_fingerprint,
+        logger=context.logger, sampler=context.sampler,
+    )
+    summary = train_on_pairs(config, context)
+    summary.update(pair_summary(stats))
+    return summary
+
+
+def pair_summary(stats: PairGenerationStats) -> dict:
+    summary = dict(judge_parse_rate=stats.parse_rate, tie_rate=stats.tie_rate)
+    summary.update({k: v for k, v in stats.summary().items() if k.startswith(SUMMARY_COUNTS)})
+    return summary
+
+
+def train_on_pairs(config, context: StageContext) -> dict:
+    """DPO on the stage's stored pairs; the generation backend may free its memory first (generation is over
+    until the next generating stage)."""
+    context.sampler.release()
+    pairs = DPODataset(context.path("pairs"))
+    history = DPOTrainer(
+        context.model, pairs, config, accelerator=context.accelerator, checkpoint_folder=context.path("steps"),
+        checkpoint_prefix="dpo", logger=context.logger,
+    ).train()
+    return dict(last_logged(history, ("loss", "rewards/accuracies", "rewards/margins")), pairs=len(pairs))
+
+
+def model_length_limit(model: nn.Module) -> int | None:
+    """The longest sequence the model takes: learned absolute positions, else its declared `max_seq_len`."""
+    return absolute_position_limit(model) or getattr(model, "max_seq_len", None)
+
+
+def check_prompts(stage: str, config, inputs: PlanInputs) -> dict[int, Tensor]:
+    """Every prompt is a string whose tokens leave room for an answer; returns {prompt index: token ids}."""
+    max_seq_len = config.max_seq_len or getattr(inputs.model, "max_seq_len", None)
+    if max_seq_len is None:
+        raise ValueError(f"{stage}.max_seq_len is None and the model has no max_seq_len: set max_seq_len in the config")
+    prompt_ids = {}
+    for i in range(len(config.prompt_dataset)):
+        prompt = config.prompt_dataset[i]
+        if not isinstance(prompt, str):
+            raise TypeError(
+                f"{stage}.prompt_dataset[{i}] is a {type(prompt).__name__}; prompt datasets hold strings (each is "
+                f"encoded with tokenizer_encode): pass the prompts as text"
+            )
+        ids = as_token_tensor(inputs.encode(prompt), f"{stage}: tokenizer_encode(prompt_dataset[{i}])")
+        if len(ids) >= max_seq_len:
+            raise ValueError(
+                f"{stage}.prompt_dataset[{i}] ({prompt[:40]!r}...) is {len(ids)} tokens, leaving no room for an answer "
+                f"under max_seq_len={max_seq_len}: shorten or drop the prompt, or raise max_seq_len"
+            )
+        prompt_ids[i] = ids
+    return prompt_ids
+
+
+def longest_prompt(prompt_ids: dict[int, Tensor]) -> int:
+    return max(prompt_ids, key=lambda i: len(prompt_ids[i]))
+
+
+def check_pair_filters(stage: str, config, *, judgements: int, one_judgement_fix: str,
+                       scale: str | None = None, width: float | None = None):
+    """Filters that would keep every pair or drop every pair with this stage's judge: `judgements` per
+    candidate, scores on `scale` that never differ by more than `width` (None: unbounded)."""
+    for i, pair_filter in enumerate(config.pair_filters):
+        where = f"{stage}.pair_filters[{i}]"
+        if isinstance(pair_filter, JudgementsAgree) and judgements < 2:
+            raise ValueError(
+                f"{where} (JudgementsAgree) compares the judgements of a pair's two candidates, but there is one "
+                f"judgement per candidate: the best-vs-worst pair always agrees, so it keeps every pair. Fix: "
+                f"{one_judgement_fix}"
+            )
+        if isinstance(pair_filter, MarginAtLeast) and width is not None and pair_filter.margin > width + 1e-6:
+            raise ValueError(
+                f"{where} ({pair_filter!r}) asks for a margin of {pair_filter.margin}, but the stage's {scale} never "
+                f"differ by more than {width:g}: it would drop every pair. Lower the margin"
+            )
+
+
+def score_scale(reward_config: RewardConfig | None) -> dict:
+    """`check_pair_filters`' scale of a judge that scores on `reward_config.score_range` (none: unbounded)."""
+    if reward_config is None or reward_config.score_range is None:
+        return {}
+    low, high = reward_config.score_range
+    return dict(scale=f"scores on the judge's score_range {tuple(reward_config.score_range)}", width=high - low)

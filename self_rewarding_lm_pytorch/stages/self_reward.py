@@ -1,0 +1,66 @@
+"""The self-reward DPO stage (Yuan et al. 2024, section 2): the model answers, judges its own answers with the
+LLM-as-a-judge prompt, and DPO trains on its best-vs-worst pairs."""
+
+from __future__ import annotations
+
+from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
+from self_rewarding_lm_pytorch.judging.judges import SelfJudge
+from self_rewarding_lm_pytorch.stages.configs import SelfRewardDPOConfig
+from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
+from self_rewarding_lm_pytorch.stages.preference import (
+    check_pair_filters,
+    check_prompts,
+    longest_prompt,
+    model_length_limit,
+    run_judged_stage,
+    score_scale,
+)
+
+
+def self_judge(config: SelfRewardDPOConfig, context: StageContext) -> SelfJudge:
+    """The model with its judge prompt (the stage's `reward_config`, else the plan's), sampled `num_judgements`
+    times per candidate."""
+    return SelfJudge(
+        context.model, config.reward_config or context.reward_config,
+        tokenizer_encode=context.judge_encode, tokenizer_decode=context.decode,
+        num_judgements=config.num_judgements, max_new_tokens=config.judge_max_new_tokens,
+        temperature=config.judge_temperature, top_p=config.judge_top_p,
+        pad_id=context.pad_id, eos_id=context.eos_id, batch_size=config.judge_batch_size, sampler=context.sampler,
+    )
+
+
+def run_self_reward(config: SelfRewardDPOConfig, context: StageContext) -> dict:
+    return run_judged_stage(config, context, self_judge(config, context))
+
+
+def check_self_reward(stage: str, config: SelfRewardDPOConfig, inputs: PlanInputs):
+    prompt_ids = check_prompts(stage, config, inputs)
+    judge_config = config.reward_config or inputs.reward_config
+    check_judge_prompt_fits(stage, config, inputs, prompt_ids)
+    check_pair_filters(stage, config, judgements=config.num_judgements, **score_scale(judge_config),
+                       one_judgement_fix="raise num_judgements to 2 or more, or drop the filter")
+
+
+def check_judge_prompt_fits(stage: str, config: SelfRewardDPOConfig, inputs: PlanInputs, prompt_ids: dict):
+    """The judge prompt (encoded with the judge's tokenizer) of the longest prompt with a full-length answer, plus
+    the judge's own answer budget, fits the model."""
+    limit = model_length_limit(inputs.model)
+    if limit is None:
+        return
+    longest = longest_prompt(prompt_ids)
+    rendered = (config.reward_config or inputs.reward_config).render(config.prompt_dataset[longest], "")
+    template = len(as_token_tensor(inputs.judge_encode(rendered), f"{stage}: the judge's tokenizer_encode"))
+    needed = template + config.response_max_new_tokens + config.judge_max_new_tokens
+    if needed > limit:
+        raise ValueError(
+            f"{stage}: the judge prompt rendered with its longest prompt (prompt_dataset[{longest}]) "
+            f"is {template} tokens; with a {config.response_max_new_tokens}-token answer (response_max_new_tokens) and "
+            f"{config.judge_max_new_tokens} tokens for the judgement (judge_max_new_tokens) it needs {needed} positions, "
+            f"but the model's max_seq_len is {limit}. Pass a shorter RewardConfig prompt_template (the paper's is about "
+            f"1,750 characters) as reward_config or self_reward_prompt_config, lower judge_max_new_tokens or "
+            f"response_max_new_tokens, or use a model with a longer max_seq_len"
+        )
+
+
+SELF_REWARD_STAGE = StageKind(name="self-reward-dpo", config=SelfRewardDPOConfig, run=run_self_reward,
+                              check=check_self_reward, self_judged=True, answer_budget="response_max_new_tokens")
