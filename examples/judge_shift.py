@@ -7,7 +7,7 @@ both models' judges, and counts the judgements the two judges disagree on:
 
     python examples/judge_shift.py --run runs/psr2-test-seed4 --seed 4 --task pair_sum --reasoned-judge
 
-docs/results.md ("Why the judge's accuracy falls") was made with it.
+docs/results.md ("Why the judge's accuracy falls") reads its output.
 """
 
 import argparse

@@ -92,7 +92,7 @@ def test_the_models_own_llm_judge_beats_random_pairs_on_pair_sum(tmp_path):
     rows = ExperimentRunner(tasks.pair_sum_task(reasoned_judge=True), settings, arms, tmp_path, show_progress=False).run()
     em = {(r["arm"], r["iteration"]): r["exact_match"] for r in rows}
     judge_bacc = {(r["arm"], r["iteration"]): r["judge_bacc"] for r in rows}
-    assert judge_bacc[("sft", 0)] >= 0.75  # the bar for the model judging its own answers
+    assert judge_bacc[("sft", 0)] >= 0.75  # a judge of its own answers worth training on
     assert em[("self_judge", 2)] > em[("random", 2)]
     assert em[("self_judge", 2)] > em[("sft", 0)]
 

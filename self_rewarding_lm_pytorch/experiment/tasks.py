@@ -28,7 +28,7 @@ from self_rewarding_lm_pytorch.tasks.sort_digits import (
     solve,
 )
 
-SPLIT_SEEDS = dict(test=10_000, dev=20_000)  # held-out prompts: report on test, tune on dev
+SPLIT_SEEDS = dict(test=10_000, dev=20_000)  # the held-out prompts: `test` to report on, `dev` to tune on
 
 
 
