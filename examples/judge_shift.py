@@ -7,19 +7,18 @@ both models' judges, and counts the judgements the two judges disagree on:
 
     python examples/judge_shift.py --run runs/psr2-test-seed4 --seed 4 --task pair_sum --reasoned-judge
 
-docs/results.md ("Why the judge's accuracy falls") was made with it.
+docs/results.md ("Why the judge's accuracy falls") reads its output.
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from self_improvement import TASKS
 
-from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint
 from self_rewarding_lm_pytorch.experiment.measure import balanced_accuracy, judge_scores_of, sampled_answers, says_right
-from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
+from self_rewarding_lm_pytorch.experiment.settings import read_settings
+from self_rewarding_lm_pytorch.experiment.tasks import TASKS
+from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint
 
 
 def last_checkpoint(folder: Path) -> Path:
@@ -41,7 +40,7 @@ def main():
     torch.set_num_threads(1)
 
     # the run's own settings: its split, candidates and temperature
-    settings = ExperimentSettings(**json.loads((args.run / "settings.json").read_text()))
+    settings = read_settings(args.run / "settings.json")
     task = TASKS[args.task](reasoned_judge=args.reasoned_judge, max_seq_len=args.max_seq_len)
     seed_dir = args.run / f"seed-{args.seed}"
     iterations = sorted(seed_dir.glob(f"{args.arm}/iteration-*"), key=lambda p: int(p.name.split("-")[1]))

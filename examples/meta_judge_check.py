@@ -16,19 +16,17 @@ of verdicts naming the first position (0.5 for a meta-judge without a favourite 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 from judge_shift import last_checkpoint
-from self_improvement import check_steps, pair_sum_task, wrong_look_up
 
-from self_rewarding_lm_pytorch.judging.eft import two_point_targets
-from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge
-from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint
 from self_rewarding_lm_pytorch.experiment.measure import sampled_answers
-from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
-from self_rewarding_lm_pytorch.judging.meta_judge import MetaQuery
+from self_rewarding_lm_pytorch.experiment.settings import read_settings
+from self_rewarding_lm_pytorch.experiment.tasks import check_steps, pair_sum_task, wrong_look_up
+from self_rewarding_lm_pytorch.judging.eft import two_point_targets
+from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge, MetaQuery
+from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint
 
 
 def score_flipped(prompt: str, response: str, label: bool) -> str:
@@ -70,7 +68,7 @@ def main():
         parser.error("--arm and --iteration go together (neither: the seed model)")
     torch.set_num_threads(1)
 
-    settings = ExperimentSettings(**json.loads((args.run / "settings.json").read_text()))
+    settings = read_settings(args.run / "settings.json")
     task = pair_sum_task(reasoned_judge=True, max_seq_len=args.max_seq_len)
     seed_dir = args.run / f"seed-{args.seed}"
     folder = seed_dir / "seed-model" if args.arm is None else seed_dir / args.arm / f"iteration-{args.iteration}"
@@ -91,6 +89,7 @@ def main():
             continue
         n, both, names_first = asked
         print(f"{kind}: {n} pairs; the right judgement named in both orders {both:.3f}; first position named {names_first:.3f}")
+
 
 if __name__ == "__main__":
     main()

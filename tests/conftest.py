@@ -1,6 +1,4 @@
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -46,11 +44,3 @@ def crash_in_stage(n: int):
 
     return evaluate
 
-
-def load_example():
-    """examples/self_improvement.py as a module: its tasks and TASK_SETTINGS are what the recorded runs used."""
-    path = Path(__file__).resolve().parent.parent / "examples" / "self_improvement.py"
-    spec = importlib.util.spec_from_file_location("self_improvement", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    return example

@@ -29,7 +29,7 @@ from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
 from self_rewarding_lm_pytorch.generation.sampling import top_p
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
-from conftest import Crash, crash_in_stage, load_example, tiny_transformer
+from conftest import Crash, crash_in_stage, tiny_transformer
 
 pytestmark = [
     pytest.mark.cuda,
@@ -217,8 +217,10 @@ def test_the_experiment_runner_trains_and_measures_on_the_gpu(tmp_path, monkeypa
     from dataclasses import replace
 
     import self_rewarding_lm_pytorch.experiment.runner as experiment
+    from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
+    from self_rewarding_lm_pytorch.experiment.tasks import sort_digits_task
 
-    example = load_example()
     measured_on = []
     measure = experiment.measure
 
@@ -227,13 +229,13 @@ def test_the_experiment_runner_trains_and_measures_on_the_gpu(tmp_path, monkeypa
         return measure(model, *args)
 
     monkeypatch.setattr(experiment, "measure", recording_measure)
-    settings = experiment.ExperimentSettings(
+    settings = ExperimentSettings(
         seeds=(0,), iterations=1, num_instruction_examples=64, sft_epochs=1, num_eft_prompts=16,
         eft_samples_per_prompt=2, prompts_per_iteration=32, num_preference_pairs=8, num_eval_prompts=16,
         num_judge_eval_prompts=8)
-    arms = [arm for arm in experiment.DEFAULT_ARMS if arm.name in ("self_judge", "random")]
+    arms = [arm for arm in DEFAULT_ARMS if arm.name in ("self_judge", "random")]
     # both labels occur for the judge's training however little the model has learned: a checker by the characters
-    task = replace(example.sort_digits_task(dim=32, depth=1), checker=lambda prompt, response: sum(map(ord, response)) % 2 == 0)
+    task = replace(sort_digits_task(dim=32, depth=1), checker=lambda prompt, response: sum(map(ord, response)) % 2 == 0)
     rows = experiment.ExperimentRunner(task, settings, arms, tmp_path, show_progress=False, accelerate_kwargs={}).run()
     assert [(r["arm"], r["iteration"]) for r in rows] == [("sft", 0), ("self_judge", 1), ("random", 1)]
     assert measured_on == ["cuda"] * 3

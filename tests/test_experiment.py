@@ -3,13 +3,14 @@ itself: one seed of the bundled self-improvement experiment, where pairs from th
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
+from self_rewarding_lm_pytorch.experiment import tasks
 from self_rewarding_lm_pytorch.experiment.measure import balanced_accuracy
 from self_rewarding_lm_pytorch.experiment.report import mean_and_interval, per_seed_checks, summary_table, write_report
-
-from conftest import load_example
+from self_rewarding_lm_pytorch.experiment.settings import setting_value
 
 
 def test_balanced_accuracy_by_hand():
@@ -64,13 +65,12 @@ def test_report_files(tmp_path):
 def test_self_consistency_beats_random_pairs_on_one_seed(tmp_path):
     """One seed of the recorded experiment, two arms: ScPO pairs from the model alone must gain over the seed model
     and end above random pairs of the same candidates."""
-    example = load_example()
     from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
     from self_rewarding_lm_pytorch.experiment.runner import ExperimentRunner
     from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
     arms = [arm for arm in DEFAULT_ARMS if arm.name in ("self_consistency", "random")]
-    rows = ExperimentRunner(example.sort_digits_task(), ExperimentSettings(seeds=(0,)), arms, tmp_path,
+    rows = ExperimentRunner(tasks.sort_digits_task(), ExperimentSettings(seeds=(0,)), arms, tmp_path,
                             show_progress=False).run()
     em = {(r["arm"], r["iteration"]): r["exact_match"] for r in rows}
     assert em[("self_consistency", 2)] > em[("random", 2)]
@@ -83,17 +83,16 @@ def test_the_models_own_llm_judge_beats_random_pairs_on_pair_sum(tmp_path):
     the judge trained on the model's own answers, writing its look-ups first (`--reasoned-judge`), and once more on
     its mistakes; the model judges its own candidates, and its pairs must gain over the seed model and end above
     random pairs of the same candidates."""
-    example = load_example()
     from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
     from self_rewarding_lm_pytorch.experiment.runner import ExperimentRunner
     from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
     arms = [arm for arm in DEFAULT_ARMS if arm.name in ("self_judge", "random")]
-    settings = ExperimentSettings(**example.TASK_SETTINGS["pair_sum"], seeds=(1,), eval_split_seed=example.SPLIT_SEEDS["dev"])
-    rows = ExperimentRunner(example.pair_sum_task(reasoned_judge=True), settings, arms, tmp_path, show_progress=False).run()
+    settings = ExperimentSettings(**tasks.TASK_SETTINGS["pair_sum"], seeds=(1,), eval_split_seed=tasks.SPLIT_SEEDS["dev"])
+    rows = ExperimentRunner(tasks.pair_sum_task(reasoned_judge=True), settings, arms, tmp_path, show_progress=False).run()
     em = {(r["arm"], r["iteration"]): r["exact_match"] for r in rows}
     judge_bacc = {(r["arm"], r["iteration"]): r["judge_bacc"] for r in rows}
-    assert judge_bacc[("sft", 0)] >= 0.75  # the issue's bar for the model judging its own answers
+    assert judge_bacc[("sft", 0)] >= 0.75  # a judge of its own answers worth training on
     assert em[("self_judge", 2)] > em[("random", 2)]
     assert em[("self_judge", 2)] > em[("sft", 0)]
 
@@ -113,8 +112,7 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
     assert row["pairs"] == 10 and row["judge_pairs"] == 2 and row["pairs_neither"] == pytest.approx(0.3)
     assert row["judge_pairs_better"] == 1.0 and row["judge_pairs_worse"] == 0.0 and row["judge_pairs_dropped/meta_tied"] == 7
 
-    example = load_example()
-    task = example.sort_digits_task()
+    task = tasks.sort_digits_task()
     assert ExperimentRunner(task, arms=OPTIONAL_ARMS, out_dir=tmp_path).trains_meta_judge
     # the settings reach the stage: a sampled meta-judge when asked for (`--set meta_judge_temperature=0.7`)
     settings = ExperimentSettings(meta_judge_temperature=0.7, length_control=0.2)
@@ -122,11 +120,11 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
     assert (stage.meta_judge_temperature, stage.length_control) == (0.7, 0.2)
     assert stage.num_judge_pairs == settings.num_preference_pairs  # unset: as many judge pairs as actor pairs
     # `--set meta_num_judge_pairs=768` gives the stage an int cap (a float one would break slicing hours later)
-    judge_pairs = example.setting_value("meta_num_judge_pairs", "768")
-    assert type(judge_pairs) is int and type(example.setting_value("meta_dissent_temperature", "1")) is float
-    assert example.setting_value("meta_balance_wrong_judgements", "False") is False  # not bool("False")
+    judge_pairs = setting_value("meta_num_judge_pairs", "768")
+    assert type(judge_pairs) is int and type(setting_value("judge_temperature", "1")) is float
+    assert setting_value("meta_balance_wrong_judgements", "False") is False  # not bool("False")
     with pytest.raises(ValueError, match="true or false"):
-        example.setting_value("meta_balance_wrong_judgements", "0")
+        setting_value("meta_balance_wrong_judgements", "0")
     stage = OPTIONAL_ARMS[0].stage(task.prompts(4, 0), task, ExperimentSettings(meta_num_judge_pairs=judge_pairs))
     assert stage.num_judge_pairs == 768
     # the judgements' temperature is the candidates' unless `judge_temperature` is set, and then it is every LLM-judge
@@ -144,11 +142,10 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
 
 @pytest.mark.parametrize("reasoned_judge", [False, True])
 def test_pair_sum_task_in_the_example_fits_its_model_and_builds_every_arm(reasoned_judge):
-    example = load_example()
     from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
     from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
-    task = example.pair_sum_task(reasoned_judge=reasoned_judge)
+    task = tasks.pair_sum_task(reasoned_judge=reasoned_judge)
     prompts = task.prompts(50, 0)
     assert prompts == task.prompts(50, 0) and prompts != task.prompts(50, 1)
     for seq, prompt_len in task.instruction_examples(20, 0):
@@ -158,13 +155,13 @@ def test_pair_sum_task_in_the_example_fits_its_model_and_builds_every_arm(reason
     judge_prompt = task.reward_config.render(longest, "9" * task.max_new_tokens)
     assert len(task.encode(judge_prompt)) + task.judge_max_new_tokens <= task.max_seq_len
     if reasoned_judge:  # the judge looks up and adds the answer's digits, then scores, within its token budget
-        judgement = example.check_steps("pair 3 7 1 8 5 2 = 12:", " 5 7") + "Score: 5"
+        judgement = tasks.check_steps("pair 3 7 1 8 5 2 = 12:", " 5 7") + "Score: 5"
         assert judgement == "5y 7y 5+7=12 Score: 5" and len(judgement) + 1 <= task.judge_max_new_tokens
-        assert example.check_steps("pair 3 7 1 8 5 2 = 12:", " 4 8") == "4n 8y 4+8=12 "
-        assert example.check_steps("pair 3 7 1 8 5 2 = 10:", " 5 5") == "5y 5n 5+5=10 "  # 5 is listed once
-        assert example.check_steps("pair 5 1 5 = 10:", " 5 5") == "5y 5y 5+5=10 "
-        assert example.check_steps("pair 5 1 5 = 10:", " 5 5 1") == "? "
-    settings = ExperimentSettings(**example.TASK_SETTINGS["pair_sum"])
+        assert tasks.check_steps("pair 3 7 1 8 5 2 = 12:", " 4 8") == "4n 8y 4+8=12 "
+        assert tasks.check_steps("pair 3 7 1 8 5 2 = 10:", " 5 5") == "5y 5n 5+5=10 "  # 5 is listed once
+        assert tasks.check_steps("pair 5 1 5 = 10:", " 5 5") == "5y 5y 5+5=10 "
+        assert tasks.check_steps("pair 5 1 5 = 10:", " 5 5 1") == "? "
+    settings = ExperimentSettings(**tasks.TASK_SETTINGS["pair_sum"])
     assert (settings.num_instruction_examples, settings.num_eft_prompts, settings.eft_epochs) == (1_500, 6_000, 4)
     assert (settings.eft_instruction_replay_share, settings.dpo_learning_rate) == (0.25, 3e-5)
     assert settings.eft_mistake_prompts == 6_000 and ExperimentSettings().eft_mistake_prompts == 0  # sort: off
@@ -191,10 +188,9 @@ def test_judge_refresh_replays_a_share_of_the_seed_judge_examples_after_each_ite
     (stage,) = judge_refresh(examples, ExperimentSettings(meta_judge_refresh_share=1.0), meta)
     assert stage.train_dataset == meta
 
-    example = load_example()
     for name in ("judge_refresh_share", "meta_judge_refresh_share"):
         with pytest.raises(ValueError, match=name):
-            ExperimentRunner(example.sort_digits_task(), ExperimentSettings(**{name: 1.5}), out_dir=tmp_path)
+            ExperimentRunner(tasks.sort_digits_task(), ExperimentSettings(**{name: 1.5}), out_dir=tmp_path)
 
 
 def test_the_runner_puts_the_judge_refresh_after_every_arms_preference_stage(tmp_path, monkeypatch):
@@ -205,8 +201,9 @@ def test_the_runner_puts_the_judge_refresh_after_every_arms_preference_stage(tmp
 
     import self_rewarding_lm_pytorch.experiment.runner as experiment
     from self_rewarding_lm_pytorch import SFTConfig
+    from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
-    example = load_example()
     judge_examples = [(torch.tensor([1, 2, 3]), 1)] * 8
     plans = []
 
@@ -222,9 +219,9 @@ def test_the_runner_puts_the_judge_refresh_after_every_arms_preference_stage(tmp
     monkeypatch.setattr(experiment, "SelfRewardingTrainer", RecordingTrainer)
     monkeypatch.setattr(experiment, "measure", lambda *args: dict(exact_match=0.5, judge_bacc=0.5))
     monkeypatch.setattr(experiment.ExperimentRunner, "seed_model", lambda self, *args: (nn.Linear(1, 1), judge_examples, []))
-    arms = [arm for arm in experiment.DEFAULT_ARMS if arm.name in ("self_judge", "random")]
-    settings = experiment.ExperimentSettings(seeds=(0,), prompts_per_iteration=4, judge_refresh_share=0.5)
-    experiment.ExperimentRunner(example.sort_digits_task(), settings, arms, tmp_path, show_progress=False).run()
+    arms = [arm for arm in DEFAULT_ARMS if arm.name in ("self_judge", "random")]
+    settings = ExperimentSettings(seeds=(0,), prompts_per_iteration=4, judge_refresh_share=0.5)
+    experiment.ExperimentRunner(tasks.sort_digits_task(), settings, arms, tmp_path, show_progress=False).run()
     assert plans == [["SelfRewardDPOConfig", "SFTConfig"]] * 2 + [["ExternalRewardDPOConfig", "SFTConfig"]] * 2
 
 
@@ -232,8 +229,9 @@ def test_every_trainer_of_the_run_gets_the_runners_accelerate_kwargs(tmp_path, m
     """The CPU by default (the recorded runs); `accelerate_kwargs={}` (the example's --gpu) reaches the seed model's
     trainers and every iteration's, not just the first."""
     import self_rewarding_lm_pytorch.experiment.runner as experiment
+    from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
-    example = load_example()
     seen = []
 
     class RecordingTrainer:
@@ -248,11 +246,11 @@ def test_every_trainer_of_the_run_gets_the_runners_accelerate_kwargs(tmp_path, m
     monkeypatch.setattr(experiment, "own_answer_judge_examples", lambda *args, **kwargs: type(
         "JudgeSet", (), dict(examples=[], labelled=[], target_counts={}, label_counts_before_balancing={},
                              answers_sampled=0, distinct_answers=0))())
-    arms = [arm for arm in experiment.DEFAULT_ARMS if arm.name == "random"]
-    settings = experiment.ExperimentSettings(seeds=(0,), prompts_per_iteration=4, iterations=2)
-    assert experiment.ExperimentRunner(example.sort_digits_task(), settings, arms, tmp_path).accelerate_kwargs == dict(cpu=True)
+    arms = [arm for arm in DEFAULT_ARMS if arm.name == "random"]
+    settings = ExperimentSettings(seeds=(0,), prompts_per_iteration=4, iterations=2)
+    assert experiment.ExperimentRunner(tasks.sort_digits_task(), settings, arms, tmp_path).accelerate_kwargs == dict(cpu=True)
     (tmp_path / "seed-0").mkdir()  # the trainer that is replaced here would make it
-    experiment.ExperimentRunner(example.sort_digits_task(), settings, arms, tmp_path, show_progress=False,
+    experiment.ExperimentRunner(tasks.sort_digits_task(), settings, arms, tmp_path, show_progress=False,
                                 accelerate_kwargs={}).run()
     assert seen == [{}] * 4  # the seed model's two plans, then the two iterations
 
@@ -260,11 +258,11 @@ def test_every_trainer_of_the_run_gets_the_runners_accelerate_kwargs(tmp_path, m
 def test_the_example_cli_passes_model_size_device_and_int_settings_to_the_runner(tmp_path, monkeypatch):
     """`--dim/--depth` size the task's model, `--gpu` is refused where torch sees no GPU (no silent CPU run), and
     `--set` gives `int | None` settings ints."""
-    import sys
-
     import torch
 
-    example = load_example()
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "examples"))
+    import self_improvement as example
+
     runs = []
 
     class RecordingRunner:
@@ -276,18 +274,15 @@ def test_the_example_cli_passes_model_size_device_and_int_settings_to_the_runner
 
     monkeypatch.setattr(example, "ExperimentRunner", RecordingRunner)
     monkeypatch.setattr(example, "write_report", lambda *args, **kwargs: "")
-    argv = ["self_improvement.py", "--task", "pair_sum", "--dim", "32", "--depth", "1", "--out", str(tmp_path),
-            "--set", "meta_num_judge_pairs=5"]
-    monkeypatch.setattr(sys, "argv", argv)
-    example.main()
+    argv = ["--task", "pair_sum", "--dim", "32", "--depth", "1", "--out", str(tmp_path), "--set", "meta_num_judge_pairs=5"]
+    example.main(argv)
     task, settings, accelerate_kwargs = runs[0]
     model = task.make_model(0)
     assert model.attn_layers.layers[0][1].to_q.in_features == 32 and len(model.attn_layers.layers) == 2  # attn + ff
     assert settings.meta_num_judge_pairs == 5 and accelerate_kwargs == dict(cpu=True)
     if not torch.cuda.is_available():
-        monkeypatch.setattr(sys, "argv", [*argv, "--gpu"])
         with pytest.raises(SystemExit):
-            example.main()
+            example.main([*argv, "--gpu"])
 
 
 def test_the_judge_mistake_round_trains_a_third_seed_stage_on_the_judges_mistakes_and_resumes(tmp_path):
@@ -302,9 +297,8 @@ def test_the_judge_mistake_round_trains_a_third_seed_stage_on_the_judges_mistake
     from self_rewarding_lm_pytorch.experiment.runner import ExperimentRunner
     from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
-    example = load_example()
     # a tiny model, and a checker that splits its answers (by their characters) so that both judge labels occur
-    task = replace(example.sort_digits_task(dim=16, depth=1),
+    task = replace(tasks.sort_digits_task(dim=16, depth=1),
                    checker=lambda prompt, response: sum(map(ord, response)) % 2 == 0)
     settings = ExperimentSettings(seeds=(0,), num_instruction_examples=16, sft_epochs=1, num_eft_prompts=8,
                                   eft_samples_per_prompt=2, eft_temperatures=(1.0,), eft_mistake_prompts=6,
@@ -335,9 +329,10 @@ def test_meta_judge_repeats_put_the_meta_judge_examples_that_many_times_in_the_j
     from dataclasses import replace
 
     from self_rewarding_lm_pytorch.experiment import runner as experiment
+    from self_rewarding_lm_pytorch.experiment.arms import OPTIONAL_ARMS
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
-    example = load_example()
-    task = replace(example.sort_digits_task(dim=16, depth=1),  # both labels occur: a checker by the answer's characters
+    task = replace(tasks.sort_digits_task(dim=16, depth=1),  # both labels occur: a checker by the answer's characters
                    checker=lambda prompt, response: sum(map(ord, response)) % 2 == 0)
     stage_sizes = {}
 
@@ -349,10 +344,10 @@ def test_meta_judge_repeats_put_the_meta_judge_examples_that_many_times_in_the_j
             stage_sizes[repeats] = [len(config.train_dataset) for config in self.configs]
 
     monkeypatch.setattr(experiment, "SelfRewardingTrainer", RecordingTrainer)
-    settings = experiment.ExperimentSettings(seeds=(0,), num_instruction_examples=16, sft_epochs=1, num_eft_prompts=8,
+    settings = ExperimentSettings(seeds=(0,), num_instruction_examples=16, sft_epochs=1, num_eft_prompts=8,
                                              eft_samples_per_prompt=2, eft_temperatures=(1.0,))
     for repeats in (1, 3):
-        runner = experiment.ExperimentRunner(task, replace(settings, meta_judge_repeats=repeats), experiment.OPTIONAL_ARMS,
+        runner = experiment.ExperimentRunner(task, replace(settings, meta_judge_repeats=repeats), OPTIONAL_ARMS,
                                              tmp_path / str(repeats), show_progress=False)
         (tmp_path / str(repeats) / "seed-0").mkdir(parents=True)  # the trainer that is replaced here would make it
         runner.seed_model(0, tmp_path / str(repeats) / "seed-0", held_out=set())
@@ -361,37 +356,54 @@ def test_meta_judge_repeats_put_the_meta_judge_examples_that_many_times_in_the_j
     assert stage_sizes[1][0] == stage_sizes[3][0] == 16  # the instruction stage is the same
     assert stage_sizes[3][1] - stage_sizes[1][1] == 2 * meta_examples  # the judge stage: 2 more copies of the meta examples
     with pytest.raises(ValueError, match="meta_judge_repeats"):
-        experiment.ExperimentRunner(task, replace(settings, meta_judge_repeats=0), experiment.OPTIONAL_ARMS, tmp_path)
+        experiment.ExperimentRunner(task, replace(settings, meta_judge_repeats=0), OPTIONAL_ARMS, tmp_path)
 
 
 def test_pair_sum_wrong_look_ups_flip_either_look_up_that_decides_the_score():
     """`--meta-wrong-look-ups`: the meta-judge's extra wrong judgements are the judge's real error, a wrong look-up."""
-    example = load_example()
     # a right answer: one of its digits called unlisted, so "Score: 0"; which one is fixed by a checksum of the text
     # (crc32, the same in every process, unlike hash()), and both positions occur
-    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 5 7", True) == "5n 7y 5+7=12 Score: 0"
-    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 9:", " 8 1", True) == "8y 1n 8+1=9 Score: 0"
+    assert tasks.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 5 7", True) == "5n 7y 5+7=12 Score: 0"
+    assert tasks.wrong_look_up("pair 3 7 1 8 5 2 = 9:", " 8 1", True) == "8y 1n 8+1=9 Score: 0"
     # a wrong answer with the right sum and an unlisted digit (9): called listed, so "Score: 5", the blind spot
-    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 9", False) == "3y 9y 3+9=12 Score: 5"
+    assert tasks.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 9", False) == "3y 9y 3+9=12 Score: 5"
     # a wrong sum: no look-up error changes the score; malformed: no look-ups at all
-    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 7", False) is None
-    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 37", False) is None
-    assert example.pair_sum_task(reasoned_judge=True, meta_wrong_look_ups=True).meta_wrong_judgement is example.wrong_look_up
+    assert tasks.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 7", False) is None
+    assert tasks.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 37", False) is None
+    assert tasks.pair_sum_task(reasoned_judge=True, meta_wrong_look_ups=True).meta_wrong_judgement is tasks.wrong_look_up
     # `--judge-compares-target`: the judge also writes the target and whether the sum is it; the wrong look-ups keep it
-    assert example.check_steps("pair 3 7 1 8 5 2 = 12:", " 5 7", compare_target=True) == "5y 7y 5+7=12 t12y "
-    assert example.check_steps("pair 9 2 3 6 4 8 = 6:", " 1 3", compare_target=True) == "1n 3y 1+3=4 t6n "
-    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 5 7", True, compare_target=True) == "5n 7y 5+7=12 t12y Score: 0"
-    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 9", False, compare_target=True) == "3y 9y 3+9=12 t12y Score: 5"
-    assert example.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 7", False, compare_target=True) is None
+    assert tasks.check_steps("pair 3 7 1 8 5 2 = 12:", " 5 7", compare_target=True) == "5y 7y 5+7=12 t12y "
+    assert tasks.check_steps("pair 9 2 3 6 4 8 = 6:", " 1 3", compare_target=True) == "1n 3y 1+3=4 t6n "
+    assert tasks.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 5 7", True, compare_target=True) == "5n 7y 5+7=12 t12y Score: 0"
+    assert tasks.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 9", False, compare_target=True) == "3y 9y 3+9=12 t12y Score: 5"
+    assert tasks.wrong_look_up("pair 3 7 1 8 5 2 = 12:", " 3 7", False, compare_target=True) is None
     with pytest.raises(ValueError, match="judge_compares_target"):
-        example.pair_sum_task(judge_compares_target=True)
-    task = example.pair_sum_task(reasoned_judge=True, meta_wrong_look_ups=True, judge_compares_target=True, max_seq_len=100)
-    judgement = example.check_steps("pair 3 7 1 8 5 2 = 12:", " 5 7", compare_target=True) + "Score: 5"
+        tasks.pair_sum_task(judge_compares_target=True)
+    task = tasks.pair_sum_task(reasoned_judge=True, meta_wrong_look_ups=True, judge_compares_target=True, max_seq_len=100)
+    judgement = tasks.check_steps("pair 3 7 1 8 5 2 = 12:", " 5 7", compare_target=True) + "Score: 5"
     assert len(judgement) + 1 <= task.judge_max_new_tokens  # with its EOS
     # the stage's own check: the longest prompt, an answer and two judgements at their budgets, and the verdict
     meta_prompt = task.meta_judge_config.render(max(task.prompts(200, 0), key=len), "", "", "")
     budget = task.max_new_tokens + 2 * task.judge_max_new_tokens + task.meta_judge_max_new_tokens
     assert len(task.encode(meta_prompt)) + budget <= task.max_seq_len
-    assert example.pair_sum_task(reasoned_judge=True).meta_wrong_judgement is None  # the recorded meta runs
+    assert tasks.pair_sum_task(reasoned_judge=True).meta_wrong_judgement is None  # the recorded meta runs
     with pytest.raises(ValueError, match="only the reasoned judge writes look-ups"):
-        example.pair_sum_task(meta_wrong_look_ups=True)
+        tasks.pair_sum_task(meta_wrong_look_ups=True)
+
+
+def test_read_settings_reads_a_run_folders_settings_and_refuses_a_setting_it_cannot_reproduce(tmp_path):
+    """`read_settings` (judge_shift.py, meta_judge_check.py): a settings.json as the runner writes it; a field that
+    ExperimentSettings does not have is read only at the value that leaves the run as the settings describe it."""
+    from dataclasses import asdict
+
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings, read_settings
+
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(asdict(ExperimentSettings(num_candidates=2, judge_temperature=0.7))))
+    settings = read_settings(path)
+    assert (settings.num_candidates, settings.judge_temperature) == (2, 0.7)
+    path.write_text(json.dumps(dict(num_candidates=2, meta_dissent_judgements=0, meta_dissent_temperature=None)))
+    assert read_settings(path).num_candidates == 2
+    path.write_text(json.dumps(dict(meta_dissent_judgements=4)))
+    with pytest.raises(ValueError, match="meta_dissent_judgements is not an ExperimentSettings field"):
+        read_settings(path)

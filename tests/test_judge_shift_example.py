@@ -16,11 +16,9 @@ def run_script(run: Path, seed: int) -> subprocess.CompletedProcess:
 
 
 def test_judge_shift_reads_a_run_folder_and_finds_no_disagreement_between_identical_judges(tmp_path):
-    sys.path.insert(0, str(EXAMPLES))
-    from self_improvement import TASKS
-
-    from self_rewarding_lm_pytorch.storage.checkpoint import save_checkpoint
     from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
+    from self_rewarding_lm_pytorch.experiment.tasks import TASKS
+    from self_rewarding_lm_pytorch.storage.checkpoint import save_checkpoint
 
     (tmp_path / "settings.json").write_text(json.dumps(dict(num_candidates=2, num_judge_eval_prompts=3, eval_split_seed=7)))
     model, accelerator = TASKS["pair_sum"]().make_model(0), Accelerator(cpu=True)
@@ -40,9 +38,7 @@ def test_judge_shift_reads_a_run_folder_and_finds_no_disagreement_between_identi
 
 
 def test_meta_judge_check_reads_a_run_folder_and_asks_both_kinds_of_pair_in_both_orders(tmp_path):
-    sys.path.insert(0, str(EXAMPLES))
-    from self_improvement import TASKS
-
+    from self_rewarding_lm_pytorch.experiment.tasks import TASKS
     from self_rewarding_lm_pytorch.storage.checkpoint import save_checkpoint
 
     (tmp_path / "settings.json").write_text(json.dumps(dict(num_candidates=2, num_judge_eval_prompts=3, eval_split_seed=7)))

@@ -185,6 +185,51 @@ def test_own_answer_judge_examples_are_labelled_once_balanced_and_parse(make_tra
                                   tokenizer_decode=TOKENIZER.decode, max_new_tokens=2)
 
 
+def test_own_answer_judge_examples_sample_through_the_given_backend(make_transformer):
+    """`sampler`: the answers come from the generation backend passed in (a vLLM one for judge data from a
+    HuggingFace model), which is released once they are sampled; the default is the library's own sampler, draw for
+    draw."""
+    from self_rewarding_lm_pytorch.generation.backend import LibrarySampler
+
+    model = make_transformer(seed=0, num_tokens=CharTokenizer.num_tokens, max_seq_len=64, dim=16)
+    reward_config = RewardConfig(prompt_template="judge {{ prompt }}{{ response }}|", reward_regex_template="Score: {{ reward }}")
+    prompts = SortDigitsTask(seed=0).prompts(6)
+
+    class Recording(LibrarySampler):
+        def __init__(self, answers=None):
+            self.calls, self.released, self.answers = [], 0, answers
+
+        def __call__(self, net, prompts, seq_len=None, *args, **kwargs):
+            self.calls.append(dict(kwargs, rows=len(prompts)))
+            if self.answers is None:
+                return super().__call__(net, prompts, seq_len, *args, **kwargs)
+            rows = [TOKENIZER.encode(self.answers[i % 2]) for i in range(len(prompts) * kwargs["num_samples"])]
+            return torch.stack(rows)
+
+        def release(self):
+            self.released += 1
+
+    def make(**kwargs):
+        return own_answer_judge_examples(model, prompts, labeller=lambda p, r: sum(map(ord, r)) % 2 == 0,
+                                         reward_config=reward_config,
+                                         tokenizer_encode=TOKENIZER.encode, tokenizer_decode=TOKENIZER.decode,
+                                         num_samples=2, max_new_tokens=4, temperature=(0.0, 1.0), batch_size=4,
+                                         eos_id=TOKENIZER.eos_id, seed=3, **kwargs)
+
+    canned = Recording(answers=(" 1", " 2"))
+    judge_set = make(sampler=canned)
+    assert sorted({answer for _, answer, _ in judge_set.labelled}) == [" 1", " 2"]  # only the backend's answers
+    assert [(c["temperature"], c["num_samples"], c["rows"], c["generator"]) for c in canned.calls] == [
+        (0.0, 1, 4, 3), (0.0, 1, 2, 7), (1.0, 2, 4, 3), (1.0, 2, 2, 7)]  # per batch: greedy once, sampled twice
+    assert canned.released == 1
+
+    wrapped = Recording()
+    default, through = make(), make(sampler=wrapped)
+    assert len(wrapped.calls) == 4 and wrapped.released == 1
+    assert through.labelled == default.labelled
+    assert all(torch.equal(a, b) and n == m for (a, n), (b, m) in zip(through.examples, default.examples, strict=True))
+
+
 def test_self_consistency_stage_end_to_end(make_transformer, tmp_path):
     """Votes from a tiny model's own samples make pairs; the stage trains on them with margin weights."""
     from self_rewarding_lm_pytorch import SelfRewardingTrainer

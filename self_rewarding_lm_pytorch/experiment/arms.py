@@ -60,7 +60,6 @@ def meta_reward_arm(prompts, task, settings):
         num_judgements=settings.num_judgements, judge_max_new_tokens=task.judge_max_new_tokens,
         judge_temperature=judgement_temperature(settings), judge_top_p=None, meta_judge_max_new_tokens=task.meta_judge_max_new_tokens,
         meta_judge_temperature=settings.meta_judge_temperature, length_control=settings.length_control,
-        dissent_judgements=settings.meta_dissent_judgements, dissent_temperature=settings.meta_dissent_temperature,
         num_judge_pairs=settings.meta_num_judge_pairs,
         **settings.pair_kwargs(task, settings.num_judged_candidates),
         **settings.dpo_kwargs(),

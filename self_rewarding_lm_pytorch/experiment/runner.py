@@ -42,25 +42,9 @@ from self_rewarding_lm_pytorch.judging.eft import (
     own_answer_judge_examples,
     two_point_targets,
 )
-from self_rewarding_lm_pytorch.experiment.arms import (  # noqa: F401  (public here too)
-    DEFAULT_ARMS,
-    OPTIONAL_ARMS,
-    Arm,
-    checker_arm,
-    meta_reward_arm,
-    random_arm,
-    self_consistency_arm,
-    self_judge_agreeing_arm,
-    self_judge_arm,
-)
+from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS, Arm
+from self_rewarding_lm_pytorch.experiment.measure import measure
 from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings, ExperimentTask
-from self_rewarding_lm_pytorch.experiment.measure import (  # noqa: F401  (public here too)
-    balanced_accuracy,
-    judge_scores_of,
-    measure,
-    sampled_answers,
-    says_right,
-)
 
 # the run
 

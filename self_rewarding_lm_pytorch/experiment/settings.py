@@ -1,10 +1,14 @@
 """What the experiment runner (experiment/runner.py) is given: the task (`ExperimentTask`: a model, a tokenizer, data and a
-checker) and the sizes and hyperparameters every arm shares (`ExperimentSettings`)."""
+checker) and the sizes and hyperparameters every arm shares (`ExperimentSettings`, and `setting_value` to read one
+from text, as the command line's `--set NAME=VALUE`)."""
 
 from __future__ import annotations
 
+import json
+import typing
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import Tensor, nn
 
@@ -43,7 +47,7 @@ class ExperimentSettings:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     iterations: int = 2
     # seed model
-    num_instruction_examples: int = 700  # seed models at 0.8-0.9 exact match: a majority worth trusting (dev)
+    num_instruction_examples: int = 700  # a seed model whose majority answer is worth trusting
     sft_epochs: int = 4
     sft_learning_rate: float = 1e-3
     num_eft_prompts: int = 600
@@ -56,21 +60,21 @@ class ExperimentSettings:
     eft_instruction_replay_share: float = 1.0
     # a second round of judge training, on its blind spots: the trained seed judge judges the seed model's answers to
     # this many fresh seed prompts (labelled once by the checker, before iteration 1), and one more SFT stage trains
-    # on its mistakes, beside `eft_judged_right_per_mistake` times as many answers it judged right (fewer: it learns
-    # to refuse whatever looks like its mistakes, dev) and the instruction replay. An actor trained on the judge's
-    # rewards finds what the judge misses (docs/results.md). 0: off. Sampled hotter than `eft_temperatures`: more of
-    # the wrong answers a drifting actor will give
+    # on its mistakes, beside `eft_judged_right_per_mistake` times as many answers it judged right (so that it does
+    # not learn to refuse whatever looks like its mistakes) and the instruction replay: an actor trained on the
+    # judge's rewards finds what the judge misses. 0: off. Sampled hotter than `eft_temperatures`: more of the wrong
+    # answers a drifting actor will give
     eft_mistake_prompts: int = 0
     eft_mistake_temperatures: tuple[float, ...] = (0.4, 1.0)
     eft_judged_right_per_mistake: float = 4.0
     eft_mistake_epochs: int = 2
     # arms that train a meta-judge (meta_reward): each EFT epoch holds the meta-judge examples this many times, beside
-    # the judge examples once. Meta-Rewarding needs a meta-judge better than the judge it judges; trained as often as
-    # the judge, pair sum's was not (dev). Alone, the meta-judge examples erase the judge's format (dev)
+    # the judge examples once: Meta-Rewarding needs a meta-judge better than the judge it judges. Both kinds train in
+    # one stage, since the meta-judge examples alone erase the judge's format
     meta_judge_repeats: int = 1
     # the seed meta-judge examples with as many wrong judgements that wrongly pass an answer as wrongly fail one
-    # (`meta_judge_examples(balance_wrong_judgements=True)`); pair sum's task makes about 5 of the second for 1 of the
-    # first, and a meta-judge trained on that prefers the passing judgement of a wrong answer (dev round 7's seed 1)
+    # (`meta_judge_examples(balance_wrong_judgements=True)`): a task whose wrong judgements are mostly of one kind
+    # otherwise teaches the meta-judge to prefer the other kind's score whatever the reasoning
     meta_balance_wrong_judgements: bool = False
     # each preference iteration
     prompts_per_iteration: int = 768  # a strong model agrees with itself on most prompts: more prompts, enough pairs
@@ -79,20 +83,14 @@ class ExperimentSettings:
     num_judged_candidates: int = 4  # the LLM-judge arms (the paper's N = 4), each judged num_judgements times
     temperature: float = 0.4  # candidates (and judgements); a small model's samples at 0.7 are mostly wrong
     num_judgements: int = 3
-    # the LLM-judge arms' judgements (self_judge, self_judge_agree, meta_reward); None: `temperature`. A 0.99 judge at
-    # 0.4 almost never disagrees with itself, and Meta-Rewarding learns only from its disagreements
+    # the LLM-judge arms' judgements (self_judge, self_judge_agree, meta_reward); None: `temperature`. An accurate
+    # judge at a low temperature almost never disagrees with itself, and Meta-Rewarding learns only from disagreements
     judge_temperature: float | None = None
     min_vote_margin: float | None = 0.5
     length_control: float | None = None  # meta_reward's actor pairs: the paper's rho; None: best vs worst
     meta_judge_temperature: float = 0.0  # meta_reward's verdicts, one per order of each judgement pair
-    # meta_reward: judge the top-scored answer this many more times (at meta_dissent_temperature; None: the judgements'
-    # temperature) and meta-judge it instead of the most disputed one (MetaRewardDPOConfig.dissent_judgements). 0: the
-    # paper's plan. On pair sum it did not stop the judge's fall (dev, docs/results.md "After the test run")
-    meta_dissent_judgements: int = 0
-    meta_dissent_temperature: float | None = None
-    # meta_reward: at most this many judge pairs per iteration (None: `num_preference_pairs`, as many as actor pairs).
-    # More judge pairs than actor pairs, to teach the judge the actor's current errors faster than the actor moves,
-    # did not stop the judge's fall on pair sum (dev round 8, docs/results.md "After the test run")
+    # meta_reward: at most this many judge pairs per iteration (None: `num_preference_pairs`, as many as actor pairs);
+    # more teach the judge the actor's current errors faster
     meta_num_judge_pairs: int | None = None
     dpo_learning_rate: float = 1e-5
     dpo_beta: float = 0.1
@@ -101,12 +99,10 @@ class ExperimentSettings:
     nll_weight: float = 1.0
     # after each preference iteration, every arm alike: one SFT epoch, at the DPO learning rate, on this share of the
     # seed judge examples (made before iteration 1: no new labels), for a judge that its arm's training changes
-    # (meta_reward's judge pairs train it). 0: off, the paper's plan. On pair sum the self_judge arm's judgements do
-    # not change at all, and this does not help it (docs/results.md, "Why the judge's accuracy falls")
+    # (meta_reward's judge pairs train it). 0: off, the paper's plan
     judge_refresh_share: float = 0.0
     # the same for the seed meta-judge examples, in the same stage (runs with a meta-judge; every arm alike): the
-    # meta-judge is the same weights as the actor and the judge, and nothing else trains it after the seed model.
-    # On pair sum a tenth barely slowed its loss of accuracy (dev, docs/results.md "After the test run")
+    # meta-judge is the same weights as the actor and the judge, and nothing else trains it after the seed model
     meta_judge_refresh_share: float = 0.0
     # measurement
     num_eval_prompts: int = 400
@@ -127,3 +123,31 @@ class ExperimentSettings:
             prompt_batch_size=64, response_max_new_tokens=task.max_new_tokens, max_seq_len=task.max_seq_len,
             verifier=task.checker,
         )
+
+
+def setting_value(name: str, text: str):
+    """The value of `ExperimentSettings.<name>` written as `text` (`--set NAME=TEXT`), of the field's declared type:
+    `int | None` fields take ints, not floats, and bool fields "true" or "false" (bool("False") is True)."""
+    declared = typing.get_type_hints(ExperimentSettings)[name]
+    kinds = [kind for kind in typing.get_args(declared) if kind is not type(None)] or [declared]
+    if kinds[0] is bool:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"--set {name}={text}: ExperimentSettings.{name} is true or false")
+        return text.lower() == "true"
+    return kinds[0](text)
+
+
+# settings a run folder's settings.json may hold that ExperimentSettings does not: each is read only at the value that
+# leaves the run as ExperimentSettings describes it
+DROPPED_SETTINGS = dict(meta_dissent_judgements=0, meta_dissent_temperature=None)
+
+
+def read_settings(path: Path) -> ExperimentSettings:
+    """A runner's settings.json (`ExperimentRunner.run` writes it) as `ExperimentSettings`."""
+    values = json.loads(Path(path).read_text())
+    for name, off in DROPPED_SETTINGS.items():
+        if name in values and values.pop(name) != off:
+            raise ValueError(f"{path}: {name} is not an ExperimentSettings field, and this run set it (only "
+                             f"{name}={off!r} reads as these settings): read this folder with the library version "
+                             f"that wrote it")
+    return ExperimentSettings(**values)

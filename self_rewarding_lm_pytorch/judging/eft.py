@@ -28,7 +28,8 @@ from self_rewarding_lm_pytorch.data.fields import ExampleEncoder, SFTFields, Fie
 from self_rewarding_lm_pytorch.judging.judges import Candidates, SelfJudge, strip_response
 from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudgeConfig
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
-from self_rewarding_lm_pytorch.generation.sampling import sample, top_p
+from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, Sampler
+from self_rewarding_lm_pytorch.generation.sampling import top_p
 
 
 def two_point_targets(correct: str = "Score: 5", wrong: str = "Score: 0") -> Callable[[float | bool], str]:
@@ -88,6 +89,7 @@ def own_answer_judge_examples(
     batch_size: int = 64,
     seed: int = 0,
     show_progress: bool = True,
+    sampler: Sampler = LibrarySampler(),
 ) -> JudgeTrainingSet:
     """Sample `num_samples` answers per prompt from `model` (at each `temperature` when several are given: greedy
     and sampled answers are the two kinds the judge will see), label each distinct (prompt, answer) once with
@@ -100,7 +102,9 @@ def own_answer_judge_examples(
     label; when every answer gets the same target there is nothing to balance, and that is an error (a judge
     trained on one label can only say that label). Examples with a target the judge's `reward_config` cannot parse
     are refused: the judge would learn an answer that pair generation then cannot read. `show_progress`: a bar over
-    the sampling batches (pass False on every process but the main one)."""
+    the sampling batches (pass False on every process but the main one). `sampler`: the generation backend that
+    samples the answers (generation/backend.py; e.g. `make_sampler(VLLMConfig(...))` for a HuggingFace model), the
+    library's own sampler by default; it is released once the answers are sampled."""
     if not prompts:
         raise ValueError("own_answer_judge_examples got no prompts")
     if num_samples < 1 or batch_size < 1:
@@ -116,7 +120,7 @@ def own_answer_judge_examples(
     for t, start in tqdm(batches, desc="judge examples: answers", unit="batch", disable=not show_progress):
         chunk = list(prompts[start : start + batch_size])
         ids = [as_token_tensor(tokenizer_encode(p), "encoded prompt") for p in chunk]
-        out = sample(
+        out = sampler(
             model, ids, temperature=t,
             filter_fn=top_p if top_p_threshold is not None and t > 0 else None,
             filter_kwargs=dict(thres=top_p_threshold) if top_p_threshold is not None and t > 0 else None,
@@ -126,6 +130,7 @@ def own_answer_judge_examples(
         texts = [tokenizer_decode(strip_response(row.cpu(), pad_id, eos_id)) for row in out]
         per_prompt = len(texts) // len(chunk)
         answers += [(chunk[i // per_prompt], text) for i, text in enumerate(texts)]
+    sampler.release()
 
     # 2) each distinct answer labelled once, rendered as a judge prompt and its target
     distinct = list(dict.fromkeys(answers))
@@ -257,7 +262,7 @@ def meta_judge_examples(
     rationale. `wrong_judgement(prompt, answer, label)`: a whole wrong judgement with a wrong rationale of its own
     and the score that follows from it (e.g. a wrong look-up), the error a judge really makes; each answer it gives
     one for (None: none) adds one more pair of examples, both orders, so the meta-judge learns to check the
-    reasoning too. On pair sum a meta-judge trained without them named the first position on 99.6% of such pairs.
+    reasoning too, which pairs that share one rationale never make it do.
 
     `balance_wrong_judgements`: keep as many `wrong_judgement` pairs whose wrong judgement scores higher than the
     right one (a wrong pass) as pairs whose wrong judgement scores lower (a wrong fail), dropping a seeded sample of

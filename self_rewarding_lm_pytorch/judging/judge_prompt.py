@@ -138,7 +138,7 @@ class RewardConfig:
                 )
             return None if score is None or not math.isfinite(score) else float(score)
         # each whitespace run becomes one space, matched by ` ?` in the pattern: the same language as `\s*`, but a
-        # long run of spaces is no longer retried from every position (quadratic with a template like " {{ reward }}")
+        # long run of spaces is not retried from every position (quadratic with a template like " {{ reward }}")
         matches = self._pattern.findall(WHITESPACE.sub(" ", judge_output))
         if not matches:
             return None
