@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 from pathlib import Path
 
@@ -89,29 +89,16 @@ class SelfPlayConfig(TrainingLoopOptions):
             raise ValueError("SelfPlayConfig.valid_every is set but there is no valid_sft_dataset to evaluate on: pass "
                              "a valid_sft_dataset, or leave valid_every at None")
         check_sampling_settings(self, "temperature", "top_p")
-        self.dpo_config()  # the loss settings in spin_kwargs are checked by DPOConfig itself, now
+        self.dpo_config()  # DPOConfig checks the loss settings of spin_kwargs as it is built
 
     def dpo_config(self) -> DPOConfig:
+        """The DPO settings of an iteration: the loss from `spin_kwargs` (β = λ) and this stage's loop options."""
         loss = dict(self.spin_kwargs)
         beta = loss.pop("λ", 0.1)
-        return DPOConfig(
-            beta=beta,
-            **loss,
-            batch_size=self.batch_size,
-            grad_accum_steps=self.grad_accum_steps,
-            num_train_steps=self.num_train_steps,
-            num_epochs=None if self.num_train_steps else self.num_epochs,
-            learning_rate=self.learning_rate,
-            end_learning_rate=self.end_learning_rate or self.learning_rate,
-            warmup_steps=self.warmup_steps,
-            weight_decay=self.weight_decay,
-            max_grad_norm=self.max_grad_norm,
-            adam_kwargs=self.adam_kwargs,
-            dropout=self.dropout,
-            valid_every=self.valid_every,
-            checkpoint_every=self.checkpoint_every,
-            skip_nonfinite_steps=self.skip_nonfinite_steps,
-        )
+        loop = {f.name: getattr(self, f.name) for f in fields(TrainingLoopOptions)}
+        loop.update(num_epochs=None if self.num_train_steps else self.num_epochs,  # num_train_steps replaces epochs
+                    end_learning_rate=self.end_learning_rate or self.learning_rate)  # None: constant
+        return DPOConfig(beta=beta, **loss, **loop)
 
 
 class SPINTrainer:
