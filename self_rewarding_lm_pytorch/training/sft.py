@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import torch
@@ -33,11 +33,12 @@ class SFTConfig(TrainingLoopOptions):
 
     train_dataset: Dataset
     valid_dataset: Dataset | None = None
-    valid_batch_size: int | None = field(default=None, kw_only=True)  # None: batch_size
-    grad_accum_steps: int = field(default=2, kw_only=True)
-    num_epochs: int | None = field(default=1, kw_only=True)
-    learning_rate: float = field(default=5.5e-6, kw_only=True)
-    end_learning_rate: float = field(default=1.1e-6, kw_only=True)
+    _: KW_ONLY  # the datasets may be positional, every other field is a keyword
+    valid_batch_size: int | None = None  # None: batch_size
+    grad_accum_steps: int = 2
+    num_epochs: int | None = 1
+    learning_rate: float = 5.5e-6
+    end_learning_rate: float = 1.1e-6
 
     def __post_init__(self):
         self.check_training_loop()
