@@ -9,12 +9,15 @@ from torch import Tensor
 
 from self_rewarding_lm_pytorch.pairs.selection import PairFilter, best_and_worst, is_finite_reward
 from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings
+from self_rewarding_lm_pytorch.training.options import check_at_least_one
 
 
 @dataclass(kw_only=True)
 class PairGenerationConfig:
     """How a stage makes its preference pairs, whoever judges. Defaults follow the paper: N = 4 candidates
-    sampled at temperature 0.7 and top-p 0.9, best vs worst. (The judge's own settings live with the judge.)"""
+    sampled at temperature 0.7 and top-p 0.9, best vs worst. (The judge's own settings live with the judge.)
+
+    The pair-generation fields of every preference stage (stages/configs.py), which inherit them from here."""
 
     num_preference_pairs: int
     num_candidate_responses: int = 4
@@ -33,28 +36,28 @@ class PairGenerationConfig:
     verifier: Callable[[str, str], float | bool] | None = None  # diagnostics only: how often the judge agrees
 
     def __post_init__(self):
-        positive = ("num_preference_pairs", "num_candidate_responses", "prompt_batch_size", "response_max_new_tokens",
-                    "fail_fast_after_prompts")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
+        self.check_pair_generation()
+
+    def check_pair_generation(self):
+        """Raise for pair-generation settings that cannot make pairs. Every config that makes pairs (this one and
+        the preference stages) runs it from its `__post_init__`; it makes `pair_filters` a tuple."""
+        name = type(self).__name__
+        check_at_least_one(self, "num_preference_pairs", "num_candidate_responses", "prompt_batch_size",
+                           "response_max_new_tokens", "fail_fast_after_prompts")
         if self.num_candidate_responses < 2:
-            raise ValueError(
-                f"{type(self).__name__}.num_candidate_responses must be >= 2 to form a pair, got {self.num_candidate_responses}"
-            )
+            raise ValueError(f"{name}.num_candidate_responses must be >= 2 to form a pair, got {self.num_candidate_responses}")
         check_sampling_settings(self, "temperature", "top_p")
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise ValueError(f"{type(self).__name__}.max_prompts must be >= 1 or None, got {self.max_prompts}")
+        check_at_least_one(self, "max_prompts", optional=True)
         if self.max_seq_len is not None and self.max_seq_len < 2:
-            raise ValueError(f"{type(self).__name__}.max_seq_len must be >= 2 or None, got {self.max_seq_len}")
-        for name in ("is_valid_reward", "pick_paired_rewards", "is_valid_reward_pair", "verifier"):
-            value = getattr(self, name)
+            raise ValueError(f"{name}.max_seq_len must be >= 2 or None (the model's max_seq_len), got {self.max_seq_len}")
+        for field_name in ("is_valid_reward", "pick_paired_rewards", "is_valid_reward_pair", "verifier"):
+            value = getattr(self, field_name)
             if value is not None and not callable(value):
-                raise TypeError(f"{type(self).__name__}.{name} must be callable, got a {type(value).__name__}")
+                raise TypeError(f"{name}.{field_name} must be callable, got a {type(value).__name__}")
         self.pair_filters = tuple(self.pair_filters)
         for i, pair_filter in enumerate(self.pair_filters):
             if not (callable(pair_filter) and isinstance(getattr(pair_filter, "name", None), str)):
                 raise TypeError(
-                    f"{type(self).__name__}.pair_filters[{i}] must be a callable with a `name` (e.g. JudgementsAgree(), "
+                    f"{name}.pair_filters[{i}] must be a callable with a `name` (e.g. JudgementsAgree(), "
                     f"MarginAtLeast(0.25)), got {type(pair_filter).__name__}"
                 )

@@ -1,13 +1,15 @@
 """Stage configs of the orchestrator, beyond `SFTConfig` (training/sft.py) and `SelfPlayConfig` (training/spin.py).
 
-A preference stage makes its pairs, then trains DPO on them, so its config is a `PairGenerationConfig` and a
-`DPOConfig` in one flat dataclass, plus what says who judges: the model itself (`SelfRewardDPOConfig`) or a
-reward model / function (`ExternalRewardDPOConfig`). Everything is validated at construction.
+A preference stage makes its pairs, then trains DPO on them. Its config is a `PreferenceStageConfig`: the
+pair-generation fields (`PairGenerationConfig`) and the DPO fields (`DPOConfig`) as flat keyword arguments, plus
+what says who judges: the model itself (`SelfRewardDPOConfig`, `MetaRewardDPOConfig`), a reward model or function
+(`ExternalRewardDPOConfig`), or a vote of the candidates (`SelfConsistencyDPOConfig`). Each stage kind validates
+itself in its one `__post_init__`, at construction. `pair_settings` gives the fields that make a stage's pairs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Hashable
 
 from torch import nn
@@ -21,40 +23,69 @@ from self_rewarding_lm_pytorch.pairs.selection import MarginAtLeast, best_and_wo
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings
 from self_rewarding_lm_pytorch.judging.self_consistency import stripped_response
+from self_rewarding_lm_pytorch.training.options import check_at_least_one
 from self_rewarding_lm_pytorch.training.sft import SFTConfig
 from self_rewarding_lm_pytorch.training.spin import SelfPlayConfig
 
-
-def check_preference_stage(config):
-    """What both preference stages need beyond their two parents' own checks."""
-    name = type(config).__name__
-    check_non_empty(config.prompt_dataset, f"{name}.prompt_dataset")
-    PairGenerationConfig.__post_init__(config)
-    DPOConfig.__post_init__(config)
-    if config.temperature == 0:
-        raise ValueError(
-            f"{name}.temperature is 0 (greedy): the {config.num_candidate_responses} candidates of a prompt would all be "
-            f"the same text, and a pair of the same text is dropped, so the stage would make no pair. Sample with a "
-            f"temperature > 0 (the paper uses 0.7)"
-        )
-    if config.precompute_reference is not None:
-        raise ValueError(
-            f"{name}.precompute_reference does not apply: pair generation stores the reference log-probs with the pairs"
-        )
-    if config.valid_every is not None:
-        raise ValueError(
-            f"{name}.valid_every has nothing to validate on: a preference stage makes its own pairs. Judge held-out "
-            f"performance with an early_stopper, or the trainer's evaluate hook"
-        )
+DEFAULT_REWARD_MODEL_BATCH_SIZE = 32
 
 
 @dataclass(kw_only=True)
-class SelfRewardDPOConfig(PairGenerationConfig, DPOConfig):
+class PreferenceStageConfig(PairGenerationConfig, DPOConfig):
+    """What every preference stage has: the prompts it answers (`prompt_dataset`), how it makes pairs from the
+    answers (`PairGenerationConfig`'s fields) and how it trains on them (`DPOConfig`'s fields). Each stage kind
+    subclasses it and runs `check_preference_stage()` first in its own `__post_init__`."""
+
+    prompt_dataset: Dataset
+
+    def __post_init__(self):
+        self.check_preference_stage()
+
+    def check_preference_stage(self):
+        """Both groups' checks, and what a stage that makes its own pairs adds to them."""
+        name = type(self).__name__
+        check_non_empty(self.prompt_dataset, f"{name}.prompt_dataset")
+        self.check_pair_generation()
+        self.check_dpo_training()
+        if self.temperature == 0:
+            raise ValueError(
+                f"{name}.temperature is 0 (greedy): the {self.num_candidate_responses} candidates of a prompt would all be "
+                f"the same text, and a pair of the same text is dropped, so the stage would make no pair. Sample with a "
+                f"temperature > 0 (the paper uses 0.7)"
+            )
+        if self.precompute_reference is not None:
+            raise ValueError(
+                f"{name}.precompute_reference does not apply: pair generation stores the reference log-probs with the "
+                f"pairs; leave it at None"
+            )
+        if self.valid_every is not None:
+            raise ValueError(
+                f"{name}.valid_every has nothing to validate on: a preference stage makes its own pairs. Judge held-out "
+                f"performance with an early_stopper, or the trainer's evaluate hook"
+            )
+
+
+# DPO's training settings: they change how a stage trains on its pairs, not the pairs. logp_reduction is not one of
+# them, since the pairs store reference log-probs reduced by it.
+_DPO_TRAINING_ONLY = frozenset(f.name for f in fields(DPOConfig)) - {"logp_reduction"}
+
+
+def pair_settings(config: PreferenceStageConfig) -> dict[str, object]:
+    """The fields of a preference stage config that make its pairs, by name: every field except DPO's training-only
+    ones (the loop, the optimiser, the loss, early stopping; `logp_reduction` is kept: the stored reference log-probs
+    use it). Two stages with equal pair settings, run from the same weights, seed and judge, make the same pairs."""
+    if not isinstance(config, PreferenceStageConfig):
+        raise TypeError(f"pair_settings takes a preference stage config (e.g. SelfRewardDPOConfig), got a "
+                        f"{type(config).__name__}, which makes no pairs")
+    return {f.name: getattr(config, f.name) for f in fields(config) if f.name not in _DPO_TRAINING_ONLY}
+
+
+@dataclass(kw_only=True)
+class SelfRewardDPOConfig(PreferenceStageConfig):
     """One self-rewarding iteration (Yuan et al. 2024, section 2): the model answers `prompt_dataset`, judges its
     own answers `num_judgements` times each with the LLM-as-a-judge prompt, and is trained by DPO on best-vs-worst
     pairs. `reward_config` None uses the trainer's `self_reward_prompt_config` (the paper's prompt by default)."""
 
-    prompt_dataset: Dataset
     reward_config: RewardConfig | None = None
     num_judgements: int = 3
     judge_max_new_tokens: int = 256  # the judge's answer budget, on top of its (long) prompt
@@ -63,10 +94,12 @@ class SelfRewardDPOConfig(PairGenerationConfig, DPOConfig):
     judge_batch_size: int = 16  # candidates judged per sampler call (x num_judgements rows): bounds memory
 
     def __post_init__(self):
-        check_preference_stage(self)
-        for name in ("num_judgements", "judge_max_new_tokens", "judge_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
+        self.check_preference_stage()
+        self.check_self_judge()
+
+    def check_self_judge(self):
+        """The settings of the model as its own judge."""
+        check_at_least_one(self, "num_judgements", "judge_max_new_tokens", "judge_batch_size")
         check_sampling_settings(self, "judge_temperature", "judge_top_p")
 
 
@@ -77,15 +110,10 @@ class MetaRewardDPOConfig(SelfRewardDPOConfig):
     the judgements of the answer they disagree on most, every pair in both orders (`meta_judge_config`; None: the
     paper's prompt). Judge pairs: the best vs the worst judgement by Elo rating (fitted to the position-weighted
     verdicts, pairs/meta_rules.py), dropped when both give the same score or their ratings (log-odds units) differ by
-    less than `min_meta_margin`. Actor pairs as in `SelfRewardDPOConfig`; with
-    `length_control` rho in [0, 1), the shortest candidate scored within rho x (best - worst) of the best is chosen
-    (the paper's length control; None: best vs worst). Up to `num_preference_pairs` actor pairs and
-    `num_judge_pairs` judge pairs (None: as many as actor pairs) train together in one DPO run.
-
-    `dissent_judgements` > 0 departs from the paper: the meta-judged answer is each prompt's top-scored one (what the
-    actor pair is trained towards, unless `length_control` picks a shorter one), judged that many more times at `dissent_temperature` (None: `judge_temperature`),
-    and its K + dissent judgements are meta-judged. The paper's choice never meta-judges an answer its K judgements
-    all score alike, which is where an actor finds its judge's consistent errors (docs/results.md)."""
+    less than `min_meta_margin`. Actor pairs as in `SelfRewardDPOConfig`; with `length_control` rho in [0, 1), the
+    shortest candidate scored within rho x (best - worst) of the best is chosen (the paper's length control; None:
+    best vs worst). Up to `num_preference_pairs` actor pairs and `num_judge_pairs` judge pairs (None: as many as
+    actor pairs) train together in one DPO run."""
 
     meta_judge_config: MetaJudgeConfig | None = None
     num_judge_pairs: int | None = None
@@ -95,11 +123,10 @@ class MetaRewardDPOConfig(SelfRewardDPOConfig):
     meta_judge_batch_size: int = 16
     min_meta_margin: float | None = None
     length_control: float | None = None
-    dissent_judgements: int = 0
-    dissent_temperature: float | None = None
 
     def __post_init__(self):
-        super().__post_init__()
+        self.check_preference_stage()
+        self.check_self_judge()
         name = type(self).__name__
         if self.meta_judge_config is None:
             self.meta_judge_config = MetaJudgeConfig()
@@ -110,17 +137,11 @@ class MetaRewardDPOConfig(SelfRewardDPOConfig):
                              f"got {self.num_judgements}")
         if self.num_judge_pairs is None:
             self.num_judge_pairs = self.num_preference_pairs
-        for field in ("num_judge_pairs", "meta_judge_max_new_tokens", "meta_judge_batch_size"):
-            value = getattr(self, field)
+        for field_name in ("num_judge_pairs", "meta_judge_max_new_tokens", "meta_judge_batch_size"):
+            value = getattr(self, field_name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}.{field} must be an int >= 1, got {value!r}")
+                raise ValueError(f"{name}.{field_name} must be an int >= 1, got {value!r}")
         check_sampling_settings(self, "meta_judge_temperature", "meta_judge_top_p")
-        if self.dissent_judgements < 0:
-            raise ValueError(f"{name}.dissent_judgements must be >= 0 (0: the paper's most disputed answer), got "
-                             f"{self.dissent_judgements}")
-        if self.dissent_temperature is not None and self.dissent_temperature < 0:
-            raise ValueError(f"{name}.dissent_temperature must be >= 0 or None (None: judge_temperature), got "
-                             f"{self.dissent_temperature}")
         if self.min_meta_margin is not None and not self.min_meta_margin > 0:
             raise ValueError(f"{name}.min_meta_margin must be > 0 or None, got {self.min_meta_margin}")
         if self.length_control is not None:
@@ -133,20 +154,20 @@ class MetaRewardDPOConfig(SelfRewardDPOConfig):
 
 
 @dataclass(kw_only=True)
-class ExternalRewardDPOConfig(PairGenerationConfig, DPOConfig):
+class ExternalRewardDPOConfig(PreferenceStageConfig):
     """A DPO iteration whose pairs are judged by `reward_model` (a Module scoring token ids) or `reward_fn`
-    (a callable on decoded prompt and response, e.g. an exact checker): exactly one of the two."""
+    (a callable on decoded prompt and response, e.g. an exact checker): exactly one of the two.
+    `reward_model_batch_size`: candidates per reward-model call; None: 32. It applies to `reward_model` only."""
 
-    prompt_dataset: Dataset
     reward_model: nn.Module | None = None
     reward_fn: Callable[[str, str], float | bool | None] | None = None
-    reward_model_batch_size: int = 32
+    reward_model_batch_size: int | None = None
     # the orchestrator calls reward_fn once, on the first prompt and an empty answer, when it is built, so a
     # function that fails or returns a non-number stops the run before any stage; False skips that call
     check_reward_fn_on_sample: bool = True
 
     def __post_init__(self):
-        check_preference_stage(self)
+        self.check_preference_stage()
         if (self.reward_model is None) == (self.reward_fn is None):
             raise ValueError("ExternalRewardDPOConfig needs exactly one of reward_model and reward_fn")
         if self.reward_fn is not None and not callable(self.reward_fn):
@@ -159,26 +180,28 @@ class ExternalRewardDPOConfig(PairGenerationConfig, DPOConfig):
                 f"ExternalRewardDPOConfig.reward_model must be an nn.Module scoring token ids, got a "
                 f"{type(self.reward_model).__name__}; for a Python function use reward_fn"
             )
-        if self.reward_fn is None and self.reward_model_batch_size < 1:
-            raise ValueError(f"ExternalRewardDPOConfig.reward_model_batch_size must be >= 1, got {self.reward_model_batch_size}")
-        if self.reward_fn is not None and self.reward_model_batch_size != 32:
-            raise ValueError("ExternalRewardDPOConfig.reward_model_batch_size applies to reward_model only")
+        if self.reward_fn is not None and self.reward_model_batch_size is not None:
+            raise ValueError("ExternalRewardDPOConfig.reward_model_batch_size applies to reward_model only: leave it "
+                             "out with reward_fn")
+        if self.reward_model is not None:
+            if self.reward_model_batch_size is None:
+                self.reward_model_batch_size = DEFAULT_REWARD_MODEL_BATCH_SIZE
+            check_at_least_one(self, "reward_model_batch_size")
 
 
 @dataclass(kw_only=True)
-class SelfConsistencyDPOConfig(PairGenerationConfig, DPOConfig):
+class SelfConsistencyDPOConfig(PreferenceStageConfig):
     """A self-consistency iteration (ScPO, Prasad et al. 2024): the model answers `prompt_dataset` N times
     (`num_candidate_responses`; the paper samples 8 or more), no judge prompt is used: each answer scores the share
     of the N answers with the same `answer_key`, and DPO trains on the most- vs least-voted answer (a prompt whose
     answers all agree gives no pair). `min_vote_margin` keeps only pairs whose vote shares differ by at least that
     much (the paper's threshold); `margin_weighted_loss=True` weights each pair's loss by that difference."""
 
-    prompt_dataset: Dataset
     answer_key: Callable[[str], Hashable | None] = stripped_response
     min_vote_margin: float | None = None
 
     def __post_init__(self):
-        check_preference_stage(self)
+        self.check_preference_stage()
         if not callable(self.answer_key):
             raise TypeError(f"SelfConsistencyDPOConfig.answer_key must be callable (response -> answer), got {self.answer_key!r}")
         if self.min_vote_margin is not None:

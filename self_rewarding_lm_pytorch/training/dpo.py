@@ -6,7 +6,8 @@ The objective is `DPO` (training/dpo_objective.py); pairs become batches in trai
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -23,19 +24,22 @@ from self_rewarding_lm_pytorch.training.early_stopping import EarlyStopper
 from self_rewarding_lm_pytorch.training.logprobs import Reduction, reference_logprobs
 from self_rewarding_lm_pytorch.models.utils import set_dropout
 from self_rewarding_lm_pytorch.training.optim import adamw_for_stage, steps_per_epoch
+from self_rewarding_lm_pytorch.training.options import TrainingLoopOptions, check_at_least_one
 from self_rewarding_lm_pytorch.training.losses import LossType, check_preference_loss_settings
 from self_rewarding_lm_pytorch.models.sharding import check_supported_sharding, is_fully_sharded, place_on_device, prepare_for_training
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 from self_rewarding_lm_pytorch.training.train_state import TrainState, loop_fingerprint, shuffle_generator, step_is_finite
 
+
 @dataclass(kw_only=True)
-class DPOConfig:
+class DPOConfig(TrainingLoopOptions):
     """Settings of a DPO stage. Learning rates follow the paper (1e-6 decayed to 1e-7).
 
     Length: `num_train_steps` optimizer steps, or `num_epochs` passes over the pairs, or both (whichever ends
     first). One of them is required: it is the hard cap. An `early_stopper` (checked every `early_stop_every`
     steps) can end the stage sooner, and the weights the stage returns are then those of its best evaluation,
-    whether it stopped early or reached the cap.
+    whether it stopped early or reached the cap. The loop and optimiser fields are `TrainingLoopOptions`
+    (training/options.py).
 
     `logp_reduction`: 'sum' is log π(response | prompt) as in the DPO paper; 'mean' (per token) is what IPO's
     paper and TRL use for IPO. None (the default) picks 'mean' for `loss_type='ipo'`, 'sum' otherwise. Stored
@@ -55,65 +59,45 @@ class DPOConfig:
     logp_reduction: Reduction | None = None  # None: 'mean' for IPO, 'sum' otherwise
     nll_weight: float = 0.0
     margin_weighted_loss: bool = False  # weight each pair's loss by its score margin (ScPO); needs pair rewards
-    batch_size: int = 16
-    grad_accum_steps: int = 1
-    num_train_steps: int | None = None  # optimizer steps
     num_epochs: int | None = None  # passes over the pairs
     learning_rate: float = 1e-6
     end_learning_rate: float = 1e-7
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    adam_kwargs: dict = field(default_factory=dict)
-    dropout: float = 0.1
-    valid_every: int | None = None  # steps between validation metrics; None: only at the end
     early_stopper: EarlyStopper | None = None
     early_stop_every: int | None = None  # steps between early-stopping evaluations
-    checkpoint_every: int | None = None  # steps between resumable saves (training/train_state.py); None: none
-    skip_nonfinite_steps: bool = False  # a NaN/inf loss or gradient skips that update instead of stopping
     precompute_reference: bool | None = None  # pairs without reference log-probs: compute them once up front
 
+    length_fix: ClassVar[str] = (
+        "An early_stopper alone is no cap either (the score may keep improving): set num_train_steps or num_epochs "
+        "(or both: whichever ends first), and optionally an early_stopper to end sooner"
+    )
+
     def __post_init__(self):
+        self.check_dpo_training()
+
+    def check_dpo_training(self):
+        """The loop, the loss and the early stopping; resolves `logp_reduction` None to the loss type's default.
+        Every config that trains DPO (this one and the preference stages) runs it from its `__post_init__`."""
         name = type(self).__name__
+        self.check_training_loop()
         check_preference_loss_settings(self.beta, self.loss_type, self.label_smoothing, name)
         if self.logp_reduction is None:
             self.logp_reduction = default_logp_reduction(self.loss_type)
         if self.logp_reduction not in ("sum", "mean"):
-            raise ValueError(f"{name}.logp_reduction must be 'sum' or 'mean', got {self.logp_reduction!r}")
+            raise ValueError(f"{name}.logp_reduction must be 'sum', 'mean' or None (the loss type's default), got "
+                             f"{self.logp_reduction!r}")
         if not self.nll_weight >= 0:
-            raise ValueError(f"{name}.nll_weight must be >= 0, got {self.nll_weight}")
-        for field_name in ("batch_size", "grad_accum_steps"):
-            if getattr(self, field_name) < 1:
-                raise ValueError(f"{name}.{field_name} must be >= 1, got {getattr(self, field_name)}")
-        for field_name in ("num_train_steps", "num_epochs", "valid_every", "early_stop_every", "checkpoint_every"):
-            value = getattr(self, field_name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name}.{field_name} must be >= 1 or None, got {value}")
-        if self.num_train_steps is None and self.num_epochs is None:
-            raise ValueError(
-                f"{name} has neither num_train_steps nor num_epochs, so training would never end; an early_stopper "
-                f"alone is no cap either (the score may keep improving). Set num_train_steps or num_epochs (or both: "
-                f"whichever ends first), and optionally an early_stopper to end sooner."
-            )
-        if not 0 < self.end_learning_rate <= self.learning_rate:
-            raise ValueError(
-                f"{name} needs 0 < end_learning_rate <= learning_rate, got {self.end_learning_rate} and {self.learning_rate}"
-            )
-        if self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ValueError(f"{name}.warmup_steps and weight_decay must be >= 0, got {self.warmup_steps}, {self.weight_decay}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"{name}.max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"{name}.nll_weight must be >= 0 (0: no NLL term), got {self.nll_weight}")
         if self.precompute_reference not in (None, True, False):
             raise ValueError(f"{name}.precompute_reference must be True, False or None, got {self.precompute_reference!r}")
+        check_at_least_one(self, "early_stop_every", optional=True)
         if self.early_stopper is not None:
             if not (callable(self.early_stopper) and hasattr(self.early_stopper, "restore_best")):
                 raise TypeError(f"{name}.early_stopper must be an EarlyStopper, got {type(self.early_stopper).__name__}")
             if self.early_stop_every is None:
                 raise ValueError(f"{name}.early_stopper needs early_stop_every: the number of steps between its evaluations")
         elif self.early_stop_every is not None:
-            raise ValueError(f"{name}.early_stop_every is set but there is no early_stopper")
+            raise ValueError(f"{name}.early_stop_every is set but there is no early_stopper: pass one, or leave "
+                             f"early_stop_every at None")
 
 
 class DPOTrainer:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import torch
@@ -17,50 +17,35 @@ from self_rewarding_lm_pytorch.training.logprobs import response_mask, token_log
 from self_rewarding_lm_pytorch.models.contract import forward_logits
 from self_rewarding_lm_pytorch.models.utils import set_dropout
 from self_rewarding_lm_pytorch.training.optim import adamw_for_stage, steps_per_epoch
+from self_rewarding_lm_pytorch.training.options import TrainingLoopOptions, check_at_least_one
 from self_rewarding_lm_pytorch.models.sharding import check_supported_sharding, prepare_for_training
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 from self_rewarding_lm_pytorch.training.train_state import TrainState, loop_fingerprint, shuffle_generator, step_is_finite
 
 
 @dataclass
-class SFTConfig:
-    """Settings of a supervised fine-tuning stage. Learning rates follow the paper (5.5e-6 decayed to 1.1e-6)."""
+class SFTConfig(TrainingLoopOptions):
+    """Settings of a supervised fine-tuning stage. Learning rates follow the paper (5.5e-6 decayed to 1.1e-6).
+
+    Length: `num_epochs` passes over `train_dataset`, or `num_train_steps` optimizer steps when given. The loop
+    and optimiser fields are `TrainingLoopOptions` (training/options.py); `valid_every` needs a `valid_dataset`.
+    """
 
     train_dataset: Dataset
     valid_dataset: Dataset | None = None
-    batch_size: int = 16
+    _: KW_ONLY  # the datasets may be positional, every other field is a keyword
+    valid_batch_size: int | None = None  # None: batch_size
     grad_accum_steps: int = 2
-    num_epochs: int = 1
-    num_train_steps: int | None = None  # optimizer steps; when given, used instead of num_epochs
+    num_epochs: int | None = 1
     learning_rate: float = 5.5e-6
     end_learning_rate: float = 1.1e-6
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    adam_kwargs: dict = field(default_factory=dict)
-    dropout: float = 0.1
-    valid_every: int | None = None  # steps between validation losses; None: only at the end
-    valid_batch_size: int | None = None
-    checkpoint_every: int | None = None  # optimizer steps between resumable saves; None: none
-    skip_nonfinite_steps: bool = False  # a NaN/inf loss or gradient skips that update instead of stopping
 
     def __post_init__(self):
-        for name in ("batch_size", "grad_accum_steps", "num_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_train_steps is not None and self.num_train_steps < 1:
-            raise ValueError(f"SFTConfig.num_train_steps must be >= 1 or None, got {self.num_train_steps}")
-        if not 0 < self.end_learning_rate <= self.learning_rate:
-            raise ValueError(
-                f"SFTConfig needs 0 < end_learning_rate <= learning_rate, got {self.end_learning_rate} and {self.learning_rate}"
-            )
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"SFTConfig.dropout must be in [0, 1), got {self.dropout}")
+        self.check_training_loop()
+        check_at_least_one(self, "valid_batch_size", optional=True)
         if self.valid_every is not None and self.valid_dataset is None:
-            raise ValueError("SFTConfig.valid_every is set but there is no valid_dataset to evaluate on")
-        for name in ("valid_every", "checkpoint_every"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"SFTConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
+            raise ValueError("SFTConfig.valid_every is set but there is no valid_dataset to evaluate on: pass a "
+                             "valid_dataset, or leave valid_every at None")
 
 
 def sft_nll(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -33,6 +34,7 @@ from self_rewarding_lm_pytorch.models.contract import check_special_ids
 from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings, top_p, warn_missing_eos
 from self_rewarding_lm_pytorch.models.sharding import check_supported_sharding, max_over_ranks, place_on_device
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
+from self_rewarding_lm_pytorch.training.options import TrainingLoopOptions, check_at_least_one
 from self_rewarding_lm_pytorch.training.train_state import loop_fingerprint
 
 
@@ -52,34 +54,27 @@ def spin_loss_options() -> set[str]:
 
 
 @dataclass(kw_only=True)
-class SelfPlayConfig:
+class SelfPlayConfig(TrainingLoopOptions):
     """A SPIN stage. `max_seq_len` caps prompt + generated response. Each of `num_iterations` iterations trains
     `num_train_steps` optimizer steps (or `num_epochs` over the SFT data when None) on fresh opponent answers.
     Learning rate as in SPIN (5e-7, constant unless end_learning_rate is lower); generation samples θt's own
-    distribution (temperature 1, no filter) as in SPIN's y' ~ p_θt(·|x)."""
+    distribution (temperature 1, no filter) as in SPIN's y' ~ p_θt(·|x). The loop and optimiser fields are
+    `TrainingLoopOptions` (training/options.py); `checkpoint_every` counts steps within an iteration, whose last
+    step is always saved."""
 
     train_sft_dataset: Dataset
     max_seq_len: int
     valid_sft_dataset: Dataset | None = None
     num_iterations: int = 1
     spin_kwargs: dict = field(default_factory=dict)  # λ and loss settings, e.g. dict(λ=0.1)
-    batch_size: int = 16
-    grad_accum_steps: int = 1
-    num_train_steps: int | None = None
-    num_epochs: int = 2
+    num_epochs: int | None = 2
     learning_rate: float = 5e-7
     end_learning_rate: float | None = None  # None: constant learning rate
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    adam_kwargs: dict = field(default_factory=dict)
-    dropout: float = 0.1
-    valid_every: int | None = None
-    checkpoint_every: int | None = None  # optimizer steps within an iteration; the last step is always saved
-    skip_nonfinite_steps: bool = False
     temperature: float = 1.0
     top_p: float | None = None
     generation_batch_size: int = 16
+
+    constant_rate_when_no_end: ClassVar[bool] = True
 
     def __post_init__(self):
         validate_sft_dataset(self.train_sft_dataset, pad_id=-1, name="SelfPlayConfig.train_sft_dataset")
@@ -88,35 +83,22 @@ class SelfPlayConfig:
             raise ValueError(
                 f"SelfPlayConfig.spin_kwargs has unknown settings {sorted(unknown)}; known: {sorted(spin_loss_options())}"
             )
-        for name in ("max_seq_len", "num_iterations", "generation_batch_size", "num_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SelfPlayConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise ValueError(f"SelfPlayConfig.checkpoint_every must be >= 1 or None, got {self.checkpoint_every}")
+        check_at_least_one(self, "max_seq_len", "num_iterations", "generation_batch_size")
+        self.check_training_loop()
+        if self.valid_every is not None and self.valid_sft_dataset is None:
+            raise ValueError("SelfPlayConfig.valid_every is set but there is no valid_sft_dataset to evaluate on: pass "
+                             "a valid_sft_dataset, or leave valid_every at None")
         check_sampling_settings(self, "temperature", "top_p")
-        self.dpo_config()  # the training settings are checked by DPOConfig itself, now
+        self.dpo_config()  # DPOConfig checks the loss settings of spin_kwargs as it is built
 
     def dpo_config(self) -> DPOConfig:
+        """The DPO settings of an iteration: the loss from `spin_kwargs` (β = λ) and this stage's loop options."""
         loss = dict(self.spin_kwargs)
         beta = loss.pop("λ", 0.1)
-        return DPOConfig(
-            beta=beta,
-            **loss,
-            batch_size=self.batch_size,
-            grad_accum_steps=self.grad_accum_steps,
-            num_train_steps=self.num_train_steps,
-            num_epochs=None if self.num_train_steps else self.num_epochs,
-            learning_rate=self.learning_rate,
-            end_learning_rate=self.end_learning_rate or self.learning_rate,
-            warmup_steps=self.warmup_steps,
-            weight_decay=self.weight_decay,
-            max_grad_norm=self.max_grad_norm,
-            adam_kwargs=self.adam_kwargs,
-            dropout=self.dropout,
-            valid_every=self.valid_every,
-            checkpoint_every=self.checkpoint_every,
-            skip_nonfinite_steps=self.skip_nonfinite_steps,
-        )
+        loop = {f.name: getattr(self, f.name) for f in fields(TrainingLoopOptions)}
+        loop.update(num_epochs=None if self.num_train_steps else self.num_epochs,  # num_train_steps replaces epochs
+                    end_learning_rate=self.end_learning_rate or self.learning_rate)  # None: constant
+        return DPOConfig(beta=beta, **loss, **loop)
 
 
 class SPINTrainer:
