@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 from datetime import timedelta
-from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +38,6 @@ from self_rewarding_lm_pytorch.models.sharding import (
     place_on_device,
     same_on_every_rank,
 )
-from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
 from self_rewarding_lm_pytorch.stages.configs import FinetuneConfig, create_default_paper_config
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext
 from self_rewarding_lm_pytorch.stages.registry import check_known_kinds, check_plan, kind_of
@@ -47,13 +45,10 @@ from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint, read_c
 from self_rewarding_lm_pytorch.storage.fingerprint import changed_parts, config_fingerprint, describe, short, tokenizer_digest
 from self_rewarding_lm_pytorch.storage.integrity import content_digest, remove_stale_temp_files
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
-from self_rewarding_lm_pytorch.training.dpo import DPOConfig
 
 CLEAR_CHECKPOINTS_ENV = "SELF_REWARDING_CLEAR_CHECKPOINTS"
 # settings that do not change a stage's result: editing them keeps the stage's files usable
 NOT_RESULT_FIELDS = ("checkpoint_every",)
-# a preference stage's pairs do not depend on its DPO settings (but its stored reference log-probs use logp_reduction)
-DPO_ONLY_FIELDS = {f.name for f in fields(DPOConfig)} - {f.name for f in fields(PairGenerationConfig)} - {"logp_reduction"}
 
 
 class SelfRewardingTrainer:
@@ -170,17 +165,13 @@ class SelfRewardingTrainer:
             self._fingerprints[index] = parts
         return self._fingerprints[index]
 
-    def pairs_fingerprint(self, index: int) -> dict[str, str]:
-        """The parts of stage i's fingerprint that make its pairs (its DPO settings do not)."""
-        return {k: v for k, v in self.fingerprint(index).items() if k not in DPO_ONLY_FIELDS}
-
     def stage_context(self, index: int, logger: MetricsLogger) -> StageContext:
         """What stage i's runner gets from this run."""
         return StageContext(
             name=self.stage_name(index), folder=self.folder, model=self.model, accelerator=self.accelerator,
             sampler=self.sampler, encode=self.encode, decode=self.decode, judge_encode=self.judge_encode,
             reward_config=self.reward_config, pad_id=self.pad_id, eos_id=self.eos_id, seed=self.seed + index,
-            pairs_fingerprint=self.pairs_fingerprint(index), logger=logger,
+            fingerprint=self.fingerprint(index), logger=logger,
         )
 
     def clear_checkpoints(self):

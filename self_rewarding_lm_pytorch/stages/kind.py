@@ -8,7 +8,7 @@ logger), never the orchestrator itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.generation.backend import Sampler
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
+from self_rewarding_lm_pytorch.stages.configs import pair_settings
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 
 
@@ -47,11 +48,17 @@ class StageContext:
     pad_id: int
     eos_id: int | None
     seed: int  # the stage's own seed: its draws do not depend on earlier stages having run in this process
-    pairs_fingerprint: dict[str, str]  # what makes the stage's pairs: a pair folder of another plan is refused
+    fingerprint: dict[str, str]  # what identifies the stage's result (storage/fingerprint.py)
     logger: MetricsLogger
 
     def path(self, suffix: str) -> Path:
         return self.folder / f"{self.name}.{suffix}"
+
+    def pairs_fingerprint(self, config) -> dict[str, str]:
+        """The parts of the fingerprint that make the stage's pairs: all but the DPO training settings, so a pair
+        folder stays usable when only those change (a folder of other pairs is refused)."""
+        training_only = {f.name for f in fields(config)} - pair_settings(config).keys()
+        return {name: part for name, part in self.fingerprint.items() if name not in training_only}
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def run_meta_reward(config: MetaRewardDPOConfig, context: StageContext) -> dict:
         context.model, config, self_judge(config, context), meta_judge, folder=context.path("pairs"),
         tokenizer_encode=context.encode, tokenizer_decode=context.decode, judge_encode=context.judge_encode,
         accelerator=context.accelerator, pad_id=context.pad_id, eos_id=context.eos_id, seed=context.seed,
-        fingerprint=context.pairs_fingerprint, logger=context.logger, sampler=context.sampler,
+        fingerprint=context.pairs_fingerprint(config), logger=context.logger, sampler=context.sampler,
     )
     summary = train_on_pairs(config, context)
     counts = pair_summary(stats)

@@ -32,7 +32,7 @@ def run_judged_stage(config, context: StageContext, judge: Judge) -> dict:
         context.model, config.prompt_dataset, judge, config,
         folder=context.path("pairs"), tokenizer_encode=context.encode, tokenizer_decode=context.decode,
         accelerator=context.accelerator, pad_id=context.pad_id, eos_id=context.eos_id,
-        logp_reduction=config.logp_reduction, seed=context.seed, fingerprint=context.pairs_fingerprint,
+        logp_reduction=config.logp_reduction, seed=context.seed, fingerprint=context.pairs_fingerprint(config),
         logger=context.logger, sampler=context.sampler,
     )
     summary = train_on_pairs(config, context)
