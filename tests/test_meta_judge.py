@@ -15,7 +15,6 @@ from self_rewarding_lm_pytorch.pairs.meta_rules import (
     judgement_meta_scores,
     length_controlled_pairs,
     most_disputed_answer,
-    top_scored_answer,
     pick_judge_pair,
 )
 
@@ -177,14 +176,6 @@ def test_most_disputed_answer():
     assert most_disputed_answer(torch.tensor([[5, 5, 5], [5, 0, 5], [0, 0, NAN]])) == 1
     assert most_disputed_answer(torch.tensor([[5, 5, 5], [0, 0, NAN]])) is None  # every answer's judgements agree
     assert most_disputed_answer(torch.tensor([[5, NAN, NAN], [3, 1, NAN]])) == 1
-
-
-def test_top_scored_answer():
-    """`dissent_judgements`' meta-judged answer: the highest mean valid score, even when its judgements agree."""
-    assert top_scored_answer(torch.tensor([[5, 5, 5], [5, 0, 5], [0, 0, NAN]])) == 0
-    assert top_scored_answer(torch.tensor([[0, NAN, NAN], [NAN, NAN, NAN], [5, 0, NAN]])) == 2  # 2.5 > 0; none is not 0
-    assert top_scored_answer(torch.tensor([[3, 3, NAN], [NAN, 3, 3]])) == 0  # ties: the first
-    assert top_scored_answer(torch.tensor([[NAN, NAN], [NAN, NAN]])) is None
 
 
 @pytest.mark.parametrize(

@@ -106,32 +106,6 @@ def test_meta_reward_stage_trains_on_actor_and_judge_pairs(formatted_model, tmp_
         assert float(item["chosen_reward"]) == pytest.approx(record["chosen_score"])
 
 
-def test_dissent_judgements_meta_judge_the_top_scored_answer_with_more_judgements(formatted_model, tmp_path):
-    """`dissent_judgements=2`: each judge pair's answer is its prompt's top-scored candidate (the actor pair's
-    chosen one, without length control), and the meta-judge compares its K = 3 judgements and 2 more."""
-    config = stage(num_preference_pairs=8, num_judge_pairs=8, length_control=None, dissent_judgements=2,
-                   dissent_temperature=1.0, accept_fewer_pairs=True)
-    make_meta_pairs(formatted_model, tmp_path, config)
-    records = DPODataset(tmp_path).records()
-    actor = {r["prompt_index"]: r for r in records if r["kind"] == "actor"}
-    judged = [r for r in records if r["kind"] == "judge"]
-    assert judged
-    checked = 0
-    for record in judged:
-        assert len(record["judgements"]) == 5 and len(record["judgement_meta_scores"]) == 5
-        asked = {(q["a"], q["b"]) for q in record["meta_judge_outputs"]}
-        assert asked and all(0 <= i < 5 for pair in asked for i in pair)
-        pair = actor.get(record["prompt_index"])
-        if pair is not None and pair["candidate_scores"].count(max(s for s in pair["candidate_scores"] if s is not None)) == 1:
-            assert record["response"] == pair["chosen"]  # the top-scored answer, not the most disputed one
-            checked += 1
-    assert checked > 0
-    with pytest.raises(ValueError, match="dissent_judgements must be >= 0"):
-        stage(dissent_judgements=-1)
-    with pytest.raises(ValueError, match="dissent_temperature"):
-        stage(dissent_temperature=-0.5)
-
-
 class CountingSampler(LibrarySampler):
     """The library sampler, recording what each call generates: answers ("s..."), judgements ("J", the shared
     prefix) or verdicts ("M...")."""

@@ -10,9 +10,10 @@ from self_rewarding_lm_pytorch.data.datasets import pad_right
 from self_rewarding_lm_pytorch.judging.judges import RewardFnJudge, RewardModelJudge, SelfJudge
 from self_rewarding_lm_pytorch.training.logprobs import model_sequence_logprobs, response_mask
 from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
-from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
+from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs, run_pair_loop
+from self_rewarding_lm_pytorch.pairs.records import MadeBatch, PairKind, PreferencePair
 from self_rewarding_lm_pytorch.pairs.selection import best_and_worst
-from self_rewarding_lm_pytorch.pairs.stats import PairGenerationError
+from self_rewarding_lm_pytorch.pairs.stats import PairGenerationError, PairGenerationStats
 from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 from self_rewarding_lm_pytorch.training.sft import SFTTrainer
@@ -244,3 +245,68 @@ def test_infinite_scores_are_written_as_valid_json(char_model, tmp_path):
     lines = (tmp_path / "pairs.jsonl").read_text().splitlines()
     records = [json.loads(line, parse_constant=strict) for line in lines]
     assert any(r["chosen_score"] == "inf" for r in records)
+
+
+class FakeMaker:
+    """A pair maker without a judge: each prompt gives an actor pair, each odd-indexed prompt a judge pair too, the
+    verifier calling every chosen side right. It dies on its `dies_on`-th call."""
+
+    name, description, unusable = "fake pair generation", "fake pairs", "nothing usable"
+    kinds = (PairKind("actor", 5, PairGenerationStats, "stats", "pairs"),
+             PairKind("judge", 3, PairGenerationStats, "judge_stats", "judge_pairs"))
+
+    def __init__(self, dies_on=None):
+        self.seeds, self.dies_on = [], dies_on
+
+    def __call__(self, prompts, prompt_indices, seed):
+        self.seeds.append(seed)
+        if len(self.seeds) == self.dies_on:
+            raise Interrupt
+        pairs = []
+        for prompt, index in zip(prompts, prompt_indices):
+            prompt_ids = TOKENIZER.encode(prompt)
+            for kind in ("actor", "judge")[: 1 + index % 2]:
+                pairs.append(PreferencePair(
+                    chosen=torch.cat([prompt_ids, TOKENIZER.encode(" 1 2")]), rejected=torch.cat([prompt_ids, TOKENIZER.encode(" 2")]),
+                    prompt_len=len(prompt_ids), chosen_score=1.0, rejected_score=0.0, kind=kind, chosen_verified=1.0,
+                    rejected_verified=0.0, record=dict(kind=kind, prompt_index=index, seed=seed)))
+        return MadeBatch(pairs, dict(actor=PairGenerationStats(prompts_tried=len(prompts)), judge=PairGenerationStats()))
+
+    def gives_up(self, counts):
+        return False
+
+    def postfix(self, made, counts):
+        return made
+
+    def check_shortfall(self, made, counts, cursor, budget, examples):
+        assert made == dict(actor=5, judge=3)
+
+
+def test_the_pair_loop_caps_each_kind_and_resumes_after_a_kill_with_the_same_pairs(char_model, tmp_path):
+    prompts = SortDigitsTask(seed=9).prompts(40)
+
+    def run(maker, folder):
+        return run_pair_loop(maker, prompts, model=char_model, folder=folder, accelerator=Accelerator(cpu=True),
+                             budget=len(prompts), prompt_batch_size=2, fail_fast_after_prompts=64, max_seq_len=48,
+                             pad_id=-1, logp_reduction="sum", seed=4, fingerprint=None, logger=None)
+
+    whole_maker = FakeMaker()
+    counts = run(whole_maker, tmp_path / "whole")
+    # the batch seed formula: cursor 0, 2, 4, ... of one process
+    assert whole_maker.seeds == [4 * 1_000_003 + cursor * 31 for cursor in range(0, 2 * len(whole_maker.seeds), 2)]
+    assert (counts["actor"].pairs_made, counts["judge"].pairs_made) == (5, 3)
+    assert counts["actor"].pairs_verified_better == 5 and counts["judge"].pairs_verified_better == 3  # kept pairs only
+    whole = DPODataset(tmp_path / "whole")
+    assert [r["kind"] for r in whole.records()].count("judge") == 3 and len(whole) == 8
+    assert whole.meta["progress"]["prompts_consumed"] == 2 * len(whole_maker.seeds)
+
+    with pytest.raises(Interrupt):
+        run(FakeMaker(dies_on=3), tmp_path / "resumed")
+    assert DPODataset(tmp_path / "resumed").meta["progress"]["prompts_consumed"] == 4  # two batches committed
+    resumed_maker = FakeMaker()
+    resumed_counts = run(resumed_maker, tmp_path / "resumed")
+    assert resumed_maker.seeds == whole_maker.seeds[2:]  # goes on from the third batch
+    resumed = DPODataset(tmp_path / "resumed")
+    assert resumed.records() == whole.records() and resumed.fingerprint() == whole.fingerprint()
+    assert [vars(c) for c in resumed_counts.values()] == [vars(c) for c in counts.values()]
+    assert torch.equal(resumed[7]["chosen_ref_logp"], whole[7]["chosen_ref_logp"])

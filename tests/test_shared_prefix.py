@@ -119,17 +119,3 @@ def test_a_tokenizer_that_breaks_the_prefix_falls_back_once_with_a_warning():
         again = judge(candidates)  # said once
     assert shapes[0][0] == 2  # the whole rows of the first call, no one-row prefix
     assert shared.raw_outputs == again.raw_outputs == SelfJudge(model, config, share_prefix=False, **kwargs)(candidates).raw_outputs
-
-
-
-def test_with_sampling_is_the_same_judge_asked_for_more_judgements_and_leaves_the_original_alone():
-    model, candidates, kwargs = judge_setup()  # 2 greedy judgements per candidate
-    judge = SelfJudge(model, RewardConfig("Rate it.\n{{ prompt }}|{{ response }}|"), **kwargs)
-    first = judge(candidates)
-    more = judge.with_sampling(4)
-    assert (more.num_judgements, more.temperature, judge.num_judgements) == (4, 0.0, 2)
-    assert more._prefix_ids is judge._prefix_ids  # the prefix encoded once is shared, not recomputed
-    # greedy: the extra judgements are the original's, repeated; the copy's judgements are the judge's own
-    assert [row[:2] for row in more(candidates).raw_outputs] == first.raw_outputs
-    hot = judge.with_sampling(3, temperature=1.3)
-    assert (hot.num_judgements, hot.temperature, judge.temperature) == (3, 1.3, 0.0)

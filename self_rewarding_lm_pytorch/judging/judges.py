@@ -12,7 +12,6 @@ sentinel number. Three kinds here, and `SelfConsistencyJudge` (judging/self_cons
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import numbers
@@ -98,15 +97,6 @@ class SelfJudge:
         self.temperature = temperature
         self.top_p = top_p
         self.pad_id, self.eos_id = pad_id, eos_id
-
-    def with_sampling(self, num_judgements: int, temperature: float | None = None) -> SelfJudge:
-        """The same judge (model, prompt, sampler, shared prefix) asked for `num_judgements` judgements per
-        candidate, at `temperature` (None: this judge's)."""
-        judge = copy.copy(self)
-        judge.num_judgements = num_judgements
-        if temperature is not None:
-            judge.temperature = temperature
-        return judge
 
     def __call__(self, candidates: Candidates, seed: int | None = None) -> Judgements:
         judge_prompts = [

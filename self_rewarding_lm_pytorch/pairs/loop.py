@@ -1,26 +1,29 @@
-"""Preference-pair generation: the paper's self-instruction creation (Yuan et al. 2024, section 2.2).
+"""The one pair-generation loop, and `generate_preference_pairs`, which runs it with the judged-candidates maker.
 
-For each batch of prompts:
-  1) sample N candidate responses per prompt in one batched sampler call,
-  2) judge every candidate (K judgements each for the model's own judge) in one batched call,
-  3) average each candidate's valid scores, pick a (chosen, rejected) pair per prompt (best vs worst by
-     default; equal scores give no pair, as in the paper), apply the pair rule,
-  4) compute log p_ref of both responses with the generating model (it is the DPO reference),
-  5) commit the pairs to the stage's folder, together with how many prompts were consumed.
+The loop fills a stage's pair store with what a per-batch PAIR MAKER makes (`PairMaker`: pairs/judged.py's
+judged-candidates maker, pairs/meta_reward.py's Meta-Rewarding maker). Batch after batch:
+  1) take the next prompts of a fixed order per seed; each process gets its share of the batch and the seed
+     `seed * 1_000_003 + cursor * 31 + process_index`,
+  2) the maker makes the batch's pairs and counts them, per kind of pair (`PairKind`),
+  3) log p_ref of both responses of every pair, from the generating model (it is the DPO reference), one batched
+     forward per kind,
+  4) the processes' pairs and counts are gathered; each kind keeps what it still needs, and the verifier's verdicts
+     on the kept pairs are counted,
+  5) the main process commits the kept pairs to the store, together with how many prompts were consumed and the
+     counts, and a progress bar on the local main process shows the counts.
+At the end the counts go to the trackers at the stage's step 0 (`pairs/...`, one prefix per kind).
 
 Bounded: prompts are never reused and the budget is finite, so a judge that never answers ends in a
-`PairGenerationError` that gives the counts and the likely fix, never in an endless retry.
-Resumable: the folder's commit holds the prompt cursor and the counts, so a killed run goes on where it
-stopped, with no duplicate and nothing lost. Several processes take different prompts of each batch; the
-main process writes.
+`PairGenerationError` that gives the counts and the likely fix (the maker's `check_shortfall`), never in an endless
+retry; when nothing usable came of `fail_fast_after_prompts` prompts it stops early. Resumable: the store's commit
+holds the prompt cursor and the counts, so a killed run goes on where it stopped, with no duplicate and nothing lost.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -29,45 +32,148 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from self_rewarding_lm_pytorch.data.datasets import as_token_tensor, check_non_empty
-from self_rewarding_lm_pytorch.storage.fingerprint import config_fingerprint, dataset_digest, describe, short, tokenizer_digest
+from self_rewarding_lm_pytorch.data.datasets import check_non_empty
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, Sampler
-from self_rewarding_lm_pytorch.judging.judges import Candidates, Judge, Judgements, check_reward_value, strip_response
-from self_rewarding_lm_pytorch.training.logprobs import Reduction, reference_logprobs
+from self_rewarding_lm_pytorch.judging.judges import Judge
+from self_rewarding_lm_pytorch.models.sharding import is_fully_sharded
 from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
-from self_rewarding_lm_pytorch.pairs.selection import first_failed_filter
-from self_rewarding_lm_pytorch.pairs.stats import (
-    PairGenerationError,
-    PairGenerationStats,
-    count_verifier_agreement,
-    shortfall_message,
-)
+from self_rewarding_lm_pytorch.pairs.judged import JudgedCandidatesMaker
+from self_rewarding_lm_pytorch.pairs.records import MadeBatch, PairKind, PreferencePair, Tally, as_columns
+from self_rewarding_lm_pytorch.pairs.stats import PairGenerationStats
+from self_rewarding_lm_pytorch.storage.fingerprint import config_fingerprint, dataset_digest, describe, short, tokenizer_digest
 from self_rewarding_lm_pytorch.storage.pair_format import read_meta
 from self_rewarding_lm_pytorch.storage.pair_store import PreferenceDataWriter
-from self_rewarding_lm_pytorch.generation.sampling import top_p
-from self_rewarding_lm_pytorch.models.sharding import is_fully_sharded
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
+from self_rewarding_lm_pytorch.training.logprobs import Reduction, reference_logprobs
 
 
-@dataclass
-class _PromptResult:
-    """What one prompt produced, sent from its process to the writer."""
+class PairMaker(Protocol):
+    """Makes the pairs of one batch of prompts, and says what the loop reports about them."""
 
-    stats: PairGenerationStats
-    pair: dict | None = None
-    example_judge_output: str | None = None
+    name: str  # in messages, e.g. "pair generation"
+    description: str  # the progress bar's label
+    unusable: str  # what `gives_up` means, e.g. "no usable judgement"
+    kinds: tuple[PairKind, ...]  # the kinds of pair it makes, in the order they are stored
+
+    def __call__(self, prompts: list[str], prompt_indices: list[int], seed: int) -> MadeBatch: ...
+
+    def gives_up(self, counts: dict[str, Tally]) -> bool:
+        """Whether nothing usable came of the prompts so far."""
+
+    def postfix(self, made: dict[str, int], counts: dict[str, Tally]) -> dict:
+        """The progress bar's counts."""
+
+    def check_shortfall(self, made: dict[str, int], counts: dict[str, Tally], cursor: int, budget: int,
+                        examples: dict[str, list[str]]) -> None:
+        """Raise `PairGenerationError` when pairs are missing (and not accepted)."""
 
 
-@dataclass
-class JudgedBatch:
-    """One batch's candidates and their judgements, prompt-major (rows [i * n, (i + 1) * n) answer prompt i), for
-    a stage that does more with them than pick the actor's pairs (Meta-Rewarding's meta-judge, pairs/meta_reward.py)."""
+def run_pair_loop(
+    maker: PairMaker,
+    prompts: Sequence[str],
+    *,
+    model: nn.Module,
+    folder: str | Path,
+    accelerator: Accelerator,
+    budget: int,
+    prompt_batch_size: int,
+    fail_fast_after_prompts: int,
+    max_seq_len: int,
+    pad_id: int,
+    logp_reduction: Reduction,
+    seed: int,
+    fingerprint: dict[str, str] | None,
+    logger: MetricsLogger | None,
+) -> dict[str, Tally]:
+    """Fill `folder` with each kind's target of pairs from `maker` over at most `budget` prompts of `prompts`
+    (resuming what is there); returns each kind's counts. `model` computes the reference log-probs."""
+    kinds = maker.kinds
+    writer = None
+    if accelerator.is_main_process:
+        writer = PreferenceDataWriter(folder, capacity=sum(kind.target for kind in kinds), max_len=max_seq_len,
+                                      pad_id=pad_id, with_ref_logps=True, fingerprint=fingerprint)
+    accelerator.wait_for_everyone()
+    committed = read_meta(folder)  # every process starts from the same commit
+    progress = committed.get("progress", {})
+    cursor = progress.get("prompts_consumed", 0)
+    counts = {kind.name: kind.tally(**progress.get(kind.progress_key, {})) for kind in kinds}
+    if committed["complete"]:
+        return counts
+    made = {kind.name: counts[kind.name].pairs_made for kind in kinds}
 
-    prompt_ids: list[Tensor]  # one per prompt
-    texts: list[str]
-    response_ids: list[Tensor]
-    judgements: Judgements
-    valid_scores: Tensor  # (rows, K): the judge's scores, NaN where it gave none or an invalid one
+    # a fixed prompt order per seed, so a resumed run continues the same sequence of prompts
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
+    global_batch = prompt_batch_size * accelerator.num_processes
+    examples: dict[str, list[str]] = {kind.name: [] for kind in kinds}
+    bar = tqdm(total=budget, initial=cursor, desc=maker.description, unit="prompt", disable=not accelerator.is_local_main_process)
+    while any(made[kind.name] < kind.target for kind in kinds) and cursor < budget:
+        if cursor >= fail_fast_after_prompts and maker.gives_up(counts):
+            bar.write(f"{maker.name} stops early: {maker.unusable} in {cursor} prompts (fail_fast_after_prompts="
+                      f"{fail_fast_after_prompts})")
+            break
+        # 1) this process's share of the next batch; 2) its pairs; 3) their reference log-probs
+        indices = order[cursor : min(cursor + global_batch, budget)]
+        mine = indices[accelerator.process_index :: accelerator.num_processes]
+        batch_seed = seed * 1_000_003 + cursor * 31 + accelerator.process_index
+        batch = maker([prompts[i] for i in mine], mine, batch_seed)
+        fill_reference_logprobs(model, batch.pairs, kinds, pad_id=pad_id, reduction=logp_reduction)
+        batches = gather_object([batch]) if accelerator.num_processes > 1 else [batch]
+        cursor += len(indices)
+
+        # 4) what each kind keeps, and the counts
+        kept = []
+        for kind in kinds:
+            tally = counts[kind.name]
+            pairs = [p for b in batches for p in b.pairs if p.kind == kind.name][: max(kind.target - made[kind.name], 0)]
+            for b in batches:
+                tally.add(b.counts[kind.name])
+            tally.pairs_made += len(pairs)
+            count_verified(tally, pairs)  # the pairs kept (a last batch can make more than needed)
+            examples[kind.name] += [text for b in batches for text in b.examples.get(kind.name, []) if text][:2]
+            made[kind.name] += len(pairs)
+            kept += pairs
+        bar.update(len(indices))
+        bar.set_postfix(maker.postfix(made, counts))
+
+        # 5) the commit
+        if writer is not None:
+            writer.append(**as_columns(kept), progress=dict(
+                prompts_consumed=cursor, **{kind.progress_key: asdict(counts[kind.name]) for kind in kinds}))
+        accelerator.wait_for_everyone()
+
+    bar.close()
+    (logger or MetricsLogger(accelerator)).log(
+        {f"{kind.metrics_prefix}/{k}": v for kind in kinds for k, v in counts[kind.name].summary().items()}, step=0)
+    maker.check_shortfall(made, counts, cursor, budget, examples)
+    if writer is not None:
+        writer.mark_complete()
+    accelerator.wait_for_everyone()
+    return counts
+
+
+@torch.no_grad()
+def fill_reference_logprobs(model: nn.Module, pairs: list[PreferencePair], kinds: Sequence[PairKind], *, pad_id: int,
+                            reduction: Reduction):
+    """Set both reference log-probs of every pair: one batched forward per kind (a judge pair's judge prompt is far
+    longer than an answer's prompt; one batch would pad every answer to it). A fully sharded model runs a forward
+    for every kind, an idle one for a kind without pairs, so that its ranks' forwards match."""
+    for kind in kinds:
+        group = [p for p in pairs if p.kind == kind.name]
+        if not group and not is_fully_sharded(model):
+            continue
+        seqs = [p.chosen for p in group] + [p.rejected for p in group]
+        prompt_len = torch.tensor([p.prompt_len for p in group] * 2, dtype=torch.long)
+        logps = reference_logprobs(model, seqs, prompt_len, pad_id, reduction)
+        for j, pair in enumerate(group):
+            pair.chosen_ref_logp, pair.rejected_ref_logp = float(logps[j]), float(logps[len(group) + j])
+
+
+def count_verified(tally: Tally, pairs: list[PreferencePair]):
+    """Count the pairs whose chosen side the verifier rates strictly better, or strictly worse, than the rejected."""
+    for pair in pairs:
+        if pair.chosen_verified is not None:
+            tally.pairs_verified_better += pair.chosen_verified > pair.rejected_verified
+            tally.pairs_verified_worse += pair.chosen_verified < pair.rejected_verified
 
 
 def generate_preference_pairs(
@@ -107,226 +213,16 @@ def generate_preference_pairs(
             f"max_prompts={budget} exceeds the {len(prompt_dataset)} prompts of the dataset; prompts are never reused: "
             f"add prompts or lower max_prompts"
         )
-
     if fingerprint is None:
         fingerprint = dict(config_fingerprint(config), prompts=dataset_digest(prompt_dataset), judge=short(describe(judge)),
                            tokenizer=tokenizer_digest(tokenizer_encode, tokenizer_decode),
                            ids=f"{pad_id} {eos_id} {seed} {logp_reduction}")
-    writer = None
-    if accelerator.is_main_process:
-        writer = PreferenceDataWriter(
-            folder, capacity=config.num_preference_pairs, max_len=max_seq_len, pad_id=pad_id, with_ref_logps=True,
-            fingerprint=fingerprint,
-        )
-    accelerator.wait_for_everyone()
-    meta = read_meta(folder)  # every process starts from the same commit
-    num_pairs = meta["num_pairs"]
-    cursor = meta.get("progress", {}).get("prompts_consumed", 0)
-    stats = PairGenerationStats(**meta.get("progress", {}).get("stats", {}))
-    if meta["complete"]:
-        return stats
-
-    # a fixed prompt order per seed, so a resumed run continues the same sequence of prompts
-    order = torch.randperm(len(prompt_dataset), generator=torch.Generator().manual_seed(seed)).tolist()
-    global_batch = config.prompt_batch_size * accelerator.num_processes
-    example_outputs: list[str] = []
-
-    bar = tqdm(total=budget, initial=cursor, desc="pairs", unit="prompt", disable=not accelerator.is_local_main_process)
-    while num_pairs < config.num_preference_pairs and cursor < budget:
-        if stats.judgements_valid == 0 and cursor >= config.fail_fast_after_prompts:
-            bar.write(f"pair generation stops early: no usable judgement in {cursor} prompts (fail_fast_after_prompts="
-                      f"{config.fail_fast_after_prompts})")
-            break
-        indices = order[cursor : min(cursor + global_batch, budget)]
-        mine = indices[accelerator.process_index :: accelerator.num_processes]
-        batch_seed = seed * 1_000_003 + cursor * 31 + accelerator.process_index
-        results, _ = judge_prompts(
-            model, [prompt_dataset[i] for i in mine], mine, judge, config,
-            encode=tokenizer_encode, decode=tokenizer_decode, pad_id=pad_id, eos_id=eos_id,
-            max_seq_len=max_seq_len, logp_reduction=logp_reduction, seed=batch_seed, sampler=sampler or LibrarySampler(),
-        )
-        results = gather_object(results) if accelerator.num_processes > 1 else results
-        cursor += len(indices)
-
-        pairs = [r.pair for r in results if r.pair is not None]
-        kept = pairs[: config.num_preference_pairs - num_pairs]
-        for result in results:
-            stats.add(result.stats)
-        stats.pairs_made += len(kept)
-        for pair in kept:  # verifier verdicts on the pairs kept (a last batch can make more than needed)
-            record = pair["record"]
-            if "chosen_verified" in record:
-                stats.pairs_verified_better += record["chosen_verified"] > record["rejected_verified"]
-                stats.pairs_verified_worse += record["chosen_verified"] < record["rejected_verified"]
-        example_outputs += [r.example_judge_output for r in results if r.example_judge_output][:2]
-        num_pairs += len(kept)
-        bar.update(len(indices))
-        bar.set_postfix(dict(pairs=f"{num_pairs}/{config.num_preference_pairs}", parse=f"{stats.parse_rate:.2f}",
-                             ties=f"{stats.tie_rate:.2f}", identical=stats.pairs_identical))
-
-        progress = dict(prompts_consumed=cursor, stats=asdict(stats))
-        if writer is not None:
-            writer.append(
-                chosen=[p["chosen"] for p in kept],
-                rejected=[p["rejected"] for p in kept],
-                prompt_len=[p["prompt_len"] for p in kept],
-                chosen_reward=[p["record"]["chosen_score"] for p in kept],
-                rejected_reward=[p["record"]["rejected_score"] for p in kept],
-                chosen_ref_logp=[p["chosen_ref_logp"] for p in kept],
-                rejected_ref_logp=[p["rejected_ref_logp"] for p in kept],
-                records=[p["record"] for p in kept],
-                progress=progress,
-            )
-        accelerator.wait_for_everyone()
-
-    bar.close()
-    (logger or MetricsLogger(accelerator)).log({f"pairs/{k}": v for k, v in stats.summary().items()}, step=0)
-
-    if num_pairs < config.num_preference_pairs and not (config.accept_fewer_pairs and num_pairs > 0):
-        raise PairGenerationError(
-            shortfall_message(stats, num_pairs, config, judge, cursor, budget, example_outputs), stats, num_pairs
-        )
-    if writer is not None:
-        writer.mark_complete()
-    accelerator.wait_for_everyone()
-    return stats
-
-
-@torch.no_grad()
-def judge_prompts(
-    model: nn.Module,
-    prompts: list,
-    prompt_indices: list[int],
-    judge: Judge,
-    config: PairGenerationConfig,
-    *,
-    encode,
-    decode,
-    pad_id: int,
-    eos_id: int | None,
-    max_seq_len: int,
-    logp_reduction: Reduction,
-    seed: int,
-    sampler: Sampler,
-    pick_pairs: Callable[[Tensor, Tensor], Tensor] | None = None,
-) -> tuple[list[_PromptResult], JudgedBatch | None]:
-    """Steps 1-4 for one batch of prompts: each prompt's counts and pair, and the judged candidates.
-    `sampler` makes the candidates (generation/backend.py). `pick_pairs(mean_scores, response_lengths)` (both
-    (prompts, n)) replaces `config.pick_paired_rewards`."""
-    if not prompts and not is_fully_sharded(model):
-        return [], None
-    # (a sharded model's rank with no prompts left goes on with empty lists: its sampler, judge and log-prob calls
-    # run the forwards that the other ranks' calls need)
-    for prompt in prompts:
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt datasets hold strings (they are encoded with tokenizer_encode), got {type(prompt).__name__}")
-    prompt_ids = [as_token_tensor(encode(p), "encoded prompt") for p in prompts]
-    for prompt, ids in zip(prompts, prompt_ids):
-        if len(ids) >= max_seq_len:
-            raise ValueError(
-                f"prompt {prompt[:60]!r} is {len(ids)} tokens, leaving no room for a response under "
-                f"max_seq_len={max_seq_len}: shorten the prompt or raise max_seq_len"
-            )
-
-    # 1) N candidates per prompt in one call; rows are prompt-major
-    n = config.num_candidate_responses
-    responses = sampler(
-        model, prompt_ids, max_seq_len,
-        temperature=config.temperature,
-        filter_fn=top_p if config.top_p is not None else None,
-        filter_kwargs=dict(thres=config.top_p) if config.top_p is not None else None,
-        pad_id=pad_id, eos_id=eos_id,
-        max_new_tokens=config.response_max_new_tokens,
-        num_samples=n,
-        generator=seed,
+    maker = JudgedCandidatesMaker(model, judge, config, encode=tokenizer_encode, decode=tokenizer_decode, pad_id=pad_id,
+                                  eos_id=eos_id, max_seq_len=max_seq_len, sampler=sampler or LibrarySampler())
+    counts = run_pair_loop(
+        maker, prompt_dataset, model=model, folder=folder, accelerator=accelerator, budget=budget,
+        prompt_batch_size=config.prompt_batch_size, fail_fast_after_prompts=config.fail_fast_after_prompts,
+        max_seq_len=max_seq_len, pad_id=pad_id, logp_reduction=logp_reduction, seed=seed, fingerprint=fingerprint,
+        logger=logger,
     )
-    response_ids = [r[r != pad_id].cpu() for r in responses]
-    texts = [decode(strip_response(r, pad_id, eos_id)) for r in response_ids]
-    repeated_prompts = [p for p in prompts for _ in range(n)]
-    repeated_ids = [ids for ids in prompt_ids for _ in range(n)]
-
-    # 2) judge every candidate; 3) average its valid scores
-    judgements = judge(Candidates(repeated_prompts, repeated_ids, texts, response_ids, num_per_prompt=n), seed=seed + 7919)
-    scores = judgements.scores
-    parsed = ~scores.isnan()
-    valid_scores = valid_judgement_scores(scores, judge, config)  # (rows, K): what the pair filters see
-    valid = ~valid_scores.isnan()
-    mean_scores = valid_scores.nanmean(-1)  # NaN where no valid score
-    mean_scores = mean_scores.view(len(prompts), n)
-    lengths = torch.tensor([len(r) for r in response_ids]).view(len(prompts), n)
-    pair_indices = (pick_pairs(mean_scores, lengths) if pick_pairs else config.pick_paired_rewards(mean_scores)) if prompts else None
-
-    verified = None
-    if config.verifier is not None:
-        verified = torch.tensor([
-            check_reward_value(config.verifier(p, t), config.verifier, p, t, role="verifier")
-            for p, t in zip(repeated_prompts, texts)
-        ]).view(len(prompts), n)
-
-    results = []
-    for i, prompt in enumerate(prompts):
-        rows = slice(i * n, (i + 1) * n)
-        row_stats = PairGenerationStats(
-            prompts_tried=1, candidates=n, judgements=scores[rows].numel(),
-            judgements_parsed=int(parsed[rows].sum()), judgements_valid=int(valid[rows].sum()),
-        )
-        scored = ~mean_scores[i].isnan()
-        if scored.sum() >= 2:
-            row_stats.prompts_scored = 1
-            row_stats.prompts_tied = int(mean_scores[i][scored].unique().numel() == 1)
-        if verified is not None:
-            count_verifier_agreement(row_stats, mean_scores[i], verified[i])
-        result = _PromptResult(row_stats)
-        if judgements.raw_outputs is not None and not parsed[rows].any():
-            result.example_judge_output = judgements.raw_outputs[i * n][0]
-
-        chosen, rejected = pair_indices[i].tolist()
-        if chosen >= 0 and rejected >= 0:
-            chosen_score, rejected_score = float(mean_scores[i, chosen]), float(mean_scores[i, rejected])
-            dropped_by = first_failed_filter(config.pair_filters, valid_scores[i * n + chosen], valid_scores[i * n + rejected])
-            if config.is_valid_reward_pair is not None and not config.is_valid_reward_pair(chosen_score, rejected_score):
-                row_stats.pairs_rejected = 1
-            elif texts[i * n + chosen] == texts[i * n + rejected]:
-                row_stats.pairs_identical = 1  # same text, different scores (a stochastic judge): teaches nothing
-            elif dropped_by is not None:
-                row_stats.pairs_filtered = {dropped_by: 1}
-            else:
-                record = dict(
-                    prompt_index=prompt_indices[i], prompt=prompt,
-                    chosen=texts[i * n + chosen], rejected=texts[i * n + rejected],
-                    chosen_score=chosen_score, rejected_score=rejected_score,
-                    candidate_scores=[None if math.isnan(s) else s for s in mean_scores[i].tolist()],
-                )
-                if judgements.raw_outputs is not None:
-                    record["chosen_judge_outputs"] = judgements.raw_outputs[i * n + chosen]
-                    record["rejected_judge_outputs"] = judgements.raw_outputs[i * n + rejected]
-                if verified is not None:
-                    record["chosen_verified"], record["rejected_verified"] = float(verified[i, chosen]), float(verified[i, rejected])
-                result.pair = dict(
-                    chosen=torch.cat([prompt_ids[i], response_ids[i * n + chosen]]),
-                    rejected=torch.cat([prompt_ids[i], response_ids[i * n + rejected]]),
-                    prompt_len=len(prompt_ids[i]),
-                    record=record,
-                )
-        results.append(result)
-
-    # 4) log p_ref of every kept pair's responses, from the generating model, in one batched forward
-    pairs = [r.pair for r in results if r.pair is not None]
-    if pairs or is_fully_sharded(model):  # every rank of a sharded model runs this forward
-        seqs = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-        prompt_len = torch.tensor([p["prompt_len"] for p in pairs] * 2, dtype=torch.long)
-        logps = reference_logprobs(model, seqs, prompt_len, pad_id, logp_reduction)
-        for j, pair in enumerate(pairs):
-            pair["chosen_ref_logp"], pair["rejected_ref_logp"] = float(logps[j]), float(logps[len(pairs) + j])
-    return results, JudgedBatch(prompt_ids, texts, response_ids, judgements, valid_scores)
-
-
-def valid_judgement_scores(scores: Tensor, judge: Judge, config: PairGenerationConfig) -> Tensor:
-    """A judge's (rows, K) scores with NaN where it gave none, one off its scale, or one `config.is_valid_reward`
-    refuses."""
-    parsed = ~scores.isnan()
-    valid = parsed.clone()
-    valid[parsed] = torch.tensor(
-        [judge.is_valid_score(float(s)) and bool(config.is_valid_reward(float(s))) for s in scores[parsed]], dtype=torch.bool
-    )
-    return scores.masked_fill(~valid, math.nan)
+    return counts["actor"]

@@ -114,15 +114,6 @@ def most_disputed_answer(judgement_scores: Tensor) -> int | None:
     return best if variance[best] > 0 else None
 
 
-def top_scored_answer(judgement_scores: Tensor) -> int | None:
-    """(n, K) valid judgement scores of a prompt's answers (NaN where none) -> the answer with the highest mean score
-    (the one its actor pair would choose, without length control; the first on ties), or None when none is scored."""
-    mean = judgement_scores.nanmean(-1)
-    if mean.isnan().all():
-        return None
-    return int(mean.nan_to_num(-math.inf).argmax())
-
-
 def length_controlled_pairs(rewards: Tensor, lengths: Tensor, length_control: float | None) -> Tensor:
     """(b, n) mean scores (NaN: none) and (b, n) response lengths -> (b, 2) (chosen, rejected), -1 for no pair.
 
