@@ -11,13 +11,11 @@ from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudgeConfig
 from self_rewarding_lm_pytorch.pairs.selection import JudgementsAgree, MarginAtLeast
 from self_rewarding_lm_pytorch.pairs.stats import PairGenerationError
-from self_rewarding_lm_pytorch.stages.configs import (
-    ExternalRewardDPOConfig,
-    MetaRewardDPOConfig,
-    SelfConsistencyDPOConfig,
-    SelfRewardDPOConfig,
-    create_default_paper_config,
-)
+from self_rewarding_lm_pytorch.stages.external_reward import ExternalRewardDPOConfig
+from self_rewarding_lm_pytorch.stages.meta_reward import MetaRewardDPOConfig
+from self_rewarding_lm_pytorch.stages.paper import create_default_paper_config
+from self_rewarding_lm_pytorch.stages.self_consistency import SelfConsistencyDPOConfig
+from self_rewarding_lm_pytorch.stages.self_reward import SelfRewardDPOConfig
 from self_rewarding_lm_pytorch.trainer import SelfRewardingTrainer
 from self_rewarding_lm_pytorch.training.dpo import DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.training.early_stopping import EarlyStopper

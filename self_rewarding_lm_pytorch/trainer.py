@@ -38,9 +38,9 @@ from self_rewarding_lm_pytorch.models.sharding import (
     place_on_device,
     same_on_every_rank,
 )
-from self_rewarding_lm_pytorch.stages.configs import FinetuneConfig, create_default_paper_config
+from self_rewarding_lm_pytorch.stages.paper import create_default_paper_config
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext
-from self_rewarding_lm_pytorch.stages.registry import check_known_kinds, check_plan, kind_of
+from self_rewarding_lm_pytorch.stages.registry import FinetuneConfig, check_known_kinds, check_plan, kind_of
 from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from self_rewarding_lm_pytorch.storage.fingerprint import changed_parts, config_fingerprint, describe, short, tokenizer_digest
 from self_rewarding_lm_pytorch.storage.integrity import content_digest, remove_stale_temp_files

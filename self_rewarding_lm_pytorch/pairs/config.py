@@ -17,7 +17,7 @@ class PairGenerationConfig:
     """How a stage makes its preference pairs, whoever judges. Defaults follow the paper: N = 4 candidates
     sampled at temperature 0.7 and top-p 0.9, best vs worst. (The judge's own settings live with the judge.)
 
-    The pair-generation fields of every preference stage (stages/configs.py), which inherit them from here."""
+    The pair-generation fields of every preference stage (stages/preference_config.py), which inherit them from here."""
 
     num_preference_pairs: int
     num_candidate_responses: int = 4

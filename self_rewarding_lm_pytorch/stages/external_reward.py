@@ -3,10 +3,64 @@ checker), then DPO on best-vs-worst pairs."""
 
 from __future__ import annotations
 
-from self_rewarding_lm_pytorch.judging.judges import Judge, RewardFnJudge, RewardModelJudge, check_reward_value
-from self_rewarding_lm_pytorch.stages.configs import ExternalRewardDPOConfig
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from self_rewarding_lm_pytorch.judging.judges import (
+    Judge,
+    RewardFnJudge,
+    RewardModelJudge,
+    check_reward_value,
+)
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
-from self_rewarding_lm_pytorch.stages.preference import check_pair_filters, check_prompts, run_judged_stage
+from self_rewarding_lm_pytorch.stages.preference import (
+    check_pair_filters,
+    check_prompts,
+    run_judged_stage,
+)
+from self_rewarding_lm_pytorch.stages.preference_config import PreferenceStageConfig
+from self_rewarding_lm_pytorch.training.options import check_at_least_one
+
+# a reward model scores this many candidates per forward unless told otherwise
+DEFAULT_REWARD_MODEL_BATCH_SIZE = 32
+
+
+@dataclass(kw_only=True)
+class ExternalRewardDPOConfig(PreferenceStageConfig):
+    """A DPO iteration whose pairs are judged by `reward_model` (a Module scoring token ids) or `reward_fn`
+    (a callable on decoded prompt and response, e.g. an exact checker): exactly one of the two.
+    `reward_model_batch_size`: candidates per reward-model call; None: 32. It applies to `reward_model` only."""
+
+    reward_model: nn.Module | None = None
+    reward_fn: Callable[[str, str], float | bool | None] | None = None
+    reward_model_batch_size: int | None = None
+    # the orchestrator calls reward_fn once, on the first prompt and an empty answer, when it is built, so a
+    # function that fails or returns a non-number stops the run before any stage; False skips that call
+    check_reward_fn_on_sample: bool = True
+
+    def __post_init__(self):
+        self.check_preference_stage()
+        if (self.reward_model is None) == (self.reward_fn is None):
+            raise ValueError("ExternalRewardDPOConfig needs exactly one of reward_model and reward_fn")
+        if self.reward_fn is not None and not callable(self.reward_fn):
+            raise TypeError(
+                f"ExternalRewardDPOConfig.reward_fn must be a callable (prompt: str, response: str) -> float | bool | "
+                f"None, got a {type(self.reward_fn).__name__}"
+            )
+        if self.reward_model is not None and not isinstance(self.reward_model, nn.Module):
+            raise TypeError(
+                f"ExternalRewardDPOConfig.reward_model must be an nn.Module scoring token ids, got a "
+                f"{type(self.reward_model).__name__}; for a Python function use reward_fn"
+            )
+        if self.reward_fn is not None and self.reward_model_batch_size is not None:
+            raise ValueError("ExternalRewardDPOConfig.reward_model_batch_size applies to reward_model only: leave it "
+                             "out with reward_fn")
+        if self.reward_model is not None:
+            if self.reward_model_batch_size is None:
+                self.reward_model_batch_size = DEFAULT_REWARD_MODEL_BATCH_SIZE
+            check_at_least_one(self, "reward_model_batch_size")
 
 
 def external_judge(config: ExternalRewardDPOConfig, context: StageContext) -> Judge:

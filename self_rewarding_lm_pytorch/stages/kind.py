@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.generation.backend import Sampler
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
-from self_rewarding_lm_pytorch.stages.configs import pair_settings
+from self_rewarding_lm_pytorch.stages.preference_config import pair_settings
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 
 

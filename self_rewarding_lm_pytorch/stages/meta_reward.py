@@ -4,11 +4,14 @@ in one DPO run (pairs/meta_reward.py makes both)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
-from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge
+from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings
+from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge, MetaJudgeConfig
 from self_rewarding_lm_pytorch.models.sharding import is_fully_sharded
 from self_rewarding_lm_pytorch.pairs.meta_reward import generate_meta_reward_pairs
-from self_rewarding_lm_pytorch.stages.configs import MetaRewardDPOConfig
+from self_rewarding_lm_pytorch.pairs.selection import best_and_worst
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
 from self_rewarding_lm_pytorch.stages.preference import (
     check_pair_filters,
@@ -19,7 +22,61 @@ from self_rewarding_lm_pytorch.stages.preference import (
     score_scale,
     train_on_pairs,
 )
-from self_rewarding_lm_pytorch.stages.self_reward import check_judge_prompt_fits, self_judge
+from self_rewarding_lm_pytorch.stages.self_reward import (
+    SelfRewardDPOConfig,
+    check_judge_prompt_fits,
+    self_judge,
+)
+
+
+@dataclass(kw_only=True)
+class MetaRewardDPOConfig(SelfRewardDPOConfig):
+    """A Meta-Rewarding iteration (Wu et al. 2024, arXiv 2407.19594): a self-rewarding iteration whose judge learns
+    too. The model answers (N candidates), judges each answer `num_judgements` times, and, as meta-judge, compares
+    the judgements of the answer they disagree on most, every pair in both orders (`meta_judge_config`; None: the
+    paper's prompt). Judge pairs: the best vs the worst judgement by Elo rating (fitted to the position-weighted
+    verdicts, pairs/meta_rules.py), dropped when both give the same score or their ratings (log-odds units) differ by
+    less than `min_meta_margin`. Actor pairs as in `SelfRewardDPOConfig`; with `length_control` rho in [0, 1), the
+    shortest candidate scored within rho x (best - worst) of the best is chosen (the paper's length control; None:
+    best vs worst). Up to `num_preference_pairs` actor pairs and `num_judge_pairs` judge pairs (None: as many as
+    actor pairs) train together in one DPO run."""
+
+    meta_judge_config: MetaJudgeConfig | None = None
+    num_judge_pairs: int | None = None
+    meta_judge_max_new_tokens: int = 256
+    meta_judge_temperature: float = 0.0  # one verdict per order; greedy unless asked otherwise
+    meta_judge_top_p: float | None = None
+    meta_judge_batch_size: int = 16
+    min_meta_margin: float | None = None
+    length_control: float | None = None
+
+    def __post_init__(self):
+        self.check_preference_stage()
+        self.check_self_judge()
+        name = type(self).__name__
+        if self.meta_judge_config is None:
+            self.meta_judge_config = MetaJudgeConfig()
+        elif not isinstance(self.meta_judge_config, MetaJudgeConfig):
+            raise TypeError(f"{name}.meta_judge_config must be a MetaJudgeConfig, got a {type(self.meta_judge_config).__name__}")
+        if self.num_judgements < 2:
+            raise ValueError(f"{name}.num_judgements must be >= 2: the meta-judge compares two judgements of an answer, "
+                             f"got {self.num_judgements}")
+        if self.num_judge_pairs is None:
+            self.num_judge_pairs = self.num_preference_pairs
+        for field_name in ("num_judge_pairs", "meta_judge_max_new_tokens", "meta_judge_batch_size"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}.{field_name} must be an int >= 1, got {value!r}")
+        check_sampling_settings(self, "meta_judge_temperature", "meta_judge_top_p")
+        if self.min_meta_margin is not None and not self.min_meta_margin > 0:
+            raise ValueError(f"{name}.min_meta_margin must be > 0 or None, got {self.min_meta_margin}")
+        if self.length_control is not None:
+            if not 0 <= self.length_control < 1:
+                raise ValueError(f"{name}.length_control is the paper's rho, a share of the score range in [0, 1); got "
+                                 f"{self.length_control} (None turns it off: best vs worst)")
+            if self.pick_paired_rewards is not best_and_worst:
+                raise ValueError(f"{name}: length_control picks the actor pairs; it cannot be combined with a custom "
+                                 f"pick_paired_rewards. Pass one of the two")
 
 
 def run_meta_reward(config: MetaRewardDPOConfig, context: StageContext) -> dict:

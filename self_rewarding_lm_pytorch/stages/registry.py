@@ -7,17 +7,35 @@ module and one line in `STAGE_KINDS`.
 from __future__ import annotations
 
 from self_rewarding_lm_pytorch.generation.sampling import warn_missing_eos
-from self_rewarding_lm_pytorch.stages.external_reward import EXTERNAL_REWARD_STAGE
+from self_rewarding_lm_pytorch.stages.external_reward import (
+    EXTERNAL_REWARD_STAGE,
+    ExternalRewardDPOConfig,
+)
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageKind
-from self_rewarding_lm_pytorch.stages.meta_reward import META_REWARD_STAGE
-from self_rewarding_lm_pytorch.stages.self_consistency import SELF_CONSISTENCY_STAGE
-from self_rewarding_lm_pytorch.stages.self_reward import SELF_REWARD_STAGE
+from self_rewarding_lm_pytorch.stages.meta_reward import (
+    META_REWARD_STAGE,
+    MetaRewardDPOConfig,
+)
+from self_rewarding_lm_pytorch.stages.self_consistency import (
+    SELF_CONSISTENCY_STAGE,
+    SelfConsistencyDPOConfig,
+)
+from self_rewarding_lm_pytorch.stages.self_reward import (
+    SELF_REWARD_STAGE,
+    SelfRewardDPOConfig,
+)
 from self_rewarding_lm_pytorch.stages.sft import SFT_STAGE
 from self_rewarding_lm_pytorch.stages.spin import SPIN_STAGE
+from self_rewarding_lm_pytorch.training.sft import SFTConfig
+from self_rewarding_lm_pytorch.training.spin import SelfPlayConfig
 
 STAGE_KINDS: tuple[StageKind, ...] = (SFT_STAGE, SPIN_STAGE, SELF_REWARD_STAGE, META_REWARD_STAGE,
                                       EXTERNAL_REWARD_STAGE, SELF_CONSISTENCY_STAGE)
 _BY_CONFIG = {kind.config: kind for kind in STAGE_KINDS}
+
+# what `SelfRewardingTrainer(finetune_configs=[...])` takes: a config of any kind above
+FinetuneConfig = (SFTConfig | SelfPlayConfig | SelfRewardDPOConfig | MetaRewardDPOConfig | ExternalRewardDPOConfig
+                  | SelfConsistencyDPOConfig)
 
 
 def kind_of(config) -> StageKind | None:

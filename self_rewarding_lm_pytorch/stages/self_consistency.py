@@ -3,10 +3,52 @@ vote, and DPO trains on the most- vs least-voted answer."""
 
 from __future__ import annotations
 
-from self_rewarding_lm_pytorch.judging.self_consistency import SelfConsistencyJudge
-from self_rewarding_lm_pytorch.stages.configs import SelfConsistencyDPOConfig
+from dataclasses import dataclass
+from typing import Callable, Hashable
+
+from self_rewarding_lm_pytorch.judging.self_consistency import (
+    SelfConsistencyJudge,
+    stripped_response,
+)
+from self_rewarding_lm_pytorch.pairs.selection import MarginAtLeast
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
-from self_rewarding_lm_pytorch.stages.preference import check_pair_filters, check_prompts, run_judged_stage
+from self_rewarding_lm_pytorch.stages.preference import (
+    check_pair_filters,
+    check_prompts,
+    run_judged_stage,
+)
+from self_rewarding_lm_pytorch.stages.preference_config import PreferenceStageConfig
+
+
+@dataclass(kw_only=True)
+class SelfConsistencyDPOConfig(PreferenceStageConfig):
+    """A self-consistency iteration (ScPO, Prasad et al. 2024): the model answers `prompt_dataset` N times
+    (`num_candidate_responses`; the paper samples 8 or more), no judge prompt is used: each answer scores the share
+    of the N answers with the same `answer_key`, and DPO trains on the most- vs least-voted answer (a prompt whose
+    answers all agree gives no pair). `min_vote_margin` keeps only pairs whose vote shares differ by at least that
+    much (the paper's threshold); `margin_weighted_loss=True` weights each pair's loss by that difference."""
+
+    answer_key: Callable[[str], Hashable | None] = stripped_response
+    min_vote_margin: float | None = None
+
+    def __post_init__(self):
+        self.check_preference_stage()
+        if not callable(self.answer_key):
+            raise TypeError(f"SelfConsistencyDPOConfig.answer_key must be callable (response -> answer), got {self.answer_key!r}")
+        if self.min_vote_margin is not None:
+            if not 0 < self.min_vote_margin <= 1:
+                raise ValueError(
+                    f"SelfConsistencyDPOConfig.min_vote_margin is a difference of vote shares, in (0, 1]; got {self.min_vote_margin}"
+                )
+            vote_margin = MarginAtLeast(self.min_vote_margin, name="vote_margin")
+            others = [f for f in self.pair_filters if isinstance(f, MarginAtLeast) and f != vote_margin]
+            if others:
+                raise ValueError(
+                    f"SelfConsistencyDPOConfig.min_vote_margin={self.min_vote_margin} and pair_filters' {others[0]!r} "
+                    f"both set a margin: keep one of the two"
+                )
+            if vote_margin not in self.pair_filters:  # already there when the config is rebuilt from its fields
+                self.pair_filters = (*self.pair_filters, vote_margin)
 
 
 def run_self_consistency(config: SelfConsistencyDPOConfig, context: StageContext) -> dict:

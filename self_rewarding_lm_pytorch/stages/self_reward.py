@@ -3,9 +3,12 @@ LLM-as-a-judge prompt, and DPO trains on its best-vs-worst pairs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
+from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings
+from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 from self_rewarding_lm_pytorch.judging.judges import SelfJudge
-from self_rewarding_lm_pytorch.stages.configs import SelfRewardDPOConfig
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
 from self_rewarding_lm_pytorch.stages.preference import (
     check_pair_filters,
@@ -15,6 +18,31 @@ from self_rewarding_lm_pytorch.stages.preference import (
     run_judged_stage,
     score_scale,
 )
+from self_rewarding_lm_pytorch.stages.preference_config import PreferenceStageConfig
+from self_rewarding_lm_pytorch.training.options import check_at_least_one
+
+
+@dataclass(kw_only=True)
+class SelfRewardDPOConfig(PreferenceStageConfig):
+    """One self-rewarding iteration (Yuan et al. 2024, section 2): the model answers `prompt_dataset`, judges its
+    own answers `num_judgements` times each with the LLM-as-a-judge prompt, and is trained by DPO on best-vs-worst
+    pairs. `reward_config` None uses the trainer's `self_reward_prompt_config` (the paper's prompt by default)."""
+
+    reward_config: RewardConfig | None = None
+    num_judgements: int = 3
+    judge_max_new_tokens: int = 256  # the judge's answer budget, on top of its (long) prompt
+    judge_temperature: float = 0.7
+    judge_top_p: float | None = 0.9
+    judge_batch_size: int = 16  # candidates judged per sampler call (x num_judgements rows): bounds memory
+
+    def __post_init__(self):
+        self.check_preference_stage()
+        self.check_self_judge()
+
+    def check_self_judge(self):
+        """The settings of the model as its own judge."""
+        check_at_least_one(self, "num_judgements", "judge_max_new_tokens", "judge_batch_size")
+        check_sampling_settings(self, "judge_temperature", "judge_top_p")
 
 
 def self_judge(config: SelfRewardDPOConfig, context: StageContext) -> SelfJudge:
