@@ -13,7 +13,7 @@ Measured with `--tiny` and every other setting at its default (CPU, one thread, 
 64 of 64 pairs from 256 prompts, judge parse rate 0.96, tie rate 0.01, in 26 s; with model and task seeds 1-3 also 64 of
 64 (parse rates 0.93, 0.98, 0.91). With SFT at 1e-4 the tiny model parsed 0 of 768 judgements and made 0 pairs, which is
 why --tiny raises the rate. The 1e-4 default for a real checkpoint was not measured here (no pretrained weights).
-tests/test_hf_example.py runs `--tiny --pairs 16` and checks every pair is made.
+tests/integration/test_hf_example.py runs `--tiny --pairs 16` and checks every pair is made.
 """
 
 from __future__ import annotations

@@ -26,6 +26,14 @@ def make_transformer():
     return make
 
 
+@pytest.fixture
+def char_model(make_transformer):
+    """A tiny transformer over the bundled tasks' character vocabulary."""
+    from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer
+
+    return make_transformer(seed=0, num_tokens=CharTokenizer.num_tokens, max_seq_len=48, dim=32, depth=1)
+
+
 class Crash(Exception):
     """A stand-in for a killed process."""
 

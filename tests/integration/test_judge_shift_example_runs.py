@@ -1,0 +1,57 @@
+"""examples/judge_shift.py on a runner folder it finds the checkpoints in (tiny settings, untrained model)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from accelerate import Accelerator
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def run_script(run: Path, seed: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EXAMPLES / "judge_shift.py"), "--run", str(run), "--seed", str(seed)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_judge_shift_reads_a_run_folder_and_finds_no_disagreement_between_identical_judges(tmp_path):
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
+    from self_rewarding_lm_pytorch.experiment.tasks import TASKS
+    from self_rewarding_lm_pytorch.storage.checkpoint import save_checkpoint
+
+    (tmp_path / "settings.json").write_text(json.dumps(dict(num_candidates=2, num_judge_eval_prompts=3, eval_split_seed=7)))
+    model, accelerator = TASKS["pair_sum"]().make_model(0), Accelerator(cpu=True)
+    assert ExperimentSettings(**json.loads((tmp_path / "settings.json").read_text())).num_candidates == 2
+    # no iteration yet: a clear error, not a comparison of the seed model with itself
+    save_checkpoint(accelerator, model, tmp_path / "seed-0" / "seed-model" / "stage-01-sft.pt")
+    missing = run_script(tmp_path, 0)
+    assert missing.returncode != 0 and "no self_judge iteration" in missing.stderr
+
+    for iteration in (1, 2):  # the last iteration is the one compared (same weights here: no judgement may differ)
+        save_checkpoint(accelerator, model, tmp_path / "seed-0" / "self_judge" / f"iteration-{iteration}" / "stage-00-self-reward-dpo.pt")
+    result = run_script(tmp_path, 0)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(";")[1].strip() for line in lines if line.startswith("answers of")] == ["judges disagree on 0"] * 2
+    assert "answers of the iteration-2 model (" in result.stdout and "of 6 right" in result.stdout
+
+
+def test_meta_judge_check_reads_a_run_folder_and_asks_both_kinds_of_pair_in_both_orders(tmp_path):
+    from self_rewarding_lm_pytorch.experiment.tasks import TASKS
+    from self_rewarding_lm_pytorch.storage.checkpoint import save_checkpoint
+
+    (tmp_path / "settings.json").write_text(json.dumps(dict(num_candidates=2, num_judge_eval_prompts=3, eval_split_seed=7)))
+    model = TASKS["pair_sum"](reasoned_judge=True, max_seq_len=96).make_model(0)
+    save_checkpoint(Accelerator(cpu=True), model, tmp_path / "seed-0" / "seed-model" / "stage-01-sft.pt")
+    script = str(EXAMPLES / "meta_judge_check.py")
+    result = subprocess.run([sys.executable, script, "--run", str(tmp_path), "--seed", "0"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split(":")[0]: line for line in result.stdout.splitlines()}
+    assert set(lines) == {"score flipped", "wrong look-up"}
+    # 6 answers of an untrained model: every one gets a score-flipped pair unless it is not a pair of digits
+    assert "pairs; the right judgement named in both orders" in lines["score flipped"] or "no pairs" in lines["score flipped"]
+    alone = subprocess.run([sys.executable, script, "--run", str(tmp_path), "--seed", "0", "--arm", "meta_reward"],
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode != 0 and "--arm and --iteration go together" in alone.stderr

@@ -1,0 +1,38 @@
+import pytest
+import torch
+from conftest import tiny_transformer
+
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
+from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs
+from self_rewarding_lm_pytorch.training.losses import preference_loss
+from self_rewarding_lm_pytorch.training.spin import SPIN, SelfPlayConfig, SPINTrainer
+
+
+def char_model(seed=0):
+    torch.manual_seed(seed)
+    return tiny_transformer(num_tokens=CharTokenizer.num_tokens, max_seq_len=48, depth=2)
+
+
+def test_spin_loss_is_the_sigmoid_preference_loss_with_beta_lambda():
+    model = char_model()
+    spin = SPIN(model, λ=0.5)
+    assert spin.ref_model is None  # θt's log-probs are stored: no reference copy
+    real = torch.tensor([[5, 6, 7, 8, 9, -1], [5, 6, 10, 11, 12, 13]])
+    fake = torch.tensor([[5, 6, 9, 9, -1, -1], [5, 6, 3, -1, -1, -1]])
+    prompt_len = torch.tensor([2, 2])
+    ref_real, ref_fake = torch.tensor([-20.0, -30.0]), torch.tensor([-10.0, -15.0])
+    loss, _ = spin(real, fake, prompt_len, chosen_ref_logp=ref_real, rejected_ref_logp=ref_fake)
+
+    policy = reference_logprobs(model, [real[0, :5], real[1], fake[0, :4], fake[1, :3]], torch.tensor([2, 2, 2, 2]), -1)
+    losses, _, _ = preference_loss(policy[:2], policy[2:], ref_real, ref_fake, beta=0.5)
+    torch.testing.assert_close(loss, losses.mean())
+
+
+def test_bad_spin_settings_fail_at_construction():
+    data = SortDigitsTask(seed=1).instruction_examples(4)
+    with pytest.raises(ValueError, match="unknown settings \\['lambda'\\]"):
+        SelfPlayConfig(train_sft_dataset=data, max_seq_len=24, spin_kwargs=dict(**{"lambda": 0.1}))
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        SelfPlayConfig(train_sft_dataset=data, max_seq_len=24, spin_kwargs=dict(λ=0.0))
+    with pytest.raises(ValueError, match="no room to generate"):
+        SPINTrainer(char_model(), train_sft_dataset=data, max_seq_len=4, accelerate_kwargs=dict(cpu=True))
