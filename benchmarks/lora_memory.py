@@ -18,9 +18,9 @@ import gc
 import weakref
 
 import torch
+from peft import LoraConfig, get_peft_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from self_rewarding_lm_pytorch import DPOTrainer

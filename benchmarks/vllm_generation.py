@@ -25,8 +25,8 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from self_rewarding_lm_pytorch import RewardConfig, VLLMConfig  # noqa: E402
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, make_sampler  # noqa: E402
-from self_rewarding_lm_pytorch.models.hf import HFCausalLM  # noqa: E402
 from self_rewarding_lm_pytorch.judging.judges import SelfJudge  # noqa: E402
+from self_rewarding_lm_pytorch.models.hf import HFCausalLM  # noqa: E402
 from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
 from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask  # noqa: E402

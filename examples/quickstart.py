@@ -32,7 +32,13 @@ from self_rewarding_lm_pytorch import (
     sample,
 )
 from self_rewarding_lm_pytorch.judging.judges import strip_response
-from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, answer_key, graded_score, is_correct
+from self_rewarding_lm_pytorch.tasks.sort_digits import (
+    CharTokenizer,
+    SortDigitsTask,
+    answer_key,
+    graded_score,
+    is_correct,
+)
 
 MAX_SEQ_LEN = 48
 tokenizer = CharTokenizer()

@@ -34,7 +34,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from self_rewarding_lm_pytorch import PairGenerationError, SelfRewardingTrainer, SFTConfig
+from self_rewarding_lm_pytorch import (
+    PairGenerationError,
+    SelfRewardingTrainer,
+    SFTConfig,
+)
+from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS, Arm
+from self_rewarding_lm_pytorch.experiment.measure import measure
+from self_rewarding_lm_pytorch.experiment.settings import (
+    ExperimentSettings,
+    ExperimentTask,
+)
 from self_rewarding_lm_pytorch.judging.eft import (
     judge_mistakes,
     labelled_judge_examples,
@@ -42,9 +52,6 @@ from self_rewarding_lm_pytorch.judging.eft import (
     own_answer_judge_examples,
     two_point_targets,
 )
-from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS, Arm
-from self_rewarding_lm_pytorch.experiment.measure import measure
-from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings, ExperimentTask
 
 # the run
 

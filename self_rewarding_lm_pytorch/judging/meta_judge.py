@@ -20,10 +20,15 @@ from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
-from self_rewarding_lm_pytorch.judging.judges import strip_response
-from self_rewarding_lm_pytorch.judging.judge_prompt import PLACEHOLDER, WHITESPACE, _literal, _placeholders
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, Sampler
 from self_rewarding_lm_pytorch.generation.sampling import top_p
+from self_rewarding_lm_pytorch.judging.judge_prompt import (
+    PLACEHOLDER,
+    WHITESPACE,
+    _literal,
+    _placeholders,
+)
+from self_rewarding_lm_pytorch.judging.judges import strip_response
 from self_rewarding_lm_pytorch.models.decoders import absolute_position_limit
 
 # the paper's meta-judge prompt (Figure 2 of Wu et al. 2024), reproduced in meaning: the judge's rubric, the

@@ -7,8 +7,12 @@ from typing import Callable
 
 from torch import Tensor
 
-from self_rewarding_lm_pytorch.pairs.selection import PairFilter, best_and_worst, is_finite_reward
 from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings
+from self_rewarding_lm_pytorch.pairs.selection import (
+    PairFilter,
+    best_and_worst,
+    is_finite_reward,
+)
 from self_rewarding_lm_pytorch.training.options import check_at_least_one
 
 
@@ -17,7 +21,7 @@ class PairGenerationConfig:
     """How a stage makes its preference pairs, whoever judges. Defaults follow the paper: N = 4 candidates
     sampled at temperature 0.7 and top-p 0.9, best vs worst. (The judge's own settings live with the judge.)
 
-    The pair-generation fields of every preference stage (stages/preference_config.py), which inherit them from here."""
+    The pair-generation fields of every preference stage (stages/preference.py), which inherit them from here."""
 
     num_preference_pairs: int
     num_candidate_responses: int = 4

@@ -16,11 +16,11 @@ from self_rewarding_lm_pytorch.judging.judges import (
 )
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
 from self_rewarding_lm_pytorch.stages.preference import (
+    PreferenceStageConfig,
     check_pair_filters,
     check_prompts,
     run_judged_stage,
 )
-from self_rewarding_lm_pytorch.stages.preference_config import PreferenceStageConfig
 from self_rewarding_lm_pytorch.training.options import check_at_least_one
 
 # a reward model scores this many candidates per forward unless told otherwise

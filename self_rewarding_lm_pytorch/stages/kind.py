@@ -8,7 +8,7 @@ logger), never the orchestrator itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +17,6 @@ from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.generation.backend import Sampler
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
-from self_rewarding_lm_pytorch.stages.preference_config import pair_settings
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 
 
@@ -53,12 +52,6 @@ class StageContext:
 
     def path(self, suffix: str) -> Path:
         return self.folder / f"{self.name}.{suffix}"
-
-    def pairs_fingerprint(self, config) -> dict[str, str]:
-        """The parts of the fingerprint that make the stage's pairs: all but the DPO training settings, so a pair
-        folder stays usable when only those change (a folder of other pairs is refused)."""
-        training_only = {f.name for f in fields(config)} - pair_settings(config).keys()
-        return {name: part for name, part in self.fingerprint.items() if name not in training_only}
 
 
 @dataclass(frozen=True)

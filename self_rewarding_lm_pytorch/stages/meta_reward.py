@@ -19,6 +19,7 @@ from self_rewarding_lm_pytorch.stages.preference import (
     longest_prompt,
     model_length_limit,
     pair_summary,
+    pairs_fingerprint,
     score_scale,
     train_on_pairs,
 )
@@ -91,7 +92,7 @@ def run_meta_reward(config: MetaRewardDPOConfig, context: StageContext) -> dict:
         context.model, config, self_judge(config, context), meta_judge, folder=context.path("pairs"),
         tokenizer_encode=context.encode, tokenizer_decode=context.decode, judge_encode=context.judge_encode,
         accelerator=context.accelerator, pad_id=context.pad_id, eos_id=context.eos_id, seed=context.seed,
-        fingerprint=context.pairs_fingerprint(config), logger=context.logger, sampler=context.sampler,
+        fingerprint=pairs_fingerprint(config, context), logger=context.logger, sampler=context.sampler,
     )
     summary = train_on_pairs(config, context)
     counts = pair_summary(stats)

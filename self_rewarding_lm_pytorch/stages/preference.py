@@ -1,6 +1,6 @@
-"""What every preference stage shares: its pairs are made by the pair loop, then DPO trains on them; and the
-construction checks of its prompts and pair filters.
-
+"""What every preference stage shares: its config's base (`PreferenceStageConfig`: the pair-generation and the DPO
+fields as flat keyword arguments, and `pair_settings`, the fields that make its pairs), its run, and the construction
+checks of its prompts and pair filters. A run:
     1) make the stage's pairs (pairs/loop.py), resuming what its pairs folder holds,
     2) free the generation backend, then train DPO on the stored pairs (its steps resumable under `<stage>.steps`),
     3) return the last logged loss numbers, the number of pairs and the pair counts the summary keeps.
@@ -8,19 +8,74 @@ construction checks of its prompts and pair filters.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from dataclasses import dataclass, fields
 
-from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from self_rewarding_lm_pytorch.data.datasets import as_token_tensor, check_non_empty
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 from self_rewarding_lm_pytorch.judging.judges import Judge
 from self_rewarding_lm_pytorch.models.decoders import absolute_position_limit
+from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
 from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
 from self_rewarding_lm_pytorch.pairs.selection import JudgementsAgree, MarginAtLeast
 from self_rewarding_lm_pytorch.pairs.stats import PairGenerationStats
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext
 from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
 from self_rewarding_lm_pytorch.storage.tracking import last_logged
-from self_rewarding_lm_pytorch.training.dpo import DPOTrainer
+from self_rewarding_lm_pytorch.training.dpo import DPOConfig, DPOTrainer
+
+
+@dataclass(kw_only=True)
+class PreferenceStageConfig(PairGenerationConfig, DPOConfig):
+    """What every preference stage has: the prompts it answers (`prompt_dataset`), how it makes pairs from the
+    answers (`PairGenerationConfig`'s fields) and how it trains on them (`DPOConfig`'s fields). Each stage kind
+    subclasses it and runs `check_preference_stage()` first in its own `__post_init__`."""
+
+    prompt_dataset: Dataset
+
+    def __post_init__(self):
+        self.check_preference_stage()
+
+    def check_preference_stage(self):
+        """Both groups' checks, and what a stage that makes its own pairs adds to them."""
+        name = type(self).__name__
+        check_non_empty(self.prompt_dataset, f"{name}.prompt_dataset")
+        self.check_pair_generation()
+        self.check_dpo_training()
+        if self.temperature == 0:
+            raise ValueError(
+                f"{name}.temperature is 0 (greedy): the {self.num_candidate_responses} candidates of a prompt would all be "
+                f"the same text, and a pair of the same text is dropped, so the stage would make no pair. Sample with a "
+                f"temperature > 0 (the paper uses 0.7)"
+            )
+        if self.precompute_reference is not None:
+            raise ValueError(
+                f"{name}.precompute_reference does not apply: pair generation stores the reference log-probs with the "
+                f"pairs; leave it at None"
+            )
+        if self.valid_every is not None:
+            raise ValueError(
+                f"{name}.valid_every has nothing to validate on: a preference stage makes its own pairs. Judge held-out "
+                f"performance with an early_stopper, or the trainer's evaluate hook"
+            )
+
+
+# DPO's training settings: they change how a stage trains on its pairs, not the pairs. logp_reduction is not one of
+# them, since the pairs store reference log-probs reduced by it.
+_DPO_TRAINING_ONLY = frozenset(f.name for f in fields(DPOConfig)) - {"logp_reduction"}
+
+
+def pair_settings(config: PreferenceStageConfig) -> dict[str, object]:
+    """The fields of a preference stage config that make its pairs, by name: every field except DPO's training-only
+    ones (the loop, the optimiser, the loss, early stopping; `logp_reduction` is kept: the stored reference log-probs
+    use it). Two stages with equal pair settings, run from the same weights, seed and judge, make the same pairs."""
+    if not isinstance(config, PreferenceStageConfig):
+        raise TypeError(f"pair_settings takes a preference stage config (e.g. SelfRewardDPOConfig), got a "
+                        f"{type(config).__name__}, which makes no pairs")
+    return {f.name: getattr(config, f.name) for f in fields(config) if f.name not in _DPO_TRAINING_ONLY}
+
 
 # the pair counts a stage's summary keeps (every count goes to the trackers as pairs/...)
 SUMMARY_COUNTS = ("judge_verifier", "pairs_chosen", "pairs_filtered")
@@ -32,12 +87,19 @@ def run_judged_stage(config, context: StageContext, judge: Judge) -> dict:
         context.model, config.prompt_dataset, judge, config,
         folder=context.path("pairs"), tokenizer_encode=context.encode, tokenizer_decode=context.decode,
         accelerator=context.accelerator, pad_id=context.pad_id, eos_id=context.eos_id,
-        logp_reduction=config.logp_reduction, seed=context.seed, fingerprint=context.pairs_fingerprint(config),
+        logp_reduction=config.logp_reduction, seed=context.seed, fingerprint=pairs_fingerprint(config, context),
         logger=context.logger, sampler=context.sampler,
     )
     summary = train_on_pairs(config, context)
     summary.update(pair_summary(stats))
     return summary
+
+
+def pairs_fingerprint(config: PreferenceStageConfig, context: StageContext) -> dict[str, str]:
+    """The parts of the stage's fingerprint that make its pairs: all but its DPO training settings, so a pair folder
+    stays usable when only those change (a folder of other pairs is refused)."""
+    training_only = {f.name for f in fields(config)} - pair_settings(config).keys()
+    return {name: part for name, part in context.fingerprint.items() if name not in training_only}
 
 
 def pair_summary(stats: PairGenerationStats) -> dict:

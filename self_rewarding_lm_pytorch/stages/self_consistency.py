@@ -13,11 +13,11 @@ from self_rewarding_lm_pytorch.judging.self_consistency import (
 from self_rewarding_lm_pytorch.pairs.selection import MarginAtLeast
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
 from self_rewarding_lm_pytorch.stages.preference import (
+    PreferenceStageConfig,
     check_pair_filters,
     check_prompts,
     run_judged_stage,
 )
-from self_rewarding_lm_pytorch.stages.preference_config import PreferenceStageConfig
 
 
 @dataclass(kw_only=True)

@@ -11,6 +11,7 @@ from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 from self_rewarding_lm_pytorch.judging.judges import SelfJudge
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
 from self_rewarding_lm_pytorch.stages.preference import (
+    PreferenceStageConfig,
     check_pair_filters,
     check_prompts,
     longest_prompt,
@@ -18,7 +19,6 @@ from self_rewarding_lm_pytorch.stages.preference import (
     run_judged_stage,
     score_scale,
 )
-from self_rewarding_lm_pytorch.stages.preference_config import PreferenceStageConfig
 from self_rewarding_lm_pytorch.training.options import check_at_least_one
 
 

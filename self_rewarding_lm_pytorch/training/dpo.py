@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from accelerate import Accelerator
@@ -17,18 +17,37 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.models.adapters import adapter_model, reference_model
-from self_rewarding_lm_pytorch.training.dpo_batches import DPOCollate, validate_pair_dataset
+from self_rewarding_lm_pytorch.models.sharding import (
+    check_supported_sharding,
+    is_fully_sharded,
+    place_on_device,
+    prepare_for_training,
+)
+from self_rewarding_lm_pytorch.models.utils import set_dropout
+from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
+from self_rewarding_lm_pytorch.training.dpo_batches import (
+    DPOCollate,
+    validate_pair_dataset,
+)
 from self_rewarding_lm_pytorch.training.dpo_objective import DPO, default_logp_reduction
-from self_rewarding_lm_pytorch.training.reference import with_reference_logprobs
 from self_rewarding_lm_pytorch.training.early_stopping import EarlyStopper
 from self_rewarding_lm_pytorch.training.logprobs import Reduction
-from self_rewarding_lm_pytorch.models.utils import set_dropout
+from self_rewarding_lm_pytorch.training.losses import (
+    LossType,
+    check_preference_loss_settings,
+)
 from self_rewarding_lm_pytorch.training.optim import adamw_for_stage, steps_per_epoch
-from self_rewarding_lm_pytorch.training.options import TrainingLoopOptions, check_at_least_one
-from self_rewarding_lm_pytorch.training.losses import LossType, check_preference_loss_settings
-from self_rewarding_lm_pytorch.models.sharding import check_supported_sharding, is_fully_sharded, place_on_device, prepare_for_training
-from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
-from self_rewarding_lm_pytorch.training.train_state import TrainState, loop_fingerprint, shuffle_generator, step_is_finite
+from self_rewarding_lm_pytorch.training.options import (
+    TrainingLoopOptions,
+    check_at_least_one,
+)
+from self_rewarding_lm_pytorch.training.reference import with_reference_logprobs
+from self_rewarding_lm_pytorch.training.train_state import (
+    TrainState,
+    loop_fingerprint,
+    shuffle_generator,
+    step_is_finite,
+)
 
 
 @dataclass(kw_only=True)

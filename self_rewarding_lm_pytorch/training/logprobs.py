@@ -17,8 +17,8 @@ from einops import rearrange
 from jaxtyping import Bool, Float, Int, jaxtyped
 from torch import Tensor, nn
 
-from self_rewarding_lm_pytorch.models.adapters import adapters_disabled
 from self_rewarding_lm_pytorch.data.datasets import pad_right
+from self_rewarding_lm_pytorch.models.adapters import adapters_disabled
 from self_rewarding_lm_pytorch.models.contract import forward_logits
 from self_rewarding_lm_pytorch.models.sharding import idle_forward, is_fully_sharded
 

@@ -18,8 +18,7 @@ from accelerate import Accelerator
 from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import DPOTrainer, SFTTrainer
-from self_rewarding_lm_pytorch.models.sharding import fully_shard_model
-from self_rewarding_lm_pytorch.models.sharding import full_state_dict
+from self_rewarding_lm_pytorch.models.sharding import full_state_dict, fully_shard_model
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 TOKENIZER = CharTokenizer()

@@ -17,8 +17,11 @@ from accelerate import Accelerator
 from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import sample
+from self_rewarding_lm_pytorch.models.sharding import (
+    fully_shard_model,
+    is_fully_sharded,
+)
 from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs
-from self_rewarding_lm_pytorch.models.sharding import fully_shard_model, is_fully_sharded
 
 
 def x_transformers_model():

@@ -15,7 +15,7 @@ from self_rewarding_lm_pytorch import (
     SFTConfig,
 )
 from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
-from self_rewarding_lm_pytorch.stages.preference_config import pair_settings
+from self_rewarding_lm_pytorch.stages.preference import pair_settings
 from self_rewarding_lm_pytorch.tasks.sort_digits import SortDigitsTask
 from self_rewarding_lm_pytorch.training.options import TrainingLoopOptions
 
