@@ -23,11 +23,7 @@ from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import RewardConfig
 from self_rewarding_lm_pytorch.judging.judges import Candidates, SelfJudge
-from self_rewarding_lm_pytorch.tasks.sort_digits import (
-    CharTokenizer,
-    SortDigitsTask,
-    solve,
-)
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, solve
 
 
 def main():

@@ -29,17 +29,9 @@ from self_rewarding_lm_pytorch import (
     create_default_paper_config,
 )
 from self_rewarding_lm_pytorch.judging.eft import EFTFields
-from self_rewarding_lm_pytorch.models.hf import (
-    ChatTemplate,
-    HFCausalLM,
-    hf_tokenizer_functions,
-)
+from self_rewarding_lm_pytorch.models.hf import ChatTemplate, HFCausalLM, hf_tokenizer_functions
 from self_rewarding_lm_pytorch.pairs.selection import reward_within
-from self_rewarding_lm_pytorch.tasks.sort_digits import (
-    SortDigitsTask,
-    graded_score,
-    solve,
-)
+from self_rewarding_lm_pytorch.tasks.sort_digits import SortDigitsTask, graded_score, solve
 
 CHECKPOINT = None  # e.g. "/models/Qwen2.5-1.5B-Instruct": a real chat model (on a GPU); None: a tiny random Llama
 

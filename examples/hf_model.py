@@ -23,12 +23,7 @@ import argparse
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from self_rewarding_lm_pytorch import (
-    RewardConfig,
-    SelfRewardDPOConfig,
-    SelfRewardingTrainer,
-    SFTConfig,
-)
+from self_rewarding_lm_pytorch import RewardConfig, SelfRewardDPOConfig, SelfRewardingTrainer, SFTConfig
 from self_rewarding_lm_pytorch.models.hf import HFCausalLM, hf_tokenizer_functions
 from self_rewarding_lm_pytorch.pairs.selection import reward_within
 from self_rewarding_lm_pytorch.tasks.sort_digits import SortDigitsTask, graded_score

@@ -15,12 +15,7 @@ from pathlib import Path
 
 import torch
 
-from self_rewarding_lm_pytorch.experiment.measure import (
-    balanced_accuracy,
-    judge_scores_of,
-    sampled_answers,
-    says_right,
-)
+from self_rewarding_lm_pytorch.experiment.measure import balanced_accuracy, judge_scores_of, sampled_answers, says_right
 from self_rewarding_lm_pytorch.experiment.settings import read_settings
 from self_rewarding_lm_pytorch.experiment.tasks import TASKS
 from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint

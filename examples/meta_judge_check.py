@@ -23,11 +23,7 @@ from judge_shift import last_checkpoint
 
 from self_rewarding_lm_pytorch.experiment.measure import sampled_answers
 from self_rewarding_lm_pytorch.experiment.settings import read_settings
-from self_rewarding_lm_pytorch.experiment.tasks import (
-    check_steps,
-    pair_sum_task,
-    wrong_look_up,
-)
+from self_rewarding_lm_pytorch.experiment.tasks import check_steps, pair_sum_task, wrong_look_up
 from self_rewarding_lm_pytorch.judging.eft import two_point_targets
 from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge, MetaQuery
 from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint

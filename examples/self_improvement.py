@@ -26,17 +26,8 @@ import torch
 from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS, OPTIONAL_ARMS
 from self_rewarding_lm_pytorch.experiment.report import write_report
 from self_rewarding_lm_pytorch.experiment.runner import ExperimentRunner
-from self_rewarding_lm_pytorch.experiment.settings import (
-    ExperimentSettings,
-    setting_value,
-)
-from self_rewarding_lm_pytorch.experiment.tasks import (
-    QUICK,
-    SPLIT_SEEDS,
-    TASK_SETTINGS,
-    TASK_TITLES,
-    TASKS,
-)
+from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings, setting_value
+from self_rewarding_lm_pytorch.experiment.tasks import QUICK, SPLIT_SEEDS, TASK_SETTINGS, TASK_TITLES, TASKS
 
 
 def main(argv: list[str] | None = None):

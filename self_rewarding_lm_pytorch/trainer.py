@@ -27,11 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch import Tensor, nn
 
-from self_rewarding_lm_pytorch.generation.backend import (
-    LibrarySampler,
-    check_sampler_processes,
-    make_sampler,
-)
+from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, check_sampler_processes, make_sampler
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 from self_rewarding_lm_pytorch.models.contract import check_special_ids
 from self_rewarding_lm_pytorch.models.sharding import (
@@ -44,17 +40,8 @@ from self_rewarding_lm_pytorch.models.sharding import (
 )
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext
 from self_rewarding_lm_pytorch.stages.paper import create_default_paper_config
-from self_rewarding_lm_pytorch.stages.registry import (
-    FinetuneConfig,
-    check_known_kinds,
-    check_plan,
-    kind_of,
-)
-from self_rewarding_lm_pytorch.storage.checkpoint import (
-    load_checkpoint,
-    read_checkpoint,
-    save_checkpoint,
-)
+from self_rewarding_lm_pytorch.stages.registry import FinetuneConfig, check_known_kinds, check_plan, kind_of
+from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from self_rewarding_lm_pytorch.storage.fingerprint import (
     changed_parts,
     config_fingerprint,
@@ -62,10 +49,7 @@ from self_rewarding_lm_pytorch.storage.fingerprint import (
     short,
     tokenizer_digest,
 )
-from self_rewarding_lm_pytorch.storage.integrity import (
-    content_digest,
-    remove_stale_temp_files,
-)
+from self_rewarding_lm_pytorch.storage.integrity import content_digest, remove_stale_temp_files
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 
 CLEAR_CHECKPOINTS_ENV = "SELF_REWARDING_CLEAR_CHECKPOINTS"

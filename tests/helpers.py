@@ -10,11 +10,7 @@ from torch import Tensor
 from self_rewarding_lm_pytorch import create_mock_dataset
 from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
 from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
-from self_rewarding_lm_pytorch.tasks.sort_digits import (
-    CharTokenizer,
-    make_prompt,
-    solve,
-)
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, make_prompt, solve
 
 TOKENIZER = CharTokenizer()
 

@@ -11,15 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch import sample
-from self_rewarding_lm_pytorch.experiment.settings import (
-    ExperimentSettings,
-    ExperimentTask,
-)
-from self_rewarding_lm_pytorch.judging.judges import (
-    Candidates,
-    SelfJudge,
-    strip_response,
-)
+from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings, ExperimentTask
+from self_rewarding_lm_pytorch.judging.judges import Candidates, SelfJudge, strip_response
 from self_rewarding_lm_pytorch.judging.self_consistency import SelfConsistencyJudge
 
 

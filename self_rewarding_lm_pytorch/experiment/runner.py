@@ -34,17 +34,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from self_rewarding_lm_pytorch import (
-    PairGenerationError,
-    SelfRewardingTrainer,
-    SFTConfig,
-)
+from self_rewarding_lm_pytorch import PairGenerationError, SelfRewardingTrainer, SFTConfig
 from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS, Arm
 from self_rewarding_lm_pytorch.experiment.measure import measure
-from self_rewarding_lm_pytorch.experiment.settings import (
-    ExperimentSettings,
-    ExperimentTask,
-)
+from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings, ExperimentTask
 from self_rewarding_lm_pytorch.judging.eft import (
     judge_mistakes,
     labelled_judge_examples,

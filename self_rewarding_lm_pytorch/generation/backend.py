@@ -53,11 +53,7 @@ def make_sampler(backend, model: nn.Module | None = None, where: str = "generati
     `VLLMConfig`, or a sampler already made (anything with `sample`'s call and a `release()`; returned as it is, so
     that stages share one engine). `model`, when given, is checked now (vLLM runs HuggingFace models only), with
     `where` naming the setting in the error."""
-    from self_rewarding_lm_pytorch.generation.vllm_backend import (
-        VLLMConfig,
-        VLLMSampler,
-        check_vllm_model,
-    )
+    from self_rewarding_lm_pytorch.generation.vllm_backend import VLLMConfig, VLLMSampler, check_vllm_model
 
     if callable(backend) and callable(getattr(backend, "release", None)):  # a sampler already made
         if isinstance(backend, VLLMSampler) and model is not None:

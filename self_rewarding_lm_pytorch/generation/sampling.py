@@ -31,11 +31,7 @@ from self_rewarding_lm_pytorch.models.decoders import (  # noqa: F401  (public h
     absolute_position_limit,
     make_decoder,
 )
-from self_rewarding_lm_pytorch.models.sharding import (
-    all_ranks_done,
-    idle_forward,
-    is_fully_sharded,
-)
+from self_rewarding_lm_pytorch.models.sharding import all_ranks_done, idle_forward, is_fully_sharded
 
 STOP_CHECK_EVERY = 8  # decode steps between checks that every row has ended (each check is a host-device sync)
 

@@ -24,19 +24,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
-from self_rewarding_lm_pytorch.data.fields import (
-    ExampleEncoder,
-    FieldDataset,
-    SFTFields,
-)
+from self_rewarding_lm_pytorch.data.fields import ExampleEncoder, FieldDataset, SFTFields
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, Sampler
 from self_rewarding_lm_pytorch.generation.sampling import top_p
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
-from self_rewarding_lm_pytorch.judging.judges import (
-    Candidates,
-    SelfJudge,
-    strip_response,
-)
+from self_rewarding_lm_pytorch.judging.judges import Candidates, SelfJudge, strip_response
 from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudgeConfig
 
 

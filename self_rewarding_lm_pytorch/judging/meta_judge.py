@@ -22,12 +22,7 @@ from torch import Tensor, nn
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, Sampler
 from self_rewarding_lm_pytorch.generation.sampling import top_p
-from self_rewarding_lm_pytorch.judging.judge_prompt import (
-    PLACEHOLDER,
-    WHITESPACE,
-    _literal,
-    _placeholders,
-)
+from self_rewarding_lm_pytorch.judging.judge_prompt import PLACEHOLDER, WHITESPACE, _literal, _placeholders
 from self_rewarding_lm_pytorch.judging.judges import strip_response
 from self_rewarding_lm_pytorch.models.decoders import absolute_position_limit
 

@@ -87,10 +87,7 @@ def full_state_dict(accelerator: Accelerator, model: nn.Module) -> dict[str, Ten
     unwrapped = extract_model_from_parallel(model)
     if not is_fully_sharded(unwrapped):
         return accelerator.get_state_dict(model)
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(unwrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -101,10 +98,7 @@ def load_full_state_dict(model: nn.Module, state_dict: dict[str, Tensor], strict
     if not is_fully_sharded(unwrapped):
         unwrapped.load_state_dict(state_dict, strict=strict)
         return
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     set_model_state_dict(unwrapped, state_dict, options=StateDictOptions(full_state_dict=True, strict=strict))
 
@@ -125,10 +119,7 @@ def full_optimizer_state_dict(model: nn.Module, optimizer) -> dict:
     unwrapped = extract_model_from_parallel(model)
     if not is_fully_sharded(unwrapped):
         return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_optimizer_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     return get_optimizer_state_dict(unwrapped, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -139,10 +130,7 @@ def load_full_optimizer_state_dict(model: nn.Module, optimizer, state: dict):
     if not is_fully_sharded(unwrapped):
         optimizer.load_state_dict(state)
         return
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_optimizer_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(unwrapped, optimizer, state, options=StateDictOptions(full_state_dict=True))
 

@@ -8,11 +8,7 @@ from typing import Callable
 from torch import Tensor
 
 from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings
-from self_rewarding_lm_pytorch.pairs.selection import (
-    PairFilter,
-    best_and_worst,
-    is_finite_reward,
-)
+from self_rewarding_lm_pytorch.pairs.selection import PairFilter, best_and_worst, is_finite_reward
 from self_rewarding_lm_pytorch.training.options import check_at_least_one
 
 

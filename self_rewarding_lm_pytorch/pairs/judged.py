@@ -23,13 +23,7 @@ from torch import Tensor, nn
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
 from self_rewarding_lm_pytorch.generation.backend import Sampler
 from self_rewarding_lm_pytorch.generation.sampling import top_p
-from self_rewarding_lm_pytorch.judging.judges import (
-    Candidates,
-    Judge,
-    Judgements,
-    check_reward_value,
-    strip_response,
-)
+from self_rewarding_lm_pytorch.judging.judges import Candidates, Judge, Judgements, check_reward_value, strip_response
 from self_rewarding_lm_pytorch.models.sharding import is_fully_sharded
 from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
 from self_rewarding_lm_pytorch.pairs.records import MadeBatch, PairKind, PreferencePair

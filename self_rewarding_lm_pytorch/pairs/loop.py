@@ -38,13 +38,7 @@ from self_rewarding_lm_pytorch.judging.judges import Judge
 from self_rewarding_lm_pytorch.models.sharding import is_fully_sharded
 from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
 from self_rewarding_lm_pytorch.pairs.judged import JudgedCandidatesMaker
-from self_rewarding_lm_pytorch.pairs.records import (
-    MadeBatch,
-    PairKind,
-    PreferencePair,
-    Tally,
-    as_columns,
-)
+from self_rewarding_lm_pytorch.pairs.records import MadeBatch, PairKind, PreferencePair, Tally, as_columns
 from self_rewarding_lm_pytorch.pairs.stats import PairGenerationStats
 from self_rewarding_lm_pytorch.storage.fingerprint import (
     config_fingerprint,

@@ -38,11 +38,7 @@ from self_rewarding_lm_pytorch.pairs.meta_rules import (
     pick_judge_pair,
 )
 from self_rewarding_lm_pytorch.pairs.records import MadeBatch, PairKind, PreferencePair
-from self_rewarding_lm_pytorch.pairs.stats import (
-    PairGenerationError,
-    PairGenerationStats,
-    shortfall_message,
-)
+from self_rewarding_lm_pytorch.pairs.stats import PairGenerationError, PairGenerationStats, shortfall_message
 
 
 @dataclass

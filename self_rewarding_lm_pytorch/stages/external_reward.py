@@ -8,12 +8,7 @@ from typing import Callable
 
 from torch import nn
 
-from self_rewarding_lm_pytorch.judging.judges import (
-    Judge,
-    RewardFnJudge,
-    RewardModelJudge,
-    check_reward_value,
-)
+from self_rewarding_lm_pytorch.judging.judges import Judge, RewardFnJudge, RewardModelJudge, check_reward_value
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
 from self_rewarding_lm_pytorch.stages.preference import (
     PreferenceStageConfig,

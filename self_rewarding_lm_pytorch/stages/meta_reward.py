@@ -23,11 +23,7 @@ from self_rewarding_lm_pytorch.stages.preference import (
     score_scale,
     train_on_pairs,
 )
-from self_rewarding_lm_pytorch.stages.self_reward import (
-    SelfRewardDPOConfig,
-    check_judge_prompt_fits,
-    self_judge,
-)
+from self_rewarding_lm_pytorch.stages.self_reward import SelfRewardDPOConfig, check_judge_prompt_fits, self_judge
 
 
 @dataclass(kw_only=True)

@@ -7,23 +7,11 @@ module and one line in `STAGE_KINDS`.
 from __future__ import annotations
 
 from self_rewarding_lm_pytorch.generation.sampling import warn_missing_eos
-from self_rewarding_lm_pytorch.stages.external_reward import (
-    EXTERNAL_REWARD_STAGE,
-    ExternalRewardDPOConfig,
-)
+from self_rewarding_lm_pytorch.stages.external_reward import EXTERNAL_REWARD_STAGE, ExternalRewardDPOConfig
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageKind
-from self_rewarding_lm_pytorch.stages.meta_reward import (
-    META_REWARD_STAGE,
-    MetaRewardDPOConfig,
-)
-from self_rewarding_lm_pytorch.stages.self_consistency import (
-    SELF_CONSISTENCY_STAGE,
-    SelfConsistencyDPOConfig,
-)
-from self_rewarding_lm_pytorch.stages.self_reward import (
-    SELF_REWARD_STAGE,
-    SelfRewardDPOConfig,
-)
+from self_rewarding_lm_pytorch.stages.meta_reward import META_REWARD_STAGE, MetaRewardDPOConfig
+from self_rewarding_lm_pytorch.stages.self_consistency import SELF_CONSISTENCY_STAGE, SelfConsistencyDPOConfig
+from self_rewarding_lm_pytorch.stages.self_reward import SELF_REWARD_STAGE, SelfRewardDPOConfig
 from self_rewarding_lm_pytorch.stages.sft import SFT_STAGE
 from self_rewarding_lm_pytorch.stages.spin import SPIN_STAGE
 from self_rewarding_lm_pytorch.training.sft import SFTConfig

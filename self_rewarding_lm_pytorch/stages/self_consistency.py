@@ -6,10 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
-from self_rewarding_lm_pytorch.judging.self_consistency import (
-    SelfConsistencyJudge,
-    stripped_response,
-)
+from self_rewarding_lm_pytorch.judging.self_consistency import SelfConsistencyJudge, stripped_response
 from self_rewarding_lm_pytorch.pairs.selection import MarginAtLeast
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
 from self_rewarding_lm_pytorch.stages.preference import (

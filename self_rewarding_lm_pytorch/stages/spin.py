@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
 from self_rewarding_lm_pytorch.storage.tracking import last_logged
-from self_rewarding_lm_pytorch.training.spin import (
-    SelfPlayConfig,
-    SPINTrainer,
-    spin_items,
-)
+from self_rewarding_lm_pytorch.training.spin import SelfPlayConfig, SPINTrainer, spin_items
 
 
 def run_spin(config: SelfPlayConfig, context: StageContext) -> dict:

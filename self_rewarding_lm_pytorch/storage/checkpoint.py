@@ -17,15 +17,8 @@ from accelerate import Accelerator
 from torch import nn
 
 from self_rewarding_lm_pytorch.models.adapters import adapter_model, trainable_names
-from self_rewarding_lm_pytorch.models.sharding import (
-    full_state_dict,
-    load_full_state_dict,
-)
-from self_rewarding_lm_pytorch.storage.integrity import (
-    CorruptFileError,
-    atomic_write,
-    content_digest,
-)
+from self_rewarding_lm_pytorch.models.sharding import full_state_dict, load_full_state_dict
+from self_rewarding_lm_pytorch.storage.integrity import CorruptFileError, atomic_write, content_digest
 
 CHECKSUM = "checksum"
 

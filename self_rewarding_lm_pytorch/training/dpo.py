@@ -25,22 +25,13 @@ from self_rewarding_lm_pytorch.models.sharding import (
 )
 from self_rewarding_lm_pytorch.models.utils import set_dropout
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
-from self_rewarding_lm_pytorch.training.dpo_batches import (
-    DPOCollate,
-    validate_pair_dataset,
-)
+from self_rewarding_lm_pytorch.training.dpo_batches import DPOCollate, validate_pair_dataset
 from self_rewarding_lm_pytorch.training.dpo_objective import DPO, default_logp_reduction
 from self_rewarding_lm_pytorch.training.early_stopping import EarlyStopper
 from self_rewarding_lm_pytorch.training.logprobs import Reduction
-from self_rewarding_lm_pytorch.training.losses import (
-    LossType,
-    check_preference_loss_settings,
-)
+from self_rewarding_lm_pytorch.training.losses import LossType, check_preference_loss_settings
 from self_rewarding_lm_pytorch.training.optim import adamw_for_stage, steps_per_epoch
-from self_rewarding_lm_pytorch.training.options import (
-    TrainingLoopOptions,
-    check_at_least_one,
-)
+from self_rewarding_lm_pytorch.training.options import TrainingLoopOptions, check_at_least_one
 from self_rewarding_lm_pytorch.training.reference import with_reference_logprobs
 from self_rewarding_lm_pytorch.training.train_state import (
     TrainState,

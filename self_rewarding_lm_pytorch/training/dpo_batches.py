@@ -12,12 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from self_rewarding_lm_pytorch.data.datasets import (
-    as_token_tensor,
-    check_non_empty,
-    pad_right,
-    strip_right_padding,
-)
+from self_rewarding_lm_pytorch.data.datasets import as_token_tensor, check_non_empty, pad_right, strip_right_padding
 
 REF_KEYS = ("chosen_ref_logp", "rejected_ref_logp")
 

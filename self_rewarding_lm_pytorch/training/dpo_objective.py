@@ -11,16 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.models.adapters import reference_model
-from self_rewarding_lm_pytorch.training.logprobs import (
-    Reduction,
-    model_sequence_logprobs,
-    response_mask,
-)
-from self_rewarding_lm_pytorch.training.losses import (
-    LossType,
-    check_preference_loss_settings,
-    preference_loss,
-)
+from self_rewarding_lm_pytorch.training.logprobs import Reduction, model_sequence_logprobs, response_mask
+from self_rewarding_lm_pytorch.training.losses import LossType, check_preference_loss_settings, preference_loss
 
 
 def trailing_padding(seq: Tensor, pad_id: int) -> Tensor:

@@ -14,18 +14,12 @@ from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data.datasets import SFTCollate, validate_sft_dataset
 from self_rewarding_lm_pytorch.models.contract import forward_logits
-from self_rewarding_lm_pytorch.models.sharding import (
-    check_supported_sharding,
-    prepare_for_training,
-)
+from self_rewarding_lm_pytorch.models.sharding import check_supported_sharding, prepare_for_training
 from self_rewarding_lm_pytorch.models.utils import set_dropout
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 from self_rewarding_lm_pytorch.training.logprobs import response_mask, token_logprobs
 from self_rewarding_lm_pytorch.training.optim import adamw_for_stage, steps_per_epoch
-from self_rewarding_lm_pytorch.training.options import (
-    TrainingLoopOptions,
-    check_at_least_one,
-)
+from self_rewarding_lm_pytorch.training.options import TrainingLoopOptions, check_at_least_one
 from self_rewarding_lm_pytorch.training.train_state import (
     TrainState,
     loop_fingerprint,

@@ -24,39 +24,17 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from self_rewarding_lm_pytorch.data.datasets import (
-    PromptResponse,
-    normalize_sft_item,
-    validate_sft_dataset,
-)
-from self_rewarding_lm_pytorch.generation.backend import (
-    check_sampler_processes,
-    make_sampler,
-)
-from self_rewarding_lm_pytorch.generation.sampling import (
-    check_sampling_settings,
-    top_p,
-    warn_missing_eos,
-)
+from self_rewarding_lm_pytorch.data.datasets import PromptResponse, normalize_sft_item, validate_sft_dataset
+from self_rewarding_lm_pytorch.generation.backend import check_sampler_processes, make_sampler
+from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings, top_p, warn_missing_eos
 from self_rewarding_lm_pytorch.models.contract import check_special_ids
-from self_rewarding_lm_pytorch.models.sharding import (
-    check_supported_sharding,
-    max_over_ranks,
-    place_on_device,
-)
-from self_rewarding_lm_pytorch.storage.checkpoint import (
-    atomic_torch_save,
-    load_model_weights,
-    read_checkpoint,
-)
+from self_rewarding_lm_pytorch.models.sharding import check_supported_sharding, max_over_ranks, place_on_device
+from self_rewarding_lm_pytorch.storage.checkpoint import atomic_torch_save, load_model_weights, read_checkpoint
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 from self_rewarding_lm_pytorch.training.dpo import DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.training.dpo_objective import DPO
 from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs
-from self_rewarding_lm_pytorch.training.options import (
-    TrainingLoopOptions,
-    check_at_least_one,
-)
+from self_rewarding_lm_pytorch.training.options import TrainingLoopOptions, check_at_least_one
 from self_rewarding_lm_pytorch.training.train_state import loop_fingerprint
 
 

@@ -25,15 +25,8 @@ from accelerate import Accelerator
 from accelerate.data_loader import get_sampler
 from torch import nn
 
-from self_rewarding_lm_pytorch.models.sharding import (
-    full_optimizer_state_dict,
-    load_full_optimizer_state_dict,
-)
-from self_rewarding_lm_pytorch.storage.checkpoint import (
-    load_model_weights,
-    read_checkpoint,
-    save_checkpoint,
-)
+from self_rewarding_lm_pytorch.models.sharding import full_optimizer_state_dict, load_full_optimizer_state_dict
+from self_rewarding_lm_pytorch.storage.checkpoint import load_model_weights, read_checkpoint, save_checkpoint
 from self_rewarding_lm_pytorch.storage.fingerprint import changed_parts
 from self_rewarding_lm_pytorch.storage.integrity import remove_stale_temp_files
 
@@ -148,10 +141,7 @@ class TrainState:
 
 def loop_fingerprint(config, **datasets) -> dict:
     """What a saved state must match to be resumed: the loop's settings and its data."""
-    from self_rewarding_lm_pytorch.storage.fingerprint import (
-        config_fingerprint,
-        dataset_digest,
-    )
+    from self_rewarding_lm_pytorch.storage.fingerprint import config_fingerprint, dataset_digest
 
     parts = config_fingerprint(config, skip=("checkpoint_every",))
     parts.update({name: dataset_digest(data) for name, data in datasets.items() if data is not None})

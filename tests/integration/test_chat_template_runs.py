@@ -6,11 +6,7 @@ pytest.importorskip("transformers", reason="chat templates are HF tokenizers' (t
 
 from tiny_chat import apply_chat, chat_tokenizer, tiny_llama  # noqa: E402
 
-from self_rewarding_lm_pytorch import (
-    RewardConfig,
-    SelfRewardDPOConfig,
-    SelfRewardingTrainer,
-)
+from self_rewarding_lm_pytorch import RewardConfig, SelfRewardDPOConfig, SelfRewardingTrainer
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler  # noqa: E402
 from self_rewarding_lm_pytorch.models.hf import HFCausalLM, hf_tokenizer_functions  # noqa: E402
 from self_rewarding_lm_pytorch.storage.pair_store import DPODataset

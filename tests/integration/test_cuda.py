@@ -28,10 +28,7 @@ from self_rewarding_lm_pytorch.generation.sampling import top_p
 from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint
 from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
-from self_rewarding_lm_pytorch.training.logprobs import (
-    model_sequence_logprobs,
-    response_mask,
-)
+from self_rewarding_lm_pytorch.training.logprobs import model_sequence_logprobs, response_mask
 
 pytestmark = [
     pytest.mark.cuda,

@@ -4,10 +4,7 @@ import pytest
 import torch
 from helpers import sort_pairs
 
-from self_rewarding_lm_pytorch.storage.pair_store import (
-    DPODataset,
-    PreferenceDataWriter,
-)
+from self_rewarding_lm_pytorch.storage.pair_store import DPODataset, PreferenceDataWriter
 from self_rewarding_lm_pytorch.training.dpo import DPOTrainer
 from self_rewarding_lm_pytorch.training.dpo_objective import DPO
 from self_rewarding_lm_pytorch.training.early_stopping import EarlyStopper

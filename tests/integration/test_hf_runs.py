@@ -2,18 +2,9 @@
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from self_rewarding_lm_pytorch import (
-    ExternalRewardDPOConfig,
-    SelfRewardingTrainer,
-    SFTConfig,
-)
+from self_rewarding_lm_pytorch import ExternalRewardDPOConfig, SelfRewardingTrainer, SFTConfig
 from self_rewarding_lm_pytorch.models.hf import HFCausalLM, hf_tokenizer_functions  # noqa: E402
 from self_rewarding_lm_pytorch.tasks.sort_digits import SortDigitsTask  # noqa: E402
 

@@ -11,12 +11,7 @@ peft = pytest.importorskip("peft", reason="LoRA needs the [peft] extra")
 from tiny_chat import tiny_llama  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from self_rewarding_lm_pytorch import (
-    DPOTrainer,
-    ExternalRewardDPOConfig,
-    SelfRewardingTrainer,
-    SFTConfig,
-)
+from self_rewarding_lm_pytorch import DPOTrainer, ExternalRewardDPOConfig, SelfRewardingTrainer, SFTConfig
 from self_rewarding_lm_pytorch.models.adapters import AdaptersOff  # noqa: E402
 from self_rewarding_lm_pytorch.models.hf import HFCausalLM  # noqa: E402
 from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint  # noqa: E402

@@ -11,23 +11,14 @@ import torch
 from accelerate import Accelerator
 from conftest import tiny_transformer
 
-from self_rewarding_lm_pytorch import (
-    MetaJudgeConfig,
-    MetaRewardDPOConfig,
-    RewardConfig,
-    SelfRewardingTrainer,
-)
+from self_rewarding_lm_pytorch import MetaJudgeConfig, MetaRewardDPOConfig, RewardConfig, SelfRewardingTrainer
 from self_rewarding_lm_pytorch.data.datasets import pad_right
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler
 from self_rewarding_lm_pytorch.judging.judges import SelfJudge
 from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge
 from self_rewarding_lm_pytorch.pairs.meta_reward import generate_meta_reward_pairs
 from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
-from self_rewarding_lm_pytorch.tasks.sort_digits import (
-    CharTokenizer,
-    SortDigitsTask,
-    is_correct,
-)
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, is_correct
 
 TOKENIZER = CharTokenizer()
 REWARD = RewardConfig(prompt_template="J{{ prompt }}{{ response }}|", score_range=(0, 5))

@@ -3,10 +3,7 @@ import pytest
 import torch
 
 from self_rewarding_lm_pytorch.storage.integrity import CorruptFileError
-from self_rewarding_lm_pytorch.storage.pair_store import (
-    DPODataset,
-    PreferenceDataWriter,
-)
+from self_rewarding_lm_pytorch.storage.pair_store import DPODataset, PreferenceDataWriter
 
 
 def pairs(n, offset=0):

@@ -6,11 +6,7 @@ import torch
 
 from self_rewarding_lm_pytorch import SelfConsistencyDPOConfig
 from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
-from self_rewarding_lm_pytorch.tasks.sort_digits import (
-    CharTokenizer,
-    SortDigitsTask,
-    is_correct,
-)
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, is_correct
 
 TOKENIZER = CharTokenizer()
 

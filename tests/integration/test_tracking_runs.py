@@ -6,22 +6,10 @@ import torch
 pytest.importorskip("tensorboard", reason="the tracker test reads TensorBoard event files (the [tensorboard] extra)")
 
 from conftest import tiny_transformer  # noqa: E402
-from helpers import (
-    checksum,
-    decode_tokens,
-    encode_str,
-    mock_sft_dataset,
-    small_dpo,
-    small_pairs,
-)
+from helpers import checksum, decode_tokens, encode_str, mock_sft_dataset, small_dpo, small_pairs
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from self_rewarding_lm_pytorch import (  # noqa: E402
-    ExternalRewardDPOConfig,
-    SelfPlayConfig,
-    SelfRewardingTrainer,
-    SFTConfig,
-)
+from self_rewarding_lm_pytorch import ExternalRewardDPOConfig, SelfPlayConfig, SelfRewardingTrainer, SFTConfig  # noqa: E402
 
 
 def read_scalars(folder) -> dict[str, list[tuple[int, float]]]:

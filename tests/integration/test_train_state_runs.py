@@ -5,12 +5,7 @@ import torch
 from conftest import tiny_transformer
 from torch import nn
 
-from self_rewarding_lm_pytorch import (
-    ExternalRewardDPOConfig,
-    SelfRewardingTrainer,
-    SFTConfig,
-    SFTTrainer,
-)
+from self_rewarding_lm_pytorch import ExternalRewardDPOConfig, SelfRewardingTrainer, SFTConfig, SFTTrainer
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 from self_rewarding_lm_pytorch.training.train_state import NonFiniteStepError
 

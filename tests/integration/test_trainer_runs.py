@@ -3,14 +3,7 @@
 import pytest
 import torch
 from conftest import Crash, crash_in_stage, tiny_transformer
-from helpers import (
-    checksum,
-    decode_tokens,
-    encode_str,
-    mock_sft_dataset,
-    small_dpo,
-    small_pairs,
-)
+from helpers import checksum, decode_tokens, encode_str, mock_sft_dataset, small_dpo, small_pairs
 
 from self_rewarding_lm_pytorch import (
     ExternalRewardDPOConfig,

@@ -33,10 +33,7 @@ from self_rewarding_lm_pytorch import (
     top_p,
 )
 from self_rewarding_lm_pytorch.data.datasets import pad_right  # noqa: E402
-from self_rewarding_lm_pytorch.generation.backend import (  # noqa: E402
-    check_sampler_processes,
-    make_sampler,
-)
+from self_rewarding_lm_pytorch.generation.backend import check_sampler_processes, make_sampler  # noqa: E402
 from self_rewarding_lm_pytorch.generation.sampling import min_p, top_k
 from self_rewarding_lm_pytorch.generation.vllm_backend import VLLMSampler  # noqa: E402
 from self_rewarding_lm_pytorch.judging.judges import (
@@ -49,10 +46,7 @@ from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
 from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
 from self_rewarding_lm_pytorch.storage.pair_store import DPODataset  # noqa: E402
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask  # noqa: E402
-from self_rewarding_lm_pytorch.training.logprobs import (  # noqa: E402
-    model_sequence_logprobs,
-    response_mask,
-)
+from self_rewarding_lm_pytorch.training.logprobs import model_sequence_logprobs, response_mask  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 

@@ -15,12 +15,7 @@ import torch
 from accelerate import Accelerator
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch import (
-    MetaJudgeConfig,
-    MetaRewardDPOConfig,
-    RewardConfig,
-    SelfRewardingTrainer,
-)
+from self_rewarding_lm_pytorch import MetaJudgeConfig, MetaRewardDPOConfig, RewardConfig, SelfRewardingTrainer
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 

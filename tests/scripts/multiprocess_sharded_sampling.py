@@ -17,10 +17,7 @@ from accelerate import Accelerator
 from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import sample
-from self_rewarding_lm_pytorch.models.sharding import (
-    fully_shard_model,
-    is_fully_sharded,
-)
+from self_rewarding_lm_pytorch.models.sharding import fully_shard_model, is_fully_sharded
 from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs
 
 

@@ -13,12 +13,7 @@ import sys
 import torch
 from x_transformers import Decoder, TransformerWrapper
 
-from self_rewarding_lm_pytorch import (
-    ExternalRewardDPOConfig,
-    SelfPlayConfig,
-    SelfRewardingTrainer,
-    SFTConfig,
-)
+from self_rewarding_lm_pytorch import ExternalRewardDPOConfig, SelfPlayConfig, SelfRewardingTrainer, SFTConfig
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 from self_rewarding_lm_pytorch.training.train_state import TrainState
 

@@ -3,11 +3,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from self_rewarding_lm_pytorch.storage.checkpoint import (
-    atomic_torch_save,
-    load_checkpoint,
-    save_checkpoint,
-)
+from self_rewarding_lm_pytorch.storage.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
 from self_rewarding_lm_pytorch.storage.integrity import CorruptFileError
 
 

@@ -2,11 +2,7 @@ import pytest
 import torch
 
 from self_rewarding_lm_pytorch import create_mock_dataset
-from self_rewarding_lm_pytorch.data.datasets import (
-    SFTCollate,
-    normalize_sft_item,
-    validate_sft_dataset,
-)
+from self_rewarding_lm_pytorch.data.datasets import SFTCollate, normalize_sft_item, validate_sft_dataset
 
 
 def test_mock_dataset_calls_output_per_item():

@@ -8,11 +8,7 @@ datasets = pytest.importorskip("datasets", reason="datasets.Dataset inputs need 
 
 from tiny_chat import apply_chat, chat_tokenizer  # noqa: E402
 
-from self_rewarding_lm_pytorch.data.fields import (
-    PromptFields,
-    SFTFields,
-    plain_example_encoder,
-)
+from self_rewarding_lm_pytorch.data.fields import PromptFields, SFTFields, plain_example_encoder
 from self_rewarding_lm_pytorch.judging.eft import EFTFields
 from self_rewarding_lm_pytorch.models.hf import ChatTemplate  # noqa: E402
 

@@ -8,12 +8,7 @@ import pytest
 
 from self_rewarding_lm_pytorch.experiment import tasks
 from self_rewarding_lm_pytorch.experiment.measure import balanced_accuracy
-from self_rewarding_lm_pytorch.experiment.report import (
-    mean_and_interval,
-    per_seed_checks,
-    summary_table,
-    write_report,
-)
+from self_rewarding_lm_pytorch.experiment.report import mean_and_interval, per_seed_checks, summary_table, write_report
 from self_rewarding_lm_pytorch.experiment.settings import setting_value
 
 
@@ -69,10 +64,7 @@ def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
     from dataclasses import replace
 
     from self_rewarding_lm_pytorch.experiment.arms import OPTIONAL_ARMS
-    from self_rewarding_lm_pytorch.experiment.runner import (
-        ExperimentRunner,
-        pair_numbers,
-    )
+    from self_rewarding_lm_pytorch.experiment.runner import ExperimentRunner, pair_numbers
     from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
     summary = dict(pairs=12, actor_pairs=10, judge_pairs=2, meta_parse_rate=1.0, meta_first_position_rate=0.5,
@@ -144,10 +136,7 @@ def test_pair_sum_task_in_the_example_fits_its_model_and_builds_every_arm(reason
 def test_judge_refresh_replays_a_share_of_the_seed_judge_examples_after_each_iteration(tmp_path):
     import torch
 
-    from self_rewarding_lm_pytorch.experiment.runner import (
-        ExperimentRunner,
-        judge_refresh,
-    )
+    from self_rewarding_lm_pytorch.experiment.runner import ExperimentRunner, judge_refresh
     from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
 
     examples = [(torch.tensor([1, 2, 3, 4]), 2) for _ in range(8)]
@@ -240,10 +229,7 @@ def test_read_settings_reads_a_run_folders_settings_and_refuses_a_setting_it_can
     ExperimentSettings does not have is read only at the value that leaves the run as the settings describe it."""
     from dataclasses import asdict
 
-    from self_rewarding_lm_pytorch.experiment.settings import (
-        ExperimentSettings,
-        read_settings,
-    )
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings, read_settings
 
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(asdict(ExperimentSettings(num_candidates=2, judge_temperature=0.7))))

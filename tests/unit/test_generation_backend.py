@@ -8,19 +8,10 @@ import math
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch import (
-    SelfRewardingTrainer,
-    SFTConfig,
-    SPINTrainer,
-    VLLMConfig,
-    top_p,
-)
+from self_rewarding_lm_pytorch import SelfRewardingTrainer, SFTConfig, SPINTrainer, VLLMConfig, top_p
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, make_sampler
 from self_rewarding_lm_pytorch.generation.sampling import min_p, top_k
-from self_rewarding_lm_pytorch.generation.vllm_backend import (
-    request_seeds,
-    vllm_sampling_settings,
-)
+from self_rewarding_lm_pytorch.generation.vllm_backend import request_seeds, vllm_sampling_settings
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer
 
 TOKENIZER = CharTokenizer()

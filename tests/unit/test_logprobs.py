@@ -3,11 +3,7 @@ import math
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch.training.logprobs import (
-    model_sequence_logprobs,
-    response_mask,
-    sequence_logprobs,
-)
+from self_rewarding_lm_pytorch.training.logprobs import model_sequence_logprobs, response_mask, sequence_logprobs
 
 # Hand-built example: vocab 3, sequence [0, 1, 2, 1, 0], prompt = the first 2 tokens.
 # Logits are log-probabilities, so log_softmax returns them unchanged and every value is readable.

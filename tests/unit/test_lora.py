@@ -11,10 +11,7 @@ from accelerate import Accelerator  # noqa: E402
 from tiny_chat import tiny_llama  # noqa: E402
 
 from self_rewarding_lm_pytorch.models.hf import HFCausalLM  # noqa: E402
-from self_rewarding_lm_pytorch.storage.checkpoint import (  # noqa: E402
-    load_checkpoint,
-    save_checkpoint,
-)
+from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs  # noqa: E402
 from self_rewarding_lm_pytorch.training.spin import SPINTrainer  # noqa: E402
 

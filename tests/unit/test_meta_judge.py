@@ -6,10 +6,7 @@ import math
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch.judging.meta_judge import (
-    MetaJudgeConfig,
-    position_weights,
-)
+from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudgeConfig, position_weights
 from self_rewarding_lm_pytorch.pairs.meta_rules import (
     ELO_PRIOR,
     all_ordered_pairs,

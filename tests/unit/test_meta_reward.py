@@ -21,11 +21,7 @@ from self_rewarding_lm_pytorch.judging.eft import meta_judge_examples
 from self_rewarding_lm_pytorch.judging.judges import SelfJudge
 from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge
 from self_rewarding_lm_pytorch.pairs.meta_reward import generate_meta_reward_pairs
-from self_rewarding_lm_pytorch.tasks.sort_digits import (
-    CharTokenizer,
-    SortDigitsTask,
-    is_correct,
-)
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, is_correct
 
 TOKENIZER = CharTokenizer()
 REWARD = RewardConfig(prompt_template="J{{ prompt }}{{ response }}|", score_range=(0, 5))

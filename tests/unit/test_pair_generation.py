@@ -9,26 +9,14 @@ from torch import nn
 
 from self_rewarding_lm_pytorch.data.datasets import pad_right
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
-from self_rewarding_lm_pytorch.judging.judges import (
-    RewardFnJudge,
-    RewardModelJudge,
-    SelfJudge,
-)
-from self_rewarding_lm_pytorch.pairs.loop import (
-    run_pair_loop,
-)
+from self_rewarding_lm_pytorch.judging.judges import RewardFnJudge, RewardModelJudge, SelfJudge
+from self_rewarding_lm_pytorch.pairs.loop import run_pair_loop
 from self_rewarding_lm_pytorch.pairs.records import MadeBatch, PairKind, PreferencePair
 from self_rewarding_lm_pytorch.pairs.selection import best_and_worst
-from self_rewarding_lm_pytorch.pairs.stats import (
-    PairGenerationError,
-    PairGenerationStats,
-)
+from self_rewarding_lm_pytorch.pairs.stats import PairGenerationError, PairGenerationStats
 from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
-from self_rewarding_lm_pytorch.training.logprobs import (
-    model_sequence_logprobs,
-    response_mask,
-)
+from self_rewarding_lm_pytorch.training.logprobs import model_sequence_logprobs, response_mask
 
 NAN = float("nan")
 TOKENIZER = CharTokenizer()

@@ -4,11 +4,7 @@ import os
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch.storage.pair_store import (
-    GROW_ROWS,
-    DPODataset,
-    PreferenceDataWriter,
-)
+from self_rewarding_lm_pytorch.storage.pair_store import GROW_ROWS, DPODataset, PreferenceDataWriter
 
 
 def pairs(n, offset=0):

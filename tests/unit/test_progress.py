@@ -31,10 +31,7 @@ def test_pair_generation_that_gives_up_early_says_why(char_model, tmp_path, caps
 
 
 def test_judge_examples_from_own_answers_and_judge_mistakes_show_bars_unless_told_not_to(char_model, capsys):
-    from self_rewarding_lm_pytorch.judging.eft import (
-        judge_mistakes,
-        own_answer_judge_examples,
-    )
+    from self_rewarding_lm_pytorch.judging.eft import judge_mistakes, own_answer_judge_examples
 
     reward_config = RewardConfig("j {{ prompt }}{{ response }}|", reward_regex_template="Score: {{ reward }}")
     prompts = SortDigitsTask(seed=3).prompts(6)

@@ -268,10 +268,7 @@ def test_temperature_is_applied_before_top_p_as_in_transformers():
     seen = set(tokens[:, 0].tolist())
 
     pytest.importorskip("transformers")
-    from transformers.generation.logits_process import (
-        TemperatureLogitsWarper,
-        TopPLogitsWarper,
-    )
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
     warped = TopPLogitsWarper(0.9)(None, TemperatureLogitsWarper(0.7)(None, logits[None].clone()))
     expected = set((warped[0] > -math.inf).nonzero()[:, 0].tolist())

@@ -8,12 +8,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from self_rewarding_lm_pytorch import (
-    JudgementsAgree,
-    MarginAtLeast,
-    RewardConfig,
-    SelfConsistencyDPOConfig,
-)
+from self_rewarding_lm_pytorch import JudgementsAgree, MarginAtLeast, RewardConfig, SelfConsistencyDPOConfig
 from self_rewarding_lm_pytorch.judging.eft import (
     judge_mistakes,
     labelled_judge_examples,
@@ -24,15 +19,8 @@ from self_rewarding_lm_pytorch.judging.judges import Candidates
 from self_rewarding_lm_pytorch.judging.self_consistency import SelfConsistencyJudge
 from self_rewarding_lm_pytorch.pairs.config import PairGenerationConfig
 from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
-from self_rewarding_lm_pytorch.pairs.stats import (
-    PairGenerationError,
-    PairGenerationStats,
-)
-from self_rewarding_lm_pytorch.tasks.sort_digits import (
-    CharTokenizer,
-    SortDigitsTask,
-    answer_key,
-)
+from self_rewarding_lm_pytorch.pairs.stats import PairGenerationError, PairGenerationStats
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, answer_key
 from self_rewarding_lm_pytorch.training.dpo_batches import DPOCollate
 from self_rewarding_lm_pytorch.training.dpo_objective import DPO
 

@@ -8,10 +8,7 @@ from accelerate.utils import DistributedType
 from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import sample
-from self_rewarding_lm_pytorch.models.sharding import (
-    check_supported_sharding,
-    is_fully_sharded,
-)
+from self_rewarding_lm_pytorch.models.sharding import check_supported_sharding, is_fully_sharded
 from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs
 
 

@@ -1,12 +1,7 @@
 import pytest
 import torch
 
-from self_rewarding_lm_pytorch.tasks.sort_digits import (
-    CharTokenizer,
-    SortDigitsTask,
-    graded_score,
-    is_correct,
-)
+from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask, graded_score, is_correct
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,7 @@ import pytest
 import torch
 from conftest import tiny_transformer
 
-from self_rewarding_lm_pytorch import (
-    ExternalRewardDPOConfig,
-    SelfRewardingTrainer,
-    SFTConfig,
-    SFTTrainer,
-)
+from self_rewarding_lm_pytorch import ExternalRewardDPOConfig, SelfRewardingTrainer, SFTConfig, SFTTrainer
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
 TOKENIZER = CharTokenizer()
