@@ -197,7 +197,8 @@ def trace_one_stage(root: Path) -> dict:
         trainer()
     finally:
         sys.setprofile(None)
-    return dict(files=len([m for m in entered if layer(m) not in INDEPENDENT]), climbs=sorted(set(climbs)))
+    route = [m.removeprefix(f"{PACKAGE}.") for m in entered if layer(m) not in INDEPENDENT]
+    return dict(files=len(route), climbs=sorted(set(climbs)), route=" -> ".join(route))
 
 
 def report(root: Path, trace: bool) -> dict:
