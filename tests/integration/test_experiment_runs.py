@@ -9,15 +9,6 @@ import pytest
 from self_rewarding_lm_pytorch.experiment import tasks
 
 
-def rows():
-    out = []
-    for seed, (start, mine, rand) in enumerate([(0.40, 0.50, 0.38), (0.30, 0.33, 0.34)]):
-        out.append(dict(seed=seed, arm="sft", iteration=0, exact_match=start))
-        out.append(dict(seed=seed, arm="self_consistency", iteration=1, exact_match=mine, pairs=10))
-        out.append(dict(seed=seed, arm="random", iteration=1, exact_match=rand, pairs=10))
-    return out
-
-
 @pytest.mark.slow
 def test_self_consistency_beats_random_pairs_on_one_seed(tmp_path):
     """One seed of the recorded experiment, two arms: ScPO pairs from the model alone must gain over the seed model

@@ -1,42 +1,21 @@
 """HuggingFace models and tokenizers as the policy: tiny models built from configs, a tokenizer built here."""
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+from helpers import hf_char_tokenizer, tiny_hf_llama
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 from self_rewarding_lm_pytorch import ExternalRewardDPOConfig, SelfRewardingTrainer, SFTConfig
 from self_rewarding_lm_pytorch.models.hf import HFCausalLM, hf_tokenizer_functions  # noqa: E402
 from self_rewarding_lm_pytorch.tasks.sort_digits import SortDigitsTask  # noqa: E402
 
-VOCAB = 64
-
-
-def tiny_llama():
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2, bos_token_id=1,
-                         eos_token_id=2)
-    return LlamaForCausalLM(config).eval()
-
-
-def char_tokenizer():
-    """A character-level fast tokenizer built in-process (no download): ids 0 pad, 1 bos, 2 eos, then characters."""
-    chars = "abcdefghijklmnopqrstuvwxyz0123456789 :|"
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{c: i + 4 for i, c in enumerate(chars)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
-
 
 def test_a_short_pipeline_with_an_hf_model_saves_both_formats(tmp_path):
-    tokenizer = char_tokenizer()
+    tokenizer = hf_char_tokenizer()
     encode, decode, eos_id = hf_tokenizer_functions(tokenizer)
     task = SortDigitsTask(length=3, seed=0)
     sft_data = [(torch.cat([encode(p), encode(r), torch.tensor([eos_id])]), len(encode(p)))
                 for p, r in [(task.prompts(1)[0], " 1 2 3") for _ in range(16)]]
-    model = HFCausalLM(tiny_llama())
+    model = HFCausalLM(tiny_hf_llama())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     stages = [
         SFTConfig(train_dataset=sft_data, batch_size=8, learning_rate=1e-3, end_learning_rate=1e-4),

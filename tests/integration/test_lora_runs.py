@@ -8,6 +8,7 @@ import torch
 pytest.importorskip("transformers", reason="LoRA runs on HF models (the [hf] extra)")
 peft = pytest.importorskip("peft", reason="LoRA needs the [peft] extra")
 
+from helpers import with_lora
 from tiny_chat import tiny_llama  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
@@ -18,14 +19,6 @@ from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint  # noqa
 from self_rewarding_lm_pytorch.training.dpo_batches import DPOCollate
 from self_rewarding_lm_pytorch.training.dpo_objective import DPO
 from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs  # noqa: E402
-
-
-def with_lora(base, seed=1):
-    """LoRA on every attention projection, initialised non-zero so that the adapters change the outputs."""
-    torch.manual_seed(seed)
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
-                             init_lora_weights=False)
-    return HFCausalLM(peft.get_peft_model(base, config))
 
 
 def pairs(n=8, seed=0):

@@ -1,31 +1,13 @@
 
 import pytest
-import torch
+from helpers import store_pairs, store_writer
 
 from self_rewarding_lm_pytorch.storage.integrity import CorruptFileError
-from self_rewarding_lm_pytorch.storage.pair_store import DPODataset, PreferenceDataWriter
-
-
-def pairs(n, offset=0):
-    return dict(
-        chosen=[torch.tensor([1, 2, 3 + i + offset]) for i in range(n)],
-        rejected=[torch.tensor([1, 2, 40 + i + offset, 5]) for i in range(n)],
-        prompt_len=[2] * n,
-        chosen_reward=[5.0] * n,
-        rejected_reward=[1.0] * n,
-        records=[dict(pair=i + offset) for i in range(n)],
-        chosen_ref_logp=[-1.0 - i for i in range(n)],
-        rejected_ref_logp=[-2.0 - i for i in range(n)],
-    )
-
-
-def writer(folder, **overrides):
-    settings = dict(capacity=5, max_len=6, pad_id=-1, with_ref_logps=True) | overrides
-    return PreferenceDataWriter(folder, **settings)
+from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
 
 
 def committed(tmp_path, n=3):
-    writer(tmp_path).append(**pairs(n))
+    store_writer(tmp_path).append(**store_pairs(n))
     return tmp_path
 
 
@@ -55,7 +37,7 @@ def flip(path, offset, length=8):
 def test_damaged_files_are_refused_naming_the_file_on_resume_and_on_read(tmp_path, damage, named):
     damage(committed(tmp_path))
     with pytest.raises(CorruptFileError, match=named.replace(".", r"\.")):
-        writer(tmp_path)
+        store_writer(tmp_path)
     with pytest.raises(CorruptFileError, match=named.replace(".", r"\.")):
         DPODataset(tmp_path)
 

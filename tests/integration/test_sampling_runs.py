@@ -1,6 +1,7 @@
 
 import pytest
 import torch
+from helpers import Bigram
 from torch import nn
 
 from self_rewarding_lm_pytorch.generation.sampling import sample
@@ -33,18 +34,6 @@ def test_cached_equals_recomputed_and_batch_equals_alone(make_transformer, schem
         # each row's total length is capped at seq_len: longer prompts get fewer new tokens
         assert len(alone) == 40 - len(prompt)
         assert torch.equal(cached[i, : len(alone)], alone) and (cached[i, len(alone) :] == -1).all()
-
-
-class Bigram(nn.Module):
-    """Not an x-transformers model: goes through the full-recompute decoder."""
-
-    def __init__(self, num_tokens=16):
-        super().__init__()
-        torch.manual_seed(3)
-        self.logits = nn.Embedding(num_tokens, num_tokens)
-
-    def forward(self, ids):
-        return self.logits(ids)
 
 
 class RecordsMode(nn.Module):

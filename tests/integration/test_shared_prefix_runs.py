@@ -4,11 +4,11 @@ changes nothing in what is sampled."""
 
 import pytest
 import torch
+from helpers import judge_setup
 from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import RewardConfig, sample
-from self_rewarding_lm_pytorch.judging.judges import Candidates, SelfJudge
-from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer
+from self_rewarding_lm_pytorch.judging.judges import SelfJudge
 
 
 def x_transformers(**attn_kwargs):
@@ -64,18 +64,6 @@ def test_a_shared_prefix_is_computed_once_and_samples_the_same_tokens(name, sett
     kept = sample(model, prompts, max_new_tokens=8, eos_id=5, shared_prefix=prefix, output_keep_prompt=True, **settings)
     assert torch.equal(kept, sample(model, [torch.cat([prefix, p]) for p in prompts], max_new_tokens=8, eos_id=5,
                                     output_keep_prompt=True, **settings))
-
-
-def judge_setup(**judge_kwargs):
-    tokenizer = CharTokenizer()
-    torch.manual_seed(0)
-    model = TransformerWrapper(num_tokens=128, max_seq_len=4096,
-                               attn_layers=Decoder(dim=32, depth=1, heads=2, rotary_pos_emb=True)).eval()
-    candidates = Candidates(prompts=["sort 3 1:", "sort 9 8 7 1:", "sort 2:"], prompt_ids=[], response_ids=[],
-                            responses=[" 1 3", " 1", " 2 2 2 2 2"])
-    judge_kwargs = dict(tokenizer_encode=tokenizer.encode, tokenizer_decode=tokenizer.decode, num_judgements=2,
-                        max_new_tokens=6, temperature=0.0, eos_id=0, batch_size=2, **judge_kwargs)
-    return model, candidates, judge_kwargs
 
 
 def test_greedy_judgements_with_the_paper_prompt_are_the_same_with_and_without_sharing():

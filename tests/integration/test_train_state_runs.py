@@ -3,9 +3,10 @@
 import pytest
 import torch
 from conftest import tiny_transformer
+from helpers import count_digits, plan_trainer
 from torch import nn
 
-from self_rewarding_lm_pytorch import ExternalRewardDPOConfig, SelfRewardingTrainer, SFTConfig, SFTTrainer
+from self_rewarding_lm_pytorch import SFTTrainer
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 from self_rewarding_lm_pytorch.training.train_state import NonFiniteStepError
 
@@ -49,38 +50,20 @@ def test_skip_nonfinite_steps_skips_the_update_and_goes_on(tmp_path):
     assert not torch.isfinite(torch.tensor(history[2]["loss"])) and torch.isfinite(torch.tensor(history[3]["loss"]))
 
 
-def plan_trainer(folder, reward_fn, encode=TOKENIZER.encode, evaluate=None, seed=0):
-    task = SortDigitsTask(length=3, seed=3)
-    torch.manual_seed(seed)
-    model = tiny_transformer(num_tokens=TOKENIZER.num_tokens, max_seq_len=48)
-    stages = [
-        SFTConfig(train_dataset=task.instruction_examples(8), batch_size=8, learning_rate=1e-3, end_learning_rate=1e-4),
-        ExternalRewardDPOConfig(prompt_dataset=task.prompts(16), reward_fn=reward_fn, temperature=1.0, num_preference_pairs=2,
-                                prompt_batch_size=4, response_max_new_tokens=6, batch_size=2, num_train_steps=1),
-    ]
-    return SelfRewardingTrainer(model, finetune_configs=stages, tokenizer_encode=encode, tokenizer_decode=TOKENIZER.decode,
-                                eos_id=TOKENIZER.eos_id, accelerate_kwargs=dict(cpu=True), checkpoints_folder=folder,
-                                evaluate=evaluate)
-
-
-def digits(prompt, response):
-    return float(sum(c.isdigit() for c in response))
-
-
 def minus_digits(prompt, response):
     return -float(sum(c.isdigit() for c in response))
 
 
 def test_a_changed_plan_is_refused_naming_what_changed(tmp_path):
     """The original fingerprint covered plain settings only: a flipped reward_fn reused the old pairs and weights."""
-    plan_trainer(tmp_path, digits)()
+    plan_trainer(tmp_path, count_digits)()
     with pytest.raises(ValueError, match=r"stage 1 changed \(reward_fn\).*overwrite_checkpoints=True"):
         plan_trainer(tmp_path, minus_digits)()
     with pytest.raises(ValueError, match=r"stage 0 changed \(tokenizer\)"):
-        plan_trainer(tmp_path, digits, encode=lambda text: TOKENIZER.encode(text.lower()))()
+        plan_trainer(tmp_path, count_digits, encode=lambda text: TOKENIZER.encode(text.lower()))()
     with pytest.raises(ValueError, match=r"stage 0 changed \(upstream\)"):  # other initial weights
-        plan_trainer(tmp_path, digits, seed=1)()
-    summaries = plan_trainer(tmp_path, digits)()  # the same plan resumes
+        plan_trainer(tmp_path, count_digits, seed=1)()
+    summaries = plan_trainer(tmp_path, count_digits)()  # the same plan resumes
     assert [s["resumed"] for s in summaries] == [True, True]
 
 

@@ -1,4 +1,4 @@
-"""A Meta-Rewarding stage run by every process of a launch, for tests/integration/test_meta_reward_runs.py:
+"""A Meta-Rewarding stage run by every process of a launch, for tests/integration/test_meta_reward.py:
 
     torchrun --nproc_per_node 2 tests/scripts/multiprocess_meta_reward.py OUTPUT_FOLDER
 

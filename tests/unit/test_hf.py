@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+from helpers import hf_char_tokenizer, tiny_hf_llama
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from self_rewarding_lm_pytorch import sample
 from self_rewarding_lm_pytorch.models.contract import (
@@ -15,14 +15,6 @@ from self_rewarding_lm_pytorch.models.hf import HFCausalLM, hf_tokenizer_functio
 VOCAB = 64
 
 
-def tiny_llama():
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2, bos_token_id=1,
-                         eos_token_id=2)
-    return LlamaForCausalLM(config).eval()
-
-
 def tiny_gpt2():
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=40, initializer_range=0.2,
@@ -30,18 +22,7 @@ def tiny_gpt2():
     return GPT2LMHeadModel(config).eval()
 
 
-def char_tokenizer():
-    """A character-level fast tokenizer built in-process (no download): ids 0 pad, 1 bos, 2 eos, then characters."""
-    chars = "abcdefghijklmnopqrstuvwxyz0123456789 :|"
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{c: i + 4 for i, c in enumerate(chars)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
-
-
-@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+@pytest.mark.parametrize("make", [tiny_hf_llama, tiny_gpt2], ids=["llama", "gpt2"])
 def test_greedy_tokens_equal_hf_generate_on_a_left_padded_batch(make):
     model = make()
     net = HFCausalLM(model)
@@ -61,7 +42,7 @@ def test_greedy_tokens_equal_hf_generate_on_a_left_padded_batch(make):
 
 
 def test_the_raw_hf_model_is_refused_with_the_fix_and_the_adapter_meets_the_contract():
-    model = tiny_llama()
+    model = tiny_hf_llama()
     ids = torch.randint(0, VOCAB, (2, 5))
     with pytest.raises(ModelContractError, match="HFCausalLM"):
         forward_logits(model, ids)
@@ -77,7 +58,7 @@ def test_learned_positions_limit_the_length_and_finished_rows_stay_inside():
 
 
 def test_tokenizer_functions():
-    tokenizer = char_tokenizer()
+    tokenizer = hf_char_tokenizer()
     encode, decode, eos_id = hf_tokenizer_functions(tokenizer)
     ids = encode("sort 3 1:")
     assert ids.dtype == torch.long and decode(ids) == "sort 3 1:" and eos_id == 2

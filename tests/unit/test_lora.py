@@ -8,20 +8,13 @@ pytest.importorskip("transformers", reason="LoRA runs on HF models (the [hf] ext
 peft = pytest.importorskip("peft", reason="LoRA needs the [peft] extra")
 
 from accelerate import Accelerator  # noqa: E402
+from helpers import with_lora
 from tiny_chat import tiny_llama  # noqa: E402
 
 from self_rewarding_lm_pytorch.models.hf import HFCausalLM  # noqa: E402
 from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs  # noqa: E402
 from self_rewarding_lm_pytorch.training.spin import SPINTrainer  # noqa: E402
-
-
-def with_lora(base, seed=1):
-    """LoRA on every attention projection, initialised non-zero so that the adapters change the outputs."""
-    torch.manual_seed(seed)
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
-                             init_lora_weights=False)
-    return HFCausalLM(peft.get_peft_model(base, config))
 
 
 def logps(model, batch):

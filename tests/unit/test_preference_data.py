@@ -3,30 +3,13 @@ import os
 
 import pytest
 import torch
+from helpers import store_pairs, store_writer
 
-from self_rewarding_lm_pytorch.storage.pair_store import GROW_ROWS, DPODataset, PreferenceDataWriter
-
-
-def pairs(n, offset=0):
-    return dict(
-        chosen=[torch.tensor([1, 2, 3 + i + offset]) for i in range(n)],
-        rejected=[torch.tensor([1, 2, 40 + i + offset, 5]) for i in range(n)],
-        prompt_len=[2] * n,
-        chosen_reward=[5.0] * n,
-        rejected_reward=[1.0] * n,
-        records=[dict(pair=i + offset) for i in range(n)],
-        chosen_ref_logp=[-1.0 - i for i in range(n)],
-        rejected_ref_logp=[-2.0 - i for i in range(n)],
-    )
-
-
-def writer(folder, **overrides):
-    settings = dict(capacity=5, max_len=6, pad_id=-1, with_ref_logps=True) | overrides
-    return PreferenceDataWriter(folder, **settings)
+from self_rewarding_lm_pytorch.storage.pair_store import GROW_ROWS, DPODataset
 
 
 def test_written_pairs_read_back_padded_with_their_values(tmp_path):
-    writer(tmp_path).append(**pairs(2))
+    store_writer(tmp_path).append(**store_pairs(2))
     data = DPODataset(tmp_path)
     assert len(data) == 2 and data.has_ref_logps
     item = data[1]
@@ -40,35 +23,35 @@ def test_written_pairs_read_back_padded_with_their_values(tmp_path):
 
 
 def test_a_second_writer_resumes_after_the_committed_pairs_and_stops_at_capacity(tmp_path):
-    writer(tmp_path).append(**pairs(3))
-    resumed = writer(tmp_path)
+    store_writer(tmp_path).append(**store_pairs(3))
+    resumed = store_writer(tmp_path)
     assert resumed.num_pairs == 3
-    assert resumed.append(**pairs(4, offset=3)) == 2  # capacity 5
+    assert resumed.append(**store_pairs(4, offset=3)) == 2  # capacity 5
     data = DPODataset(tmp_path)
     assert [data[i]["chosen"][2].item() for i in range(5)] == [3, 4, 5, 6, 7]
     assert [r["pair"] for r in data.records()] == [0, 1, 2, 3, 4]
 
 
 def test_uncommitted_jsonl_lines_from_a_killed_run_are_dropped_on_resume(tmp_path):
-    writer(tmp_path).append(**pairs(2))
+    store_writer(tmp_path).append(**store_pairs(2))
     with open(tmp_path / "pairs.jsonl", "a") as f:  # a run killed after the JSONL write, before the commit
         f.write(json.dumps(dict(pair="uncommitted")) + "\n")
-    resumed = writer(tmp_path)
-    resumed.append(**pairs(1, offset=2))
+    resumed = store_writer(tmp_path)
+    resumed.append(**store_pairs(1, offset=2))
     assert [r["pair"] for r in DPODataset(tmp_path).records()] == [0, 1, 2]
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
-    writer(tmp_path).append(**pairs(1))
+    store_writer(tmp_path).append(**store_pairs(1))
     with pytest.raises(ValueError, match="other settings"):
-        writer(tmp_path, max_len=8)
+        store_writer(tmp_path, max_len=8)
 
 
 def test_too_long_sequences_and_missing_reference_logps_are_errors(tmp_path):
     with pytest.raises(ValueError, match="at most 6"):
-        writer(tmp_path).append(**(pairs(1) | dict(chosen=[torch.arange(7)])))
+        store_writer(tmp_path).append(**(store_pairs(1) | dict(chosen=[torch.arange(7)])))
     with pytest.raises(ValueError, match="ref_logp"):
-        writer(tmp_path / "b").append(**(pairs(1) | dict(chosen_ref_logp=None)))
+        store_writer(tmp_path / "b").append(**(store_pairs(1) | dict(chosen_ref_logp=None)))
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
@@ -77,7 +60,7 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 
 
 def committed(tmp_path, n=3):
-    writer(tmp_path).append(**pairs(n))
+    store_writer(tmp_path).append(**store_pairs(n))
     return tmp_path
 
 
@@ -95,16 +78,16 @@ def test_a_kill_during_the_repair_of_the_jsonl_loses_no_committed_record(tmp_pat
 
     monkeypatch.setattr(os, "truncate", killed_midway)
     with pytest.raises(KeyboardInterrupt):
-        writer(tmp_path)
+        store_writer(tmp_path)
     monkeypatch.setattr(os, "truncate", real_truncate)
-    resumed = writer(tmp_path)
-    resumed.append(**pairs(1, offset=3))
+    resumed = store_writer(tmp_path)
+    resumed.append(**store_pairs(1, offset=3))
     assert [r["pair"] for r in DPODataset(tmp_path).records()] == [0, 1, 2, 3]
 
 
 def test_non_finite_reference_logps_are_refused_when_written(tmp_path):
     with pytest.raises(ValueError, match="reference log-probs of a pair are not finite"):
-        writer(tmp_path).append(**(pairs(2) | dict(chosen_ref_logp=[-1.0, float("nan")])))
+        store_writer(tmp_path).append(**(store_pairs(2) | dict(chosen_ref_logp=[-1.0, float("nan")])))
     assert len(DPODataset(tmp_path)) == 0
 
 
@@ -120,15 +103,15 @@ def test_a_large_store_with_few_pairs_takes_disk_for_those_pairs_only(tmp_path):
         pytest.skip("needs a filesystem with sparse files and fallocate")
     max_len, capacity = 256, 10_000
     full_size = capacity * (2 * max_len * 8 + 8 + 4 * 4)  # two token rows, prompt_len, four float32 columns
-    store = writer(tmp_path, capacity=capacity, max_len=max_len)
-    store.append(**pairs(3))
+    store = store_writer(tmp_path, capacity=capacity, max_len=max_len)
+    store.append(**store_pairs(3))
     one_chunk = GROW_ROWS * (2 * max_len * 8 + 8 + 4 * 4)
     used = allocated_bytes(tmp_path)
     assert used < one_chunk + 20 * 8192, (used, full_size)  # a chunk, plus a header page and a last page per file
     assert [DPODataset(tmp_path)[i]["chosen"][2].item() for i in range(3)] == [3, 4, 5]
 
-    resumed = writer(tmp_path, capacity=capacity, max_len=max_len)
-    resumed.append(**pairs(GROW_ROWS + 10, offset=3))  # past the first chunk
+    resumed = store_writer(tmp_path, capacity=capacity, max_len=max_len)
+    resumed.append(**store_pairs(GROW_ROWS + 10, offset=3))  # past the first chunk
     assert allocated_bytes(tmp_path) < 2 * one_chunk + 20 * 8192 < full_size // 10
 
 
@@ -137,8 +120,8 @@ def test_a_store_filled_in_chunks_across_resumes_reads_back_exactly(tmp_path):
     capacity = 2 * GROW_ROWS + 5
     written = 0
     for batch in (7, GROW_ROWS, 1, GROW_ROWS):
-        store = writer(tmp_path, capacity=capacity)
-        written += store.append(**pairs(batch, offset=written))
+        store = store_writer(tmp_path, capacity=capacity)
+        written += store.append(**store_pairs(batch, offset=written))
     assert written == capacity
     data = DPODataset(tmp_path)
     assert len(data) == capacity

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from helpers import Bigram
 from torch import nn
 
 from self_rewarding_lm_pytorch.generation.sampling import min_p, sample, top_k, top_p
@@ -21,18 +22,6 @@ def test_greedy_matches_a_hand_rolled_argmax_loop(make_transformer):
     for _ in range(5):
         seq = torch.cat([seq, net(seq[None])[0, -1].argmax()[None]])
     assert torch.equal(sample(net, [prompt], max_new_tokens=5, temperature=0.0)[0], seq[6:])
-
-
-class Bigram(nn.Module):
-    """Not an x-transformers model: goes through the full-recompute decoder."""
-
-    def __init__(self, num_tokens=16):
-        super().__init__()
-        torch.manual_seed(3)
-        self.logits = nn.Embedding(num_tokens, num_tokens)
-
-    def forward(self, ids):
-        return self.logits(ids)
 
 
 def test_any_module_works_through_recompute_and_padding_does_not_leak():

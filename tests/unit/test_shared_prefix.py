@@ -5,10 +5,11 @@ import warnings
 
 import pytest
 import torch
+from helpers import judge_setup
 from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import RewardConfig, sample
-from self_rewarding_lm_pytorch.judging.judges import Candidates, SelfJudge
+from self_rewarding_lm_pytorch.judging.judges import SelfJudge
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer
 
 
@@ -30,18 +31,6 @@ def test_a_decoder_that_cannot_share_gets_the_whole_rows():
     shared = sample(model, prompts, max_new_tokens=4, temperature=0.0, shared_prefix=prefix, cache_kv=False)
     assert shapes[0] == (2, 5)  # recompute: no cache to share, the rows are run whole
     assert torch.equal(shared, sample(model, [torch.cat([prefix, p]) for p in prompts], max_new_tokens=4, temperature=0.0))
-
-
-def judge_setup(**judge_kwargs):
-    tokenizer = CharTokenizer()
-    torch.manual_seed(0)
-    model = TransformerWrapper(num_tokens=128, max_seq_len=4096,
-                               attn_layers=Decoder(dim=32, depth=1, heads=2, rotary_pos_emb=True)).eval()
-    candidates = Candidates(prompts=["sort 3 1:", "sort 9 8 7 1:", "sort 2:"], prompt_ids=[], response_ids=[],
-                            responses=[" 1 3", " 1", " 2 2 2 2 2"])
-    judge_kwargs = dict(tokenizer_encode=tokenizer.encode, tokenizer_decode=tokenizer.decode, num_judgements=2,
-                        max_new_tokens=6, temperature=0.0, eos_id=0, batch_size=2, **judge_kwargs)
-    return model, candidates, judge_kwargs
 
 
 def test_a_tokenizer_that_breaks_the_prefix_falls_back_once_with_a_warning():

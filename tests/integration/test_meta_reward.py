@@ -11,9 +11,16 @@ import torch
 from accelerate import Accelerator
 from conftest import tiny_transformer
 
-from self_rewarding_lm_pytorch import MetaJudgeConfig, MetaRewardDPOConfig, RewardConfig, SelfRewardingTrainer
+from self_rewarding_lm_pytorch import (
+    MetaJudgeConfig,
+    MetaRewardDPOConfig,
+    PairGenerationError,
+    RewardConfig,
+    SelfRewardingTrainer,
+)
 from self_rewarding_lm_pytorch.data.datasets import pad_right
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler
+from self_rewarding_lm_pytorch.judging.eft import meta_judge_examples
 from self_rewarding_lm_pytorch.judging.judges import SelfJudge
 from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge
 from self_rewarding_lm_pytorch.pairs.meta_reward import generate_meta_reward_pairs
@@ -177,6 +184,106 @@ def test_a_killed_run_resumes_with_nothing_lost(formatted_model, tmp_path, monke
 
 def asdict_of(stats):
     return json.loads(json.dumps(stats.__dict__))
+
+
+def test_a_meta_judge_that_never_answers_in_format_ends_with_counts_and_the_fix(formatted_model, tmp_path):
+    config = stage(fail_fast_after_prompts=4, num_judge_pairs=3, accept_fewer_pairs=True)
+    unreadable = MetaJudgeConfig(prompt_template=META.prompt_template, verdict_regex_template="Verdict: {{ winner }}")
+    with pytest.raises(PairGenerationError, match="never produced a verdict its MetaJudgeConfig can parse") as error:
+        make_meta_pairs(formatted_model, tmp_path / "pairs", config, meta_judge_config=unreadable)
+    message = str(error.value)
+    assert "verdicts asked, 0 parsed" in message and "Winner" in message  # the counts, and what it says instead
+    assert error.value.stats.prompts_tried <= 8  # stopped after fail_fast_after_prompts (one batch more at most)
+
+
+def test_config_errors_name_the_field_and_the_fix(formatted_model, tmp_path):
+    with pytest.raises(ValueError, match="num_judgements must be >= 2"):
+        stage(num_judgements=1)
+    with pytest.raises(ValueError, match=r"length_control is the paper's rho.*\[0, 1\)"):
+        stage(length_control=1.0)
+    with pytest.raises(ValueError, match="cannot be combined with a custom pick_paired_rewards"):
+        stage(pick_paired_rewards=lambda rewards: rewards)
+    with pytest.raises(TypeError, match="meta_judge_config must be a MetaJudgeConfig"):
+        stage(meta_judge_config="Winner: {{ winner }}")
+    with pytest.raises(ValueError, match="min_meta_margin"):
+        stage(min_meta_margin=0)
+    assert stage(num_judge_pairs=None).num_judge_pairs == 3  # as many as actor pairs
+    for bad in (0, 768.0):  # a float cap would only fail when pairs are sliced, after the first batch's generation
+        with pytest.raises(ValueError, match="num_judge_pairs must be an int >= 1"):
+            stage(num_judge_pairs=bad)
+    # the plan is checked when the trainer is built: the paper's long meta-judge prompt does not fit a 64-token model
+    with pytest.raises(ValueError, match=r"finetune_configs\[1\] \(MetaRewardDPOConfig\): the meta-judge prompt .*"
+                                         r"\(meta_judge_max_new_tokens\)"):
+        SelfRewardingTrainer(formatted_model, finetune_configs=[stage(), stage(meta_judge_config=None)],
+                             tokenizer_encode=TOKENIZER.encode, tokenizer_decode=TOKENIZER.decode,
+                             eos_id=TOKENIZER.eos_id, accelerate_kwargs=dict(cpu=True), checkpoints_folder=tmp_path)
+
+
+def test_meta_judge_examples_name_the_right_judgement_in_both_orders():
+    examples = meta_judge_examples([("sort 2 1:", " 1 2", True), ("sort 3 1:", " 3 1", False)], reward_config=REWARD,
+                                   meta_judge_config=META, tokenizer_encode=TOKENIZER.encode, eos_id=TOKENIZER.eos_id)
+    texts = sorted(TOKENIZER.decode(ids[:prompt_len]) + "=" + TOKENIZER.decode(ids[prompt_len:]) for ids, prompt_len in examples)
+    assert texts == [
+        "Msort 2 1: 1 2|Score: 0|Score: 5|=Winner: B",  # the answer is right: "Score: 5" is the right judgement
+        "Msort 2 1: 1 2|Score: 5|Score: 0|=Winner: A",
+        "Msort 3 1: 3 1|Score: 0|Score: 5|=Winner: A",  # wrong: "Score: 0" is
+        "Msort 3 1: 3 1|Score: 5|Score: 0|=Winner: B",
+    ]
+    assert all(ids[-1] == TOKENIZER.eos_id for ids, _ in examples)
+    with pytest.raises(ValueError, match="same score"):
+        meta_judge_examples([("p", "a", True)], reward_config=REWARD, meta_judge_config=META,
+                            tokenizer_encode=TOKENIZER.encode, wrong_targets=lambda label: "Score: 5")
+
+
+def test_meta_judge_examples_with_wrong_reasoning_add_a_pair_where_one_is_given():
+    """`wrong_judgement`: a wrong judgement with its own (wrong) rationale, beside the score-flipped one."""
+
+    def wrong_reasoning(prompt, answer, label):
+        return "looks wrong Score: 0" if label else None  # none for the wrong answer
+
+    examples = meta_judge_examples([("sort 2 1:", " 1 2", True), ("sort 3 1:", " 3 1", False)], reward_config=REWARD,
+                                   meta_judge_config=META, tokenizer_encode=TOKENIZER.encode,
+                                   rationale=lambda p, a: "ok ", wrong_judgement=wrong_reasoning, eos_id=TOKENIZER.eos_id)
+    texts = sorted(TOKENIZER.decode(ids[:prompt_len]) + "=" + TOKENIZER.decode(ids[prompt_len:]) for ids, prompt_len in examples)
+    assert texts == [
+        "Msort 2 1: 1 2|looks wrong Score: 0|ok Score: 5|=Winner: B",  # the wrong reasoning, in both orders
+        "Msort 2 1: 1 2|ok Score: 0|ok Score: 5|=Winner: B",
+        "Msort 2 1: 1 2|ok Score: 5|looks wrong Score: 0|=Winner: A",
+        "Msort 2 1: 1 2|ok Score: 5|ok Score: 0|=Winner: A",
+        "Msort 3 1: 3 1|ok Score: 0|ok Score: 5|=Winner: A",  # no wrong reasoning given: the score-flipped pair only
+        "Msort 3 1: 3 1|ok Score: 5|ok Score: 0|=Winner: B",
+    ]
+    with pytest.raises(ValueError, match="same score"):
+        meta_judge_examples([("p", "a", True)], reward_config=REWARD, meta_judge_config=META,
+                            tokenizer_encode=TOKENIZER.encode, wrong_judgement=lambda p, a, label: "still Score: 5")
+
+
+def test_balanced_wrong_judgements_keep_as_many_wrong_passes_as_wrong_fails():
+    """`balance_wrong_judgements`: 4 right answers each get a wrong judgement that fails them, 1 wrong answer one that
+    passes it (pair sum's wrong look-ups run about 5:1 so). Balanced, one of each kind is left; the score-flipped
+    pairs all stay; unbalanced, every one is there."""
+
+    def wrong_reasoning(prompt, answer, label):
+        return "bad Score: 0" if label else ("bad Score: 5" if answer == " 9" else None)
+
+    labelled = [(f"q{i}:", " 1", True) for i in range(4)] + [("q4:", " 9", False), ("q5:", " 8", False)]
+    kwargs = dict(reward_config=REWARD, meta_judge_config=META, tokenizer_encode=TOKENIZER.encode,
+                  rationale=lambda p, a: "ok ", wrong_judgement=wrong_reasoning, eos_id=TOKENIZER.eos_id)
+
+    def reasoned(examples):
+        texts = [TOKENIZER.decode(ids[:prompt_len]) for ids, prompt_len in examples]
+        return sorted(t.split("|")[0] + ("|pass" if "bad Score: 5" in t else "|fail") for t in texts if "bad" in t)
+
+    assert len(meta_judge_examples(labelled, **kwargs)) == 2 * (6 + 5)
+    balanced = meta_judge_examples(labelled, balance_wrong_judgements=True, seed=3, **kwargs)
+    assert len(balanced) == 2 * (6 + 2)
+    fails = [t for t in reasoned(balanced) if t.endswith("fail")]
+    assert reasoned(balanced).count("Mq4: 9|pass") == 2 and len(fails) == 2 and len(set(fails)) == 1  # both orders
+    # which right answer keeps its wrong fail is seeded
+    assert meta_judge_examples(labelled, balance_wrong_judgements=True, seed=3, **kwargs)[0][0].tolist() == balanced[0][0].tolist()
+    # one kind missing: balancing would silently drop every reasoned example
+    with pytest.raises(ValueError, match="0 pass a wrong answer and 4 fail a right one"):
+        meta_judge_examples(labelled[:4], balance_wrong_judgements=True, **kwargs)
 
 
 def test_meta_reward_stage_on_two_processes(tmp_path):
