@@ -79,3 +79,13 @@ def test_a_nan_in_dpo_stops_it_naming_the_step(tmp_path):
         trainer.train()
     assert "dpo-step-1.pt" in str(error.value)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_stage_with_non_finite_weights_is_not_saved_as_finished(tmp_path):
+    def blow_up(model):
+        next(model.parameters()).data.fill_(float("nan"))
+        return {}
+
+    with pytest.raises(FloatingPointError, match="stage 0 .* non-finite weights"):
+        plan_trainer(tmp_path, count_digits, evaluate=blow_up)()
+    assert not (tmp_path / "stage-00-sft.pt").exists()
