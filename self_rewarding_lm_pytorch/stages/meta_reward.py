@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
 from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings
 from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge, MetaJudgeConfig
 from self_rewarding_lm_pytorch.models.sharding import is_fully_sharded
@@ -16,8 +15,7 @@ from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, Stag
 from self_rewarding_lm_pytorch.stages.preference import (
     check_pair_filters,
     check_prompts,
-    longest_prompt,
-    model_length_limit,
+    judge_prompt_length,
     pair_summary,
     pairs_fingerprint,
     score_scale,
@@ -119,12 +117,11 @@ def check_meta_judge_prompt_fits(stage: str, config: MetaRewardDPOConfig, inputs
     if is_fully_sharded(inputs.model):
         raise NotImplementedError(f"{stage} does not run on a fully sharded model yet: use data "
                                   f"parallelism (one full model per process) for this stage")
-    limit = model_length_limit(inputs.model)
-    if limit is None:
+    measured = judge_prompt_length(config, inputs, prompt_ids,
+                                   lambda prompt: config.meta_judge_config.render(prompt, "", "", ""), "meta-judge prompt")
+    if measured is None:
         return
-    longest = longest_prompt(prompt_ids)
-    rendered = config.meta_judge_config.render(config.prompt_dataset[longest], "", "", "")
-    template = len(as_token_tensor(inputs.judge_encode(rendered), "meta-judge prompt"))
+    limit, longest, template = measured
     needed = template + config.response_max_new_tokens + 2 * config.judge_max_new_tokens + config.meta_judge_max_new_tokens
     if needed > limit:
         raise ValueError(

@@ -148,8 +148,16 @@ def check_prompts(stage: str, config, inputs: PlanInputs) -> dict[int, Tensor]:
     return prompt_ids
 
 
-def longest_prompt(prompt_ids: dict[int, Tensor]) -> int:
-    return max(prompt_ids, key=lambda i: len(prompt_ids[i]))
+def judge_prompt_length(config, inputs: PlanInputs, prompt_ids: dict[int, Tensor], render, what: str
+                        ) -> tuple[int, int, int] | None:
+    """(the model's length limit, the longest prompt's index, the tokens of `render(that prompt)` encoded with the
+    judge's tokenizer), for the checks that a judge's prompt fits the model; None when the model has no limit."""
+    limit = model_length_limit(inputs.model)
+    if limit is None:
+        return None
+    longest = max(prompt_ids, key=lambda i: len(prompt_ids[i]))
+    rendered = render(config.prompt_dataset[longest])
+    return limit, longest, len(as_token_tensor(inputs.judge_encode(rendered), what))
 
 
 def check_pair_filters(stage: str, config, *, judgements: int, one_judgement_fix: str,

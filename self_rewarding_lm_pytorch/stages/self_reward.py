@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
 from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 from self_rewarding_lm_pytorch.judging.judges import SelfJudge
@@ -14,8 +13,7 @@ from self_rewarding_lm_pytorch.stages.preference import (
     PreferenceStageConfig,
     check_pair_filters,
     check_prompts,
-    longest_prompt,
-    model_length_limit,
+    judge_prompt_length,
     run_judged_stage,
     score_scale,
 )
@@ -72,12 +70,12 @@ def check_self_reward(stage: str, config: SelfRewardDPOConfig, inputs: PlanInput
 def check_judge_prompt_fits(stage: str, config: SelfRewardDPOConfig, inputs: PlanInputs, prompt_ids: dict):
     """The judge prompt (encoded with the judge's tokenizer) of the longest prompt with a full-length answer, plus
     the judge's own answer budget, fits the model."""
-    limit = model_length_limit(inputs.model)
-    if limit is None:
+    reward_config = config.reward_config or inputs.reward_config
+    measured = judge_prompt_length(config, inputs, prompt_ids, lambda prompt: reward_config.render(prompt, ""),
+                                   f"{stage}: the judge's tokenizer_encode")
+    if measured is None:
         return
-    longest = longest_prompt(prompt_ids)
-    rendered = (config.reward_config or inputs.reward_config).render(config.prompt_dataset[longest], "")
-    template = len(as_token_tensor(inputs.judge_encode(rendered), f"{stage}: the judge's tokenizer_encode"))
+    limit, longest, template = measured
     needed = template + config.response_max_new_tokens + config.judge_max_new_tokens
     if needed > limit:
         raise ValueError(
