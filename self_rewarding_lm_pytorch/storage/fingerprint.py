@@ -4,14 +4,22 @@ A fingerprint is a dict of named parts, each a short digest, so a mismatch can s
 - plain settings (numbers, strings, tuples, dicts): their value;
 - callables (`reward_fn`, `verifier`, `is_valid_reward`, `pick_paired_rewards`, `parse_reward`, an early
   stopper's `eval_fn`): module, qualified name and a hash of the code object (bytecode, constants, names,
-  recursively), of the default arguments and of the closure's plain values, so flipping a sign in a lambda
-  is a different plan (a Python upgrade that changes bytecode is too). Builtins give their name only;
-- modules (a reward model): the type and the checksum of the state dict;
+  recursively), of the default arguments and of the closure's values, so flipping a sign in a lambda is a
+  different plan (a Python upgrade that changes bytecode is too). For a callable of the user's code (storage/
+  code_digest.py) the hash also takes the globals its code reads: their values when plain (numbers, strings,
+  containers of them), and the code of the user's functions, classes and modules it reaches, transitively.
+  Local variable names and line numbers are not part of the hash: re-spelling a local is the same plan.
+  Builtins give their name only;
+- modules (a reward model): the type and the checksum of the state dict, and for a class of the user's code the
+  digest of that class's code;
 - datasets: a content hash. Datasets of at most `FULL_HASH_LIMIT` items are hashed item by item; larger ones
   by their length and `SAMPLED_ITEMS` items spread evenly (first and last included), which bounds the cost but
   can miss an edit between sampled items. A dataset with a `fingerprint()` method (as `DPODataset` and the mock
   datasets have) or a HuggingFace `datasets.Dataset` (its `_fingerprint`) gives its own;
-- the tokenizer: `encode(PROBE_TEXT)` and the decoding of that encoding.
+- the tokenizer: `encode(PROBE_TEXT)` and the decoding of that encoding;
+- `fingerprint_salt`, a string the user bumps to mark a change the hashes cannot see (a part only when not empty).
+What a user callable returns on a few fixed inputs (storage/probes.py) is added by the orchestrator; docs/
+fingerprint.md lists what all of this detects and what it does not.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from self_rewarding_lm_pytorch.storage.code_digest import code_digest, deep_digest, is_user_code
 from self_rewarding_lm_pytorch.storage.integrity import content_digest
+from self_rewarding_lm_pytorch.storage.probes import explain_probe_change, is_probe_part
 
 FULL_HASH_LIMIT = 10_000
 SAMPLED_ITEMS = 2_000
@@ -36,23 +46,16 @@ def short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _code_digest(code: types.CodeType, hasher):
-    hasher.update(code.co_code)
-    hasher.update(repr(code.co_names).encode())
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            _code_digest(const, hasher)
-        else:
-            hasher.update(repr(const).encode())
-
-
 def callable_identity(fn) -> str:
-    """Qualified name plus a hash of the code where Python gives it."""
+    """Qualified name plus a hash of the code where Python gives it: the user's code with what it reads
+    (storage/code_digest.py), a callable of this library or an installed package by its own code only."""
     if isinstance(fn, functools.partial):
         return f"partial({callable_identity(fn.func)}, {describe(fn.args)}, {describe(fn.keywords)})"
     if isinstance(fn, types.MethodType):
         return f"{callable_identity(fn.__func__)} of {describe(fn.__self__)}"
     name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    if is_user_code(fn):
+        return f"{name}:{deep_digest(fn, describe)}"
     code = getattr(fn, "__code__", None)
     if code is None:
         if hasattr(fn, "fingerprint"):
@@ -62,7 +65,7 @@ def callable_identity(fn) -> str:
             return f"{type(fn).__qualname__} instance:{callable_identity(call)}:{describe(getattr(fn, '__dict__', {}))}"
         return name
     hasher = hashlib.sha256()
-    _code_digest(code, hasher)
+    code_digest(code, hasher)
     hasher.update(describe(fn.__defaults__).encode())
     for cell in fn.__closure__ or ():
         try:
@@ -84,8 +87,9 @@ def describe(value, depth: int = 0) -> str:
         return "{" + ", ".join(f"{k!r}: {describe(v, depth + 1)}" for k, v in sorted(value.items(), key=repr)) + "}"
     if torch.is_tensor(value) or isinstance(value, np.ndarray):
         return f"tensor:{content_digest(value)[:16]}"
-    if isinstance(value, nn.Module):
-        return f"{type(value).__qualname__}:{content_digest(value.state_dict())[:16]}"
+    if isinstance(value, nn.Module):  # a module of a user class: the code of its class too
+        code = f":{deep_digest(type(value), describe)}" if is_user_code(value) else ""
+        return f"{type(value).__qualname__}:{content_digest(value.state_dict())[:16]}{code}"
     if hasattr(value, "fingerprint") and callable(value.fingerprint):
         return f"{type(value).__qualname__}:{value.fingerprint()}"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -134,6 +138,8 @@ def config_fingerprint(config, skip: tuple[str, ...] = ()) -> dict[str, str]:
         if field.name in skip:
             continue
         value = getattr(config, field.name)
+        if field.name == "fingerprint_salt" and value == "":  # no salt: the fingerprint of a config without one
+            continue
         if "dataset" in field.name and value is not None:
             parts[field.name] = dataset_digest(value)
         else:
@@ -142,9 +148,12 @@ def config_fingerprint(config, skip: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def changed_parts(old: dict | None, new: dict | None) -> list[str]:
-    """The names of the parts that differ between two fingerprints (all of them if one is missing)."""
+    """The names of the parts that differ between two fingerprints (all of them if one is missing); a probe part
+    (storage/probes.py) with one input whose output changed, before and now."""
     if old == new:
         return []
     if not isinstance(old, dict) or not isinstance(new, dict):
         return ["everything (no fingerprint recorded)" if not isinstance(old, dict) else "everything"]
-    return sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+    changed = sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+    return [explain_probe_change(name, old.get(name), new.get(name)) if is_probe_part(name) else name
+            for name in changed]

@@ -45,6 +45,8 @@ class TrainingLoopOptions:
     valid_every: int | None = None  # steps between validation metrics; None: only at the end
     checkpoint_every: int | None = None  # optimizer steps between resumable saves (training/train_state.py); None: none
     skip_nonfinite_steps: bool = False  # a NaN/inf loss or gradient skips that update instead of stopping
+    # part of the stage's fingerprint: change it to mark a change the fingerprint cannot see (docs/fingerprint.md)
+    fingerprint_salt: str = ""
 
     # a stage that reads end_learning_rate None as a constant rate says so
     constant_rate_when_no_end: ClassVar[bool] = False
@@ -77,6 +79,9 @@ class TrainingLoopOptions:
             raise ValueError(f"{name}.max_grad_norm must be > 0 or None (no clipping), got {self.max_grad_norm}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.fingerprint_salt, str):
+            raise TypeError(f"{name}.fingerprint_salt must be a str (e.g. 'reward-v2'), got a "
+                            f"{type(self.fingerprint_salt).__name__}: {self.fingerprint_salt!r}")
         if not isinstance(self.adam_kwargs, dict):
             raise TypeError(f"{name}.adam_kwargs must be a dict of AdamW keyword arguments, got a "
                             f"{type(self.adam_kwargs).__name__}")
