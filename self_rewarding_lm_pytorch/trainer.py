@@ -50,6 +50,7 @@ from self_rewarding_lm_pytorch.storage.fingerprint import (
     tokenizer_digest,
 )
 from self_rewarding_lm_pytorch.storage.integrity import content_digest, remove_stale_temp_files
+from self_rewarding_lm_pytorch.storage.probes import probe_parts
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 
 CLEAR_CHECKPOINTS_ENV = "SELF_REWARDING_CLEAR_CHECKPOINTS"
@@ -116,7 +117,8 @@ class SelfRewardingTrainer:
         self.judge_encode = judge_tokenizer_encode or tokenizer_encode
         self.reward_config = self_reward_prompt_config or RewardConfig()
         # every stage's inputs against the model and tokenizer, now rather than when the stage starts
-        check_plan(self.stages, PlanInputs(model, tokenizer_encode, self.judge_encode, self.reward_config, pad_id), eos_id)
+        self.plan_inputs = PlanInputs(model, tokenizer_encode, self.judge_encode, self.reward_config, pad_id)
+        check_plan(self.stages, self.plan_inputs, eos_id)
         self.pad_id, self.eos_id = pad_id, eos_id
         self.folder = Path(checkpoints_folder)
         if accelerator is None:
@@ -151,8 +153,9 @@ class SelfRewardingTrainer:
 
     def fingerprint(self, index: int) -> dict[str, str]:
         """What identifies stage i's result (storage/fingerprint.py): its settings, callables and datasets, the trainer's
-        ids, seed, judge prompt and tokenizer, and the fingerprint of stage i - 1 (stage 0: the initial weights),
-        so a change anywhere upstream is a different plan. Computed once per trainer."""
+        ids, seed, judge prompt and tokenizer, what its user callables return on its probes (storage/probes.py), and
+        the fingerprint of stage i - 1 (stage 0: the initial weights), so a change anywhere upstream is a different
+        plan. Computed once per trainer, when it trains (docs/fingerprint.md)."""
         if index not in self._fingerprints:
             config, kind = self.stages[index], kind_of(self.stages[index])
             parts = config_fingerprint(config, skip=NOT_RESULT_FIELDS)
@@ -168,6 +171,8 @@ class SelfRewardingTrainer:
                 parts["judge_tokenizer"] = tokenizer_digest(self.judge_encode, self.decode)
             if kind.generates and not isinstance(self.sampler, LibrarySampler):
                 parts["generation_backend"] = short(describe(self.sampler))  # not for the default: old runs resume
+            if kind.probes is not None:
+                parts.update(probe_parts(kind.probes(config, self.plan_inputs)))
             self._fingerprints[index] = parts
         return self._fingerprints[index]
 
@@ -198,9 +203,10 @@ class SelfRewardingTrainer:
             changed = changed_parts(saved.get("fingerprint"), self.fingerprint(index))
             if changed:
                 raise ValueError(
-                    f"{path} was written by a different plan: stage {index} changed ({', '.join(changed)}). "
+                    f"{path} was written by a different plan: stage {index} changed ({'; '.join(changed)}). "
                     f"Use another checkpoints_folder, or clear it with trainer(overwrite_checkpoints=True) or "
-                    f"{CLEAR_CHECKPOINTS_ENV}=1"
+                    f"{CLEAR_CHECKPOINTS_ENV}=1. A change in what makes a stage's result always makes its files "
+                    f"unusable, deliberate or not (docs/fingerprint.md)"
                 )
             done += 1
         return done

@@ -8,14 +8,25 @@ from typing import Callable
 
 from torch import nn
 
-from self_rewarding_lm_pytorch.judging.judges import Judge, RewardFnJudge, RewardModelJudge, check_reward_value
+from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
+from self_rewarding_lm_pytorch.judging.judges import (
+    Candidates,
+    Judge,
+    RewardFnJudge,
+    RewardModelJudge,
+    check_reward_value,
+)
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
 from self_rewarding_lm_pytorch.stages.preference import (
     PreferenceStageConfig,
     check_pair_filters,
     check_prompts,
+    pair_probes,
+    probe_answers,
     run_judged_stage,
+    user_probe,
 )
+from self_rewarding_lm_pytorch.storage.probes import Probe
 from self_rewarding_lm_pytorch.training.options import check_at_least_one
 
 # a reward model scores this many candidates per forward unless told otherwise
@@ -88,5 +99,25 @@ def check_reward_fn(stage: str, config: ExternalRewardDPOConfig):
         ) from error
 
 
+def external_reward_probes(config: ExternalRewardDPOConfig, inputs: PlanInputs) -> list[Probe]:
+    """`reward_fn` on the probe answers (unless `check_reward_fn_on_sample=False`: it must not be called before the
+    stage), or a reward model of the user's class on four of them, scored as the stage scores (rounded to 3
+    significant digits: the last digits of a forward depend on the hardware)."""
+    probes = pair_probes(config, inputs)
+    if config.reward_fn is not None and config.check_reward_fn_on_sample:
+        probes += user_probe("reward_fn", config.reward_fn, probe_answers(config))
+    if config.reward_model is not None and user_probe("reward_model", config.reward_model, ()):
+        judge = RewardModelJudge(config.reward_model, pad_id=inputs.pad_id, batch_size=1)
+
+        def score(prompt: str, response: str) -> float:
+            ids = [as_token_tensor(inputs.encode(text), "tokenizer_encode(probe text)") for text in (prompt, response)]
+            candidates = Candidates(prompts=[prompt], prompt_ids=ids[:1], responses=[response], response_ids=ids[1:])
+            return judge(candidates).scores[0, 0].item()
+
+        probes.append(Probe("reward_model", score, tuple(probe_answers(config)[:4]), digits=3))
+    return probes
+
+
 EXTERNAL_REWARD_STAGE = StageKind(name="external-reward-dpo", config=ExternalRewardDPOConfig, run=run_external_reward,
-                                  check=check_external_reward, answer_budget="response_max_new_tokens")
+                                  check=check_external_reward, answer_budget="response_max_new_tokens",
+                                  probes=external_reward_probes)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.generation.backend import Sampler
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
+from self_rewarding_lm_pytorch.storage.probes import Probe
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 
 
@@ -59,7 +60,8 @@ class StageKind:
     """One kind of stage. `self_judged`: the model judges with its judge prompt, so the plan's prompt and the
     judge's tokenizer make the stage's result; `generates`: the stage samples from the model, so the generation
     backend makes its result; `answer_budget`: the config field capping a generated answer (named when eos_id is
-    missing)."""
+    missing); `probes`: the user callables of a config with the inputs to call them on, whose outputs join the
+    stage's fingerprint (storage/probes.py)."""
 
     name: str
     config: type
@@ -68,3 +70,4 @@ class StageKind:
     self_judged: bool = False
     generates: bool = True
     answer_budget: str | None = None
+    probes: Callable[[Any, PlanInputs], list[Probe]] | None = None

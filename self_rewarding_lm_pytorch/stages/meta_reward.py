@@ -20,8 +20,15 @@ from self_rewarding_lm_pytorch.stages.preference import (
     pairs_fingerprint,
     score_scale,
     train_on_pairs,
+    user_probe,
 )
-from self_rewarding_lm_pytorch.stages.self_reward import SelfRewardDPOConfig, check_judge_prompt_fits, self_judge
+from self_rewarding_lm_pytorch.stages.self_reward import (
+    SelfRewardDPOConfig,
+    check_judge_prompt_fits,
+    self_judge,
+    self_reward_probes,
+)
+from self_rewarding_lm_pytorch.storage.probes import Probe
 
 
 @dataclass(kw_only=True)
@@ -134,5 +141,16 @@ def check_meta_judge_prompt_fits(stage: str, config: MetaRewardDPOConfig, inputs
         )
 
 
+# meta-judge outputs a user `parse_verdict` is probed with
+PROBE_VERDICTS = ("Winner: A", "Winner: B", "[[A]]", "", "Both are fine.")
+
+
+def meta_reward_probes(config: MetaRewardDPOConfig, inputs: PlanInputs) -> list[Probe]:
+    """The self-reward stage's probes and a user `parse_verdict` of the meta-judge on verdicts."""
+    return self_reward_probes(config, inputs) + user_probe(
+        "meta_judge_config.parse_verdict", config.meta_judge_config.parse_verdict, [(text,) for text in PROBE_VERDICTS])
+
+
 META_REWARD_STAGE = StageKind(name="meta-reward-dpo", config=MetaRewardDPOConfig, run=run_meta_reward,
-                              check=check_meta_reward, self_judged=True, answer_budget="response_max_new_tokens")
+                              check=check_meta_reward, self_judged=True, answer_budget="response_max_new_tokens",
+                              probes=meta_reward_probes)

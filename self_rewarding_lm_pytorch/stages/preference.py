@@ -8,8 +8,10 @@ checks of its prompts and pair filters. A run:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
+import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -22,7 +24,9 @@ from self_rewarding_lm_pytorch.pairs.loop import generate_preference_pairs
 from self_rewarding_lm_pytorch.pairs.selection import JudgementsAgree, MarginAtLeast
 from self_rewarding_lm_pytorch.pairs.stats import PairGenerationStats
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext
+from self_rewarding_lm_pytorch.storage.code_digest import is_user_code
 from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
+from self_rewarding_lm_pytorch.storage.probes import Probe
 from self_rewarding_lm_pytorch.storage.tracking import last_logged
 from self_rewarding_lm_pytorch.training.dpo import DPOConfig, DPOTrainer
 
@@ -97,9 +101,47 @@ def run_judged_stage(config, context: StageContext, judge: Judge) -> dict:
 
 def pairs_fingerprint(config: PreferenceStageConfig, context: StageContext) -> dict[str, str]:
     """The parts of the stage's fingerprint that make its pairs: all but its DPO training settings, so a pair folder
-    stays usable when only those change (a folder of other pairs is refused)."""
-    training_only = {f.name for f in fields(config)} - pair_settings(config).keys()
+    stays usable when only those change (a folder of other pairs is refused). The salt and the probes stay."""
+    training_only = {f.name for f in fields(config)} - pair_settings(config).keys() - {"fingerprint_salt"}
     return {name: part for name, part in context.fingerprint.items() if name not in training_only}
+
+
+# what a probe (storage/probes.py) answers each probe prompt with: nothing, a number, digits, a sentence (and the
+# prompt itself); the ratings a reward check is probed with
+PROBE_RESPONSES = ("", "42", " 1 2 3", "The answer is 42.")
+PROBE_RATINGS = (0.0, 1.0, -1.0, 2.5, 10.0, math.nan, math.inf)
+
+
+def probe_prompts(config) -> list[str]:
+    """The stage's first and middle prompts (its one prompt, if it has one)."""
+    return [config.prompt_dataset[i] for i in sorted({0, len(config.prompt_dataset) // 2})]
+
+
+def probe_answers(config) -> list[tuple[str, str]]:
+    """(prompt, response) inputs: each probe prompt with each of `PROBE_RESPONSES` and with itself."""
+    return [(prompt, response) for prompt in probe_prompts(config) for response in (*PROBE_RESPONSES, prompt)]
+
+
+def user_probe(name: str, fn, inputs) -> list[Probe]:
+    """A probe of `fn` when it is the user's code (storage/code_digest.py); the library's own are its version's."""
+    return [Probe(name, fn, tuple(inputs))] if fn is not None and is_user_code(fn) else []
+
+
+def pair_probes(config, inputs: PlanInputs) -> list[Probe]:
+    """The user callables of every preference stage: the reward checks, the pair picker, the pair filters and the
+    verifier, each on inputs of its own signature."""
+    nan = math.nan
+    judgements = [(torch.tensor([5.0, 4.0, 5.0]), torch.tensor([1.0, 2.0, 1.0])), (torch.tensor([3.0]), torch.tensor([3.0])),
+                  (torch.tensor([5.0, nan]), torch.tensor([1.0, 4.0]))]
+    probes = [*user_probe("is_valid_reward", config.is_valid_reward, [(r,) for r in PROBE_RATINGS]),
+              *user_probe("is_valid_reward_pair", config.is_valid_reward_pair,
+                          [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (5.0, -5.0), (nan, 1.0)]),
+              *user_probe("pick_paired_rewards", config.pick_paired_rewards,
+                          [(torch.tensor([[0.0, 1.0, 2.0, 3.0], [3.0, nan, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0]]),)]),
+              *user_probe("verifier", config.verifier, probe_answers(config))]
+    for i, pair_filter in enumerate(config.pair_filters):
+        probes += user_probe(f"pair_filters[{i}]", pair_filter, judgements)
+    return probes
 
 
 def pair_summary(stats: PairGenerationStats) -> dict:

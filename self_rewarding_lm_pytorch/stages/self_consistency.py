@@ -10,11 +10,16 @@ from self_rewarding_lm_pytorch.judging.self_consistency import SelfConsistencyJu
 from self_rewarding_lm_pytorch.pairs.selection import MarginAtLeast
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
 from self_rewarding_lm_pytorch.stages.preference import (
+    PROBE_RESPONSES,
     PreferenceStageConfig,
     check_pair_filters,
     check_prompts,
+    pair_probes,
+    probe_prompts,
     run_judged_stage,
+    user_probe,
 )
+from self_rewarding_lm_pytorch.storage.probes import Probe
 
 
 @dataclass(kw_only=True)
@@ -73,6 +78,12 @@ def check_answer_key(stage: str, config: SelfConsistencyDPOConfig):
         ) from None
 
 
+def self_consistency_probes(config: SelfConsistencyDPOConfig, inputs: PlanInputs) -> list[Probe]:
+    """A user `answer_key` on the probe responses and prompts (as answers)."""
+    answers = [(text,) for text in (*PROBE_RESPONSES, *probe_prompts(config))]
+    return pair_probes(config, inputs) + user_probe("answer_key", config.answer_key, answers)
+
+
 SELF_CONSISTENCY_STAGE = StageKind(name="self-consistency-dpo", config=SelfConsistencyDPOConfig,
                                    run=run_self_consistency, check=check_self_consistency,
-                                   answer_budget="response_max_new_tokens")
+                                   answer_budget="response_max_new_tokens", probes=self_consistency_probes)

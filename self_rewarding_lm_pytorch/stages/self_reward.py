@@ -14,9 +14,12 @@ from self_rewarding_lm_pytorch.stages.preference import (
     check_pair_filters,
     check_prompts,
     judge_prompt_length,
+    pair_probes,
     run_judged_stage,
     score_scale,
+    user_probe,
 )
+from self_rewarding_lm_pytorch.storage.probes import Probe
 from self_rewarding_lm_pytorch.training.options import check_at_least_one
 
 
@@ -88,5 +91,17 @@ def check_judge_prompt_fits(stage: str, config: SelfRewardDPOConfig, inputs: Pla
         )
 
 
+# judge outputs a user `parse_reward` is probed with
+PROBE_JUDGEMENTS = ("Score: 4", "Score: 4.5", "Score: 10/10", "", "The response is good.")
+
+
+def self_reward_probes(config: SelfRewardDPOConfig, inputs: PlanInputs) -> list[Probe]:
+    """A user `parse_reward` of the judge prompt (the stage's `reward_config`, else the plan's) on judge outputs."""
+    parse = (config.reward_config or inputs.reward_config).parse_reward
+    return pair_probes(config, inputs) + user_probe("reward_config.parse_reward", parse,
+                                                    [(text,) for text in PROBE_JUDGEMENTS])
+
+
 SELF_REWARD_STAGE = StageKind(name="self-reward-dpo", config=SelfRewardDPOConfig, run=run_self_reward,
-                              check=check_self_reward, self_judged=True, answer_budget="response_max_new_tokens")
+                              check=check_self_reward, self_judged=True, answer_budget="response_max_new_tokens",
+                              probes=self_reward_probes)

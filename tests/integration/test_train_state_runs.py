@@ -57,7 +57,8 @@ def minus_digits(prompt, response):
 def test_a_changed_plan_is_refused_naming_what_changed(tmp_path):
     """The original fingerprint covered plain settings only: a flipped reward_fn reused the old pairs and weights."""
     plan_trainer(tmp_path, count_digits)()
-    with pytest.raises(ValueError, match=r"stage 1 changed \(reward_fn\).*overwrite_checkpoints=True"):
+    with pytest.raises(ValueError, match=r"stage 1 changed \(reward_fn; reward_fn probes: reward_fn\('sort 3 1 5:', "
+                                         r"'42'\) returned 2.0 before, -2.0 now\).*overwrite_checkpoints=True"):
         plan_trainer(tmp_path, minus_digits)()
     with pytest.raises(ValueError, match=r"stage 0 changed \(tokenizer\)"):
         plan_trainer(tmp_path, count_digits, encode=lambda text: TOKENIZER.encode(text.lower()))()
