@@ -4,10 +4,11 @@
                          tokenizer_encode=..., tokenizer_decode=...)()
 
 Each stage is built when it starts (its reference is the model at that moment) by the runner of its kind
-(stages/registry.py), which gets a `StageContext` of this run. Stage i writes `stage-{i:02d}-{kind}.pt` and, for
-preference stages, its own pairs folder `stage-{i:02d}-{kind}.pairs/` (stages never share files). Running the same script again resumes: finished stages
-are skipped (their checkpoint is loaded), an interrupted stage's pair generation continues from the pairs on disk,
-then its training starts over. `trainer(overwrite_checkpoints=True)` or the environment variable
+(stages/registry.py), which gets a `StageContext` of this run. Stage i writes `stage-{i:02d}-{kind}.pt`, the record
+of the fingerprint its files are made under `stage-{i:02d}-{kind}.plan.json` and, for preference stages, its own
+pairs folder `stage-{i:02d}-{kind}.pairs/` (stages never share files). Running the same script again resumes:
+finished stages are skipped (their checkpoint is loaded), an interrupted stage's pair generation continues from the
+pairs on disk, then its training starts over. Files made by another plan are refused (docs/fingerprint.md). `trainer(overwrite_checkpoints=True)` or the environment variable
 SELF_REWARDING_CLEAR_CHECKPOINTS=1 clears this run's files first; that is never the default.
 
 `log_with="tensorboard"` (any Accelerate tracker name, or several) sends every stage's numbers to that tracker
@@ -16,6 +17,7 @@ under the stage's name, at a global step that keeps growing across stages (stora
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from datetime import timedelta
@@ -49,7 +51,12 @@ from self_rewarding_lm_pytorch.storage.fingerprint import (
     short,
     tokenizer_digest,
 )
-from self_rewarding_lm_pytorch.storage.integrity import content_digest, remove_stale_temp_files
+from self_rewarding_lm_pytorch.storage.integrity import (
+    CorruptFileError,
+    atomic_write_json,
+    content_digest,
+    remove_stale_temp_files,
+)
 from self_rewarding_lm_pytorch.storage.probes import probe_parts
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 
@@ -200,16 +207,37 @@ class SelfRewardingTrainer:
             if not path.is_file():
                 break
             saved = read_checkpoint(path, way_out=f"delete it to run stage {index} again")
-            changed = changed_parts(saved.get("fingerprint"), self.fingerprint(index))
-            if changed:
-                raise ValueError(
-                    f"{path} was written by a different plan: stage {index} changed ({'; '.join(changed)}). "
-                    f"Use another checkpoints_folder, or clear it with trainer(overwrite_checkpoints=True) or "
-                    f"{CLEAR_CHECKPOINTS_ENV}=1. A change in what makes a stage's result always makes its files "
-                    f"unusable, deliberate or not (docs/fingerprint.md)"
-                )
+            self.check_same_plan(f"{path} was written", index, saved.get("fingerprint"))
             done += 1
         return done
+
+    def check_same_plan(self, what: str, index: int, saved: dict | None):
+        """Raise, naming what changed and the ways out, unless `saved` is stage i's fingerprint."""
+        changed = changed_parts(saved, self.fingerprint(index))
+        if changed:
+            raise ValueError(
+                f"{what} by a different plan: stage {index} changed ({'; '.join(changed)}). Use another "
+                f"checkpoints_folder, or clear it with trainer(overwrite_checkpoints=True) or {CLEAR_CHECKPOINTS_ENV}=1. "
+                f"A change in what makes a stage's result always makes its files unusable, deliberate or not "
+                f"(docs/fingerprint.md)"
+            )
+
+    def claim_stage_files(self, index: int):
+        """Before stage i runs: `stage-{i:02d}-{kind}.plan.json` records the fingerprint its files (pairs, step saves)
+        are made under. Found with another fingerprint, the stage is refused: an interrupted stage's step saves record
+        the stage's own settings only (not the weights it started from, nor the trainer's seed or tokenizer), and
+        would otherwise be resumed."""
+        path = self.folder / f"{self.stage_name(index)}.plan.json"
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except ValueError as error:
+                raise CorruptFileError(f"{path} cannot be read as JSON ({error}): delete it and the stage's other files "
+                                       f"(trainer(overwrite_checkpoints=True)) to run the stage again") from error
+            self.check_same_plan(f"the files of {self.stage_name(index)} in {self.folder} were made", index, saved)
+        elif self.accelerator.is_main_process:
+            atomic_write_json(path, self.fingerprint(index))
+        self.accelerator.wait_for_everyone()
 
     def train(self, overwrite_checkpoints: bool = False) -> list[dict]:
         """Run every stage not already finished; returns one summary dict per stage."""
@@ -250,6 +278,7 @@ class SelfRewardingTrainer:
             self.print(f"stage {index}: {type(config).__name__}")
 
             kind = kind_of(config)
+            self.claim_stage_files(index)
             summary = dict(stage=index, kind=kind.name)
             logger = MetricsLogger(self.accelerator, self.stage_name(index), start_step=self.next_step)
             try:

@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_transformer
 from helpers import plan_trainer
 
-from self_rewarding_lm_pytorch import ExternalRewardDPOConfig, SelfRewardingTrainer
+from self_rewarding_lm_pytorch import ExternalRewardDPOConfig, SelfRewardingTrainer, SFTConfig
 from self_rewarding_lm_pytorch.storage.checkpoint import read_checkpoint
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 
@@ -87,6 +87,10 @@ def test_half_made_pairs_of_another_reward_are_refused_too(tmp_path, load):
     plan_trainer(run, load())()
     (run / f"{STAGE_1}.pt").unlink()  # as if killed after its pairs were made, before the stage was saved
     message = refusal(run, load(sign=-1))
+    assert (f"the files of {STAGE_1} in {run} were made by a different plan: stage 1 changed (reward_fn; reward_fn "
+            f"probes: reward_fn('sort 3 1 5:', '42') returned 2.0 before, -2.0 now)") in message
+    (run / f"{STAGE_1}.plan.json").unlink()  # a folder from before the plan record: the pairs' own fingerprint
+    message = refusal(run, load(sign=-1))
     assert f"{STAGE_1}.pairs holds pairs made by a different plan (changed: reward_fn, reward_fn probes: " in message
     assert "returned 2.0 before, -2.0 now" in message
 
@@ -108,7 +112,7 @@ def salted_trainer(folder, salt):
                                     num_train_steps=1, fingerprint_salt=salt)
     return SelfRewardingTrainer(model, finetune_configs=[stage], tokenizer_encode=TOKENIZER.encode,
                                 tokenizer_decode=TOKENIZER.decode, eos_id=TOKENIZER.eos_id,
-                                accelerate_kwargs=dict(cpu=True), checkpoints_folder=folder)
+                                accelerate_kwargs={"cpu": True}, checkpoints_folder=folder)
 
 
 def test_a_bumped_fingerprint_salt_is_refused(tmp_path):
@@ -117,3 +121,27 @@ def test_a_bumped_fingerprint_salt_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"stage 0 changed \(fingerprint_salt\)"):
         salted_trainer(tmp_path, "grader-v2")()
     assert [s["resumed"] for s in salted_trainer(tmp_path, "grader-v1")()] == [True]
+
+
+def sft_trainer(folder, seed):
+    task = SortDigitsTask(length=3, seed=3)
+    torch.manual_seed(seed)
+    model = tiny_transformer(num_tokens=TOKENIZER.num_tokens, max_seq_len=48)
+    stage = SFTConfig(train_dataset=task.instruction_examples(8), batch_size=4, num_train_steps=2, learning_rate=1e-3,
+                      end_learning_rate=1e-4, checkpoint_every=1)
+    return SelfRewardingTrainer(model, finetune_configs=[stage], tokenizer_encode=TOKENIZER.encode,
+                                tokenizer_decode=TOKENIZER.decode, eos_id=TOKENIZER.eos_id,
+                                accelerate_kwargs={"cpu": True}, checkpoints_folder=folder)
+
+
+def test_step_saves_of_an_unfinished_stage_made_from_other_weights_are_refused(tmp_path):
+    """An SFT stage's step saves record its own settings only: from other initial weights they were resumed."""
+    sft_trainer(tmp_path, seed=0)()
+    (tmp_path / "stage-00-sft.pt").unlink()  # as if killed after its last step save, before the stage was saved
+    assert (tmp_path / "stage-00-sft.steps" / "sft-step-2.pt").is_file()
+    with pytest.raises(ValueError, match=r"the files of stage-00-sft in .* were made by a different plan: stage 0 "
+                                         r"changed \(upstream\)\. Use another checkpoints_folder"):
+        sft_trainer(tmp_path, seed=1)()
+    trainer = sft_trainer(tmp_path, seed=0)  # the same plan resumes from its last step save
+    trainer()
+    assert trainer.summaries[0]["stage"] == 0 and (tmp_path / "stage-00-sft.pt").is_file()

@@ -144,7 +144,7 @@ def test_what_the_identity_follows_and_what_it_does_not(tmp_path):
         def reward(prompt, response):
             return cached(response)
     """
-    values = dict(answer=1, seed=0, scale=1, bonus=0, calls=0)
+    values = {"answer": 1, "seed": 0, "scale": 1, "bonus": 0, "calls": 0}
 
     def ids(**changes):
         module = user_module(tmp_path, "fp_graders", source.format(**{**values, **changes}))
@@ -199,8 +199,9 @@ PROMPTS = ["sort 3 1:", "sort 9 2 7:", "sort 5:"]
 
 
 def config(**overrides):
-    return ExternalRewardDPOConfig(**{**dict(prompt_dataset=PROMPTS, reward_fn=count_digits, num_preference_pairs=2,
-                                             num_train_steps=1, learning_rate=1e-5, end_learning_rate=1e-6), **overrides})
+    settings = {"prompt_dataset": PROMPTS, "reward_fn": count_digits, "num_preference_pairs": 2, "num_train_steps": 1,
+                "learning_rate": 1e-5, "end_learning_rate": 1e-6}
+    return ExternalRewardDPOConfig(**{**settings, **overrides})
 
 
 def count_digits(prompt, response):
@@ -271,3 +272,33 @@ def test_nan_ratings_probe_a_user_validity_check():
     assert [r[1] for r in probe_records(probes["is_valid_reward"])] == ["True", "True", "False", "True", "True",
                                                                          "False", "True"]
     assert set(probes) == {"reward_fn", "is_valid_reward"}
+
+
+class FirstJudgementAbove:
+    """A user pair filter: keeps a pair whose chosen first judgement is above `threshold`."""
+
+    name = "first_above"
+
+    def __init__(self, threshold):
+        self.threshold = threshold
+
+    def __call__(self, chosen, rejected):
+        return bool(chosen[0] > self.threshold)
+
+
+def test_self_judged_stages_probe_a_users_score_parser_verdict_parser_and_pair_filter():
+    from self_rewarding_lm_pytorch import MetaRewardDPOConfig, RewardConfig
+    from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudgeConfig
+    from self_rewarding_lm_pytorch.stages.meta_reward import meta_reward_probes
+
+    parse = lambda text: float(text.split(":")[1].split("/")[0]) if ":" in text else None
+    stage = MetaRewardDPOConfig(prompt_dataset=PROMPTS, num_preference_pairs=2, num_train_steps=1, learning_rate=1e-5,
+                                end_learning_rate=1e-6, reward_config=RewardConfig(parse_reward=parse),
+                                meta_judge_config=MetaJudgeConfig(parse_verdict=lambda text: 0 if "A" in text else None),
+                                pair_filters=(FirstJudgementAbove(4.5),))
+    probes = {p.name: probe_records(p) for p in meta_reward_probes(stage, INPUTS)}
+    assert set(probes) == {"pair_filters[0]", "reward_config.parse_reward", "meta_judge_config.parse_verdict"}
+    assert [r[1] for r in probes["reward_config.parse_reward"]] == ["4.0", "4.5", "10.0", "None", "None"]
+    assert [r[1] for r in probes["meta_judge_config.parse_verdict"]] == ["0", "None", "0", "None", "None"]
+    assert probes["pair_filters[0]"][0] == ["tensor[5.0, 4.0, 5.0], tensor[1.0, 2.0, 1.0]", "True"]
+    assert [r[1] for r in probes["pair_filters[0]"][1:]] == ["False", "True"]
