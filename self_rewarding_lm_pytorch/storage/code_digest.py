@@ -28,7 +28,7 @@ import sysconfig
 import types
 
 LIBRARY = "self_rewarding_lm_pytorch"
-MAX_DEPTH = 12  # nesting of containers and attributes followed from one callable
+MAX_DEPTH = 40  # calls, containers and attributes followed from one callable, one inside the other
 PLAIN = (type(None), bool, int, float, complex, str, bytes)
 
 
@@ -66,9 +66,11 @@ def _module_of(obj) -> str | None:
 
 def is_user_code(obj) -> bool:
     """Whether `obj` (a function, a class, a module, or an instance: by its class) is the user's code."""
-    wrapped = _wrapped(obj)
-    if wrapped is not None:
-        return is_user_code(wrapped)
+    for _ in range(MAX_DEPTH):  # a wrapper's module is its type's: what it wraps tells
+        wrapped = _wrapped(obj)
+        if wrapped is None:
+            break
+        obj = wrapped
     if isinstance(obj, (types.BuiltinFunctionType, types.BuiltinMethodType)):
         return False
     return is_user_module(_module_of(obj))
@@ -78,7 +80,8 @@ def _wrapped(obj):
     """What a wrapper object (functools.lru_cache, a decorator's object) calls; None for anything else."""
     if isinstance(obj, (type, types.FunctionType, types.ModuleType)):
         return None
-    return getattr(obj, "__wrapped__", None) if callable(obj) else None
+    wrapped = getattr(obj, "__wrapped__", None) if callable(obj) else None
+    return None if wrapped is obj else wrapped
 
 
 def _holds_data(value) -> bool:
@@ -154,8 +157,9 @@ class _Walker:
             self.put("method")
             self.value((value.__func__, value.__self__), depth + 1)
         elif _wrapped(value) is not None:
-            self.put(f"wrapper {type(value).__qualname__}")
-            self.value(_wrapped(value), depth + 1)
+            if self.first_visit(value, f"wrapper {type(value).__qualname__}"):
+                self.put(f"wrapper {type(value).__qualname__}")
+                self.value(_wrapped(value), depth + 1)
         elif not is_user_code(value) or _holds_data(value):
             # outside the user's code, or a tensor, array or module: by its name or content, as a setting
             self.put(self.outside(value))
