@@ -31,17 +31,17 @@ def test_the_model_drops_out_as_built():
 @pytest.mark.parametrize("dropout, expected", [("default", False), (0.0, False), (0.2, True), (None, True)])
 def test_dpo_trains_without_dropout_by_default(dropout, expected):
     model = model_with_dropout()
-    settings = {} if dropout == "default" else dict(dropout=dropout)
-    DPOTrainer(model, sort_pairs(4, seed=0), num_train_steps=1, accelerate_kwargs=dict(cpu=True), **settings)
+    settings = {} if dropout == "default" else {"dropout": dropout}
+    DPOTrainer(model, sort_pairs(4, seed=0), num_train_steps=1, accelerate_kwargs={"cpu": True}, **settings)
     assert drops_out(model) == expected
 
 
 @pytest.mark.parametrize("dropout, expected", [("default", True), (None, True), (0.0, False)])
 def test_sft_leaves_the_models_dropout_by_default(dropout, expected):
     model = model_with_dropout()
-    settings = {} if dropout == "default" else dict(dropout=dropout)
+    settings = {} if dropout == "default" else {"dropout": dropout}
     rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-    SFTTrainer(model, train_dataset=[(torch.arange(1, 6), 2)], num_epochs=1, accelerate_kwargs=dict(cpu=True),
+    SFTTrainer(model, train_dataset=[(torch.arange(1, 6), 2)], num_epochs=1, accelerate_kwargs={"cpu": True},
                **settings)
     assert drops_out(model) == expected
     if expected:
