@@ -51,8 +51,8 @@ class DPOConfig(TrainingLoopOptions):
     whether it stopped early or reached the cap. The loop and optimiser fields are `TrainingLoopOptions`
     (training/options.py).
 
-    `logp_reduction`: 'sum' is log π(response | prompt) as in the DPO paper; 'mean' (per token) is what IPO's
-    paper and TRL use for IPO. None (the default) picks 'mean' for `loss_type='ipo'`, 'sum' otherwise. Stored
+    `logp_reduction`: 'sum' is log π(response | prompt) as in the DPO paper; 'mean' (per token) is what TRL uses
+    for IPO (the form IPO's authors reported results with). None (the default) picks 'mean' for `loss_type='ipo'`, 'sum' otherwise. Stored
     reference log-probs must use the same. `nll_weight` > 0 adds that weight times the chosen responses' NLL
     averaged over their tokens in the batch (Iterative RPO, Pang et al. 2024, arXiv 2404.19733; in TRL
     `loss_type=["sigmoid", "sft"]` with `loss_weights=[1.0, nll_weight]`): plain DPO on small models often lowers

@@ -61,8 +61,9 @@ def preference_loss(
     if loss_type == "sigmoid":
         losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     elif loss_type == "ipo":
-        # h uses whatever reduction the caller chose for the log-probs; IPO's paper and TRL use average log-probs
-        # (DPOConfig's default for IPO), with sums the target margin 1/(2β) would be per sequence
+        # h uses whatever reduction the caller chose for the log-probs; TRL averages them per token for IPO, the form
+        # IPO's authors reported results with (DPOConfig's default for IPO); with sums the target margin 1/(2β)
+        # would be per sequence
         losses = (h - 1 / (2 * beta)) ** 2
     else:
         losses = F.relu(1 - beta * h)
