@@ -51,11 +51,13 @@ class DPOConfig(TrainingLoopOptions):
     whether it stopped early or reached the cap. The loop and optimiser fields are `TrainingLoopOptions`
     (training/options.py).
 
-    `logp_reduction`: 'sum' is log π(response | prompt) as in the DPO paper; 'mean' (per token) is what IPO's
-    paper and TRL use for IPO. None (the default) picks 'mean' for `loss_type='ipo'`, 'sum' otherwise. Stored
+    `logp_reduction`: 'sum' is log π(response | prompt) as in the DPO paper; 'mean' (per token) is what TRL uses
+    for IPO (the form IPO's authors reported results with). None (the default) picks 'mean' for `loss_type='ipo'`, 'sum' otherwise. Stored
     reference log-probs must use the same. `nll_weight` > 0 adds that weight times the chosen responses' NLL
-    averaged over their tokens in the batch (Iterative RPO, Pang et al. 2024, arXiv 2404.19733; TRL's
-    `rpo_alpha`): plain DPO on small models often lowers the chosen likelihood too. See docs/differences.md.
+    averaged over their tokens in the batch (Iterative RPO, Pang et al. 2024, arXiv 2404.19733; in TRL
+    `loss_type=["sigmoid", "sft"]` with `loss_weights=[1.0, nll_weight]`): plain DPO on small models often lowers
+    the chosen likelihood too. The logged metrics are TRL's, from the summed log-probs whatever the reduction
+    (`DPO.summarize`). `dropout` defaults to 0.0 (TRL's `disable_dropout=True`). See docs/differences.md.
 
     `precompute_reference`: pairs without stored reference log-probs get them in one pass before training, so no
     reference model is held (training/reference.py). None (default): precompute unless the model has LoRA adapters,
@@ -68,6 +70,7 @@ class DPOConfig(TrainingLoopOptions):
     label_smoothing: float = 0.0
     logp_reduction: Reduction | None = None  # None: 'mean' for IPO, 'sum' otherwise
     nll_weight: float = 0.0
+    dropout: float | None = 0.0  # no dropout, as TRL's disable_dropout=True: the reference never drops out
     margin_weighted_loss: bool = False  # weight each pair's loss by its score margin (ScPO); needs pair rewards
     num_epochs: int | None = None  # passes over the pairs
     learning_rate: float = 1e-6
@@ -196,7 +199,8 @@ class DPOTrainer:
         caps = [config.num_train_steps, config.num_epochs and epoch_steps * config.num_epochs]
         self.num_train_steps = min(c for c in caps if c)
 
-        set_dropout(model, config.dropout)
+        if config.dropout is not None:
+            set_dropout(model, config.dropout)
         optimizer, self.scheduler = adamw_for_stage(model, config, self.num_train_steps)
         # the scheduler is stepped by hand once per optimizer step: Accelerate's wrapper would step it once per process
         self.model, self.optimizer, self.train_loader = prepare_for_training(self.accelerator, model, optimizer, train_loader)

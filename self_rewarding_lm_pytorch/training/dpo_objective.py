@@ -2,7 +2,8 @@
 
 One policy forward over chosen and rejected stacked along the batch; the reference log-probs either stored with
 the pairs (computed by the model that generated them) or from a frozen copy of the policy; then the shared
-preference loss (training/losses.py), plus the optional RPO NLL term.
+preference loss (training/losses.py), plus the optional RPO NLL term. The metrics are TRL's DPOTrainer's, from the
+summed log-probs for every loss type.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ def trailing_padding(seq: Tensor, pad_id: int) -> Tensor:
     return positions[None, :] >= length[:, None]
 
 
+def nll_per_token(chosen_sums: Tensor, chosen_tokens: Tensor) -> Tensor:
+    """The chosen responses' NLL averaged over all their tokens: minus their summed log-probs over their length."""
+    return -chosen_sums.sum() / chosen_tokens.sum().clamp(min=1)
+
+
 def default_logp_reduction(loss_type: str) -> Reduction:
     """The log-prob reduction a loss is used with in TRL and by its authors: IPO (Azar et al. 2023) averages
     per token, DPO's sigmoid and the hinge loss sum over the response."""
@@ -36,7 +42,8 @@ class DPO(nn.Module):
     `precomputed_reference=True` no reference model is held and every call must pass the reference log-probs.
     Sequences are prompt + response, right-padded with `pad_id`. `logp_reduction` None is 'mean' for IPO and
     'sum' otherwise (as TRL). `nll_weight` > 0 adds the chosen responses' NLL averaged over all their tokens in
-    the batch (RPO, as TRL's `rpo_alpha`).
+    the batch (RPO: TRL's `loss_type=["sigmoid", "sft"]` with `loss_weights=[1.0, nll_weight]`). The metrics use
+    the summed log-probs whatever the reduction, as TRL's (`summarize`).
     """
 
     def __init__(
@@ -85,8 +92,9 @@ class DPO(nn.Module):
         rejected_ref_logp: Tensor | None = None,
         weight: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Per pair (b,): `loss` (the preference loss plus the weighted NLL), `chosen_rewards`, `rejected_rewards`,
-        `chosen_logps`, `rejected_logps` (policy) and `nll` (per-token NLL of the chosen response)."""
+        """Per pair (b,): `loss` (the preference loss plus the weighted NLL), `chosen_rewards`, `rejected_rewards`
+        (β times the summed log-ratios), `chosen_logps`, `rejected_logps` (the policy's, summed over the response)
+        and `chosen_tokens` (the chosen response's length)."""
         if (chosen_ref_logp is None) != (rejected_ref_logp is None):
             raise ValueError("DPO: pass both chosen_ref_logp and rejected_ref_logp, or neither")
         if chosen_ref_logp is None and self.ref_model is None:
@@ -101,40 +109,47 @@ class DPO(nn.Module):
         prompt_lens = torch.cat([prompt_len, prompt_len])
         mask = response_mask(seq, prompt_lens, trailing_padding(seq, self.pad_id))
 
-        # 2) log π(response | prompt) under the reference, then the policy (the reference first: its activations
-        #    are freed before the policy's graph is built, so peak memory is one forward's, not two)
-        if chosen_ref_logp is not None:
-            ref_logps = torch.cat([chosen_ref_logp, rejected_ref_logp])
+        # 2) log π(response | prompt), summed over the response, under the reference, then the policy (the reference
+        #    first: its activations are freed before the policy's graph is built, so peak memory is one forward's)
+        tokens = mask[:, 1:].sum(dim=-1)  # scored response tokens per row
+        per_token = self.logp_reduction == "mean"
+        if chosen_ref_logp is not None:  # stored with the pairs, in this objective's reduction
+            ref_sums = torch.cat([chosen_ref_logp, rejected_ref_logp]).to(tokens.device)
+            ref_sums = ref_sums * tokens if per_token else ref_sums
         else:
             with torch.no_grad():
-                ref_logps = model_sequence_logprobs(self.ref_model, seq, mask, self.logp_reduction)
-        logps = model_sequence_logprobs(self.model, seq, mask, self.logp_reduction)
-        ref_logps = ref_logps.to(logps)
+                ref_sums = model_sequence_logprobs(self.ref_model, seq, mask, "sum")
+        sums = model_sequence_logprobs(self.model, seq, mask, "sum")
+        ref_sums = ref_sums.to(sums)
 
-        # 3) the preference loss, plus the NLL of the chosen responses per token (RPO)
-        losses, chosen_rewards, rejected_rewards = preference_loss(
+        # 3) the preference loss on the objective's reduction (per token for IPO), plus the chosen tokens' NLL (RPO)
+        reduce = (lambda x: x / tokens.clamp(min=1)) if per_token else (lambda x: x)
+        logps, ref_logps = reduce(sums), reduce(ref_sums)
+        losses = preference_loss(
             logps[:batch], logps[batch:], ref_logps[:batch], ref_logps[batch:],
             beta=self.beta, loss_type=self.loss_type, label_smoothing=self.label_smoothing,
         )
-        chosen_logps = logps[:batch]
-        chosen_tokens = mask[:batch, 1:].sum(dim=-1)
-        chosen_sums = chosen_logps if self.logp_reduction == "sum" else chosen_logps * chosen_tokens
-        nll = -chosen_sums / chosen_tokens.clamp(min=1)  # per pair, per token: a metric
+        chosen_tokens = tokens[:batch]
         if self.nll_weight > 0:
-            # RPO's term as TRL computes it: the chosen tokens' NLL averaged over every chosen token of the batch,
-            # so a long answer weighs by its length (the paper divides per sequence: equal for equal lengths)
-            batch_nll = -chosen_sums.sum() / chosen_tokens.sum().clamp(min=1)
-            losses = losses + self.nll_weight * batch_nll
+            # as TRL's "sft" loss term: the chosen tokens' NLL averaged over every chosen token of the batch, so a
+            # long answer weighs by its length (the RPO paper divides per sequence: equal for equal lengths)
+            losses = losses + self.nll_weight * nll_per_token(sums[:batch], chosen_tokens)
         if weight is not None:  # ScPO's instance weights multiply both terms (Prasad et al. 2024, eq. 1)
             losses = losses * weight.to(losses)
 
-        return dict(
-            loss=losses, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
-            chosen_logps=chosen_logps.detach(), rejected_logps=logps[batch:].detach(), nll=nll.detach(),
-        )
+        # 4) the metrics' inputs, as TRL's: summed log-probs whatever the loss's reduction
+        sums, ref_sums = sums.detach(), ref_sums.detach()
+        return {
+            "loss": losses,
+            "chosen_rewards": self.beta * (sums[:batch] - ref_sums[:batch]),
+            "rejected_rewards": self.beta * (sums[batch:] - ref_sums[batch:]),
+            "chosen_logps": sums[:batch], "rejected_logps": sums[batch:], "chosen_tokens": chosen_tokens.to(sums),
+        }
 
     def summarize(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Batch metrics (detached 0-d tensors) from `pair_values`."""
+        """Batch metrics (detached 0-d tensors) from `pair_values`, named and computed as TRL's DPOTrainer logs
+        them for every loss type: `rewards/*` from β times the summed log-ratios, `logps/*` the summed log-probs,
+        means over pairs. `nll` (with `nll_weight` > 0) is the NLL term of the loss before its weight."""
         chosen, rejected = values["chosen_rewards"], values["rejected_rewards"]
         metrics = {
             "loss": values["loss"].detach().mean(),
@@ -146,7 +161,7 @@ class DPO(nn.Module):
             "logps/rejected": values["rejected_logps"].mean(),
         }
         if self.nll_weight > 0:
-            metrics["nll"] = values["nll"].mean()
+            metrics["nll"] = nll_per_token(values["chosen_logps"], values["chosen_tokens"])
         return metrics
 
     def forward(

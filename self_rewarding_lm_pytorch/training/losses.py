@@ -9,6 +9,9 @@ chosen over the rejected response:
     hinge     max(0, 1 - β h)              SLiC, Zhao et al. 2023
 
 SPIN (Chen et al. 2024) is the sigmoid loss with (real, generated) as (chosen, rejected) and β = λ.
+
+The loss takes whichever log-probs the caller reduces to (summed, or per token for IPO); the implicit rewards the
+trainers log are β times the summed log-ratios for every loss type (training/dpo_objective.py), as TRL logs them.
 """
 
 from __future__ import annotations
@@ -45,27 +48,23 @@ def preference_loss(
     beta: float | int = 0.1,
     loss_type: LossType = "sigmoid",
     label_smoothing: float | int = 0.0,
-) -> tuple[Float[Tensor, " b"], Float[Tensor, " b"], Float[Tensor, " b"]]:
-    """Per-pair losses, and the implicit rewards β (log π - log π_ref) of the chosen and rejected responses
-    (detached: they are metrics).
+) -> Float[Tensor, " b"]:
+    """Per-pair losses.
 
-    `label_smoothing` ε assumes a fraction ε of the preference labels are flipped (cDPO); sigmoid loss only.
+    `label_smoothing` ε assumes a fraction ε of the preference labels are flipped (conservative DPO, Mitchell
+    2023); sigmoid loss only. TRL's sigmoid loss no longer takes it (docs/differences.md).
     """
     check_preference_loss_settings(beta, loss_type, label_smoothing)
 
-    chosen_logratios = policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = policy_rejected_logps - ref_rejected_logps
-    h = chosen_logratios - rejected_logratios
+    h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
 
     if loss_type == "sigmoid":
         losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     elif loss_type == "ipo":
-        # h uses whatever reduction the caller chose for the log-probs; IPO's paper and TRL use average log-probs
-        # (DPOConfig's default for IPO), with sums the target margin 1/(2β) would be per sequence
+        # h uses whatever reduction the caller chose for the log-probs; TRL averages them per token for IPO, the form
+        # IPO's authors reported results with (DPOConfig's default for IPO); with sums the target margin 1/(2β)
+        # would be per sequence
         losses = (h - 1 / (2 * beta)) ** 2
     else:
         losses = F.relu(1 - beta * h)
-
-    chosen_rewards = beta * chosen_logratios.detach()
-    rejected_rewards = beta * rejected_logratios.detach()
-    return losses, chosen_rewards, rejected_rewards
+    return losses

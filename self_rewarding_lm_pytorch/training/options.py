@@ -29,6 +29,11 @@ class TrainingLoopOptions:
     Length: `num_train_steps` optimizer steps or `num_epochs` passes over the data (how a stage combines the two
     is in its own docstring); at least one of them is set. The learning rate decays linearly from `learning_rate`
     to `end_learning_rate` over the stage, after `warmup_steps` of linear warmup.
+
+    `dropout` sets every dropout rate of the model for the stage (and after it); None leaves the model's own. The
+    defaults follow TRL: SFT leaves the model's rates (TRL's SFTTrainer does not change them), DPO and SPIN train
+    without dropout (TRL's `DPOConfig.disable_dropout=True`), so the policy and its reference, which never drops
+    out, score the same sequence alike.
     """
 
     batch_size: int = 16
@@ -41,7 +46,7 @@ class TrainingLoopOptions:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0  # None: no clipping
     adam_kwargs: dict = field(default_factory=dict)  # passed on to torch.optim.AdamW, e.g. dict(betas=(0.9, 0.95))
-    dropout: float = 0.1
+    dropout: float | None = None  # every dropout rate of the model during the stage; None: the model's own rates
     valid_every: int | None = None  # steps between validation metrics; None: only at the end
     checkpoint_every: int | None = None  # optimizer steps between resumable saves (training/train_state.py); None: none
     skip_nonfinite_steps: bool = False  # a NaN/inf loss or gradient skips that update instead of stopping
@@ -77,8 +82,8 @@ class TrainingLoopOptions:
                 raise ValueError(f"{name}.{field_name} must be >= 0, got {getattr(self, field_name)}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"{name}.max_grad_norm must be > 0 or None (no clipping), got {self.max_grad_norm}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"{name}.dropout must be in [0, 1), or None (the model's own rates), got {self.dropout}")
         if not isinstance(self.fingerprint_salt, str):
             raise TypeError(f"{name}.fingerprint_salt must be a str (e.g. 'reward-v2'), got a "
                             f"{type(self.fingerprint_salt).__name__}: {self.fingerprint_salt!r}")

@@ -109,7 +109,8 @@ class SFTTrainer:
                                       num_processes=self.accelerator.num_processes, grad_accum_steps=config.grad_accum_steps)
         self.num_train_steps = config.num_train_steps or epoch_steps * config.num_epochs
 
-        set_dropout(model, config.dropout)
+        if config.dropout is not None:  # None (the default): the model's own rates, as TRL's SFTTrainer
+            set_dropout(model, config.dropout)
         optimizer, self.scheduler = adamw_for_stage(model, config, self.num_train_steps)
         # the scheduler is stepped by hand once per optimizer step: Accelerate's wrapper would step it once per process
         self.model, self.optimizer, self.train_loader = prepare_for_training(self.accelerator, model, optimizer, train_loader)

@@ -73,6 +73,7 @@ class SelfPlayConfig(TrainingLoopOptions):
     temperature: float = 1.0
     top_p: float | None = None
     generation_batch_size: int = 16
+    dropout: float | None = 0.0  # no dropout while training, as DPO's: θt's stored log-probs are without it
 
     constant_rate_when_no_end: ClassVar[bool] = True
 

@@ -43,6 +43,8 @@ def test_loss_and_metrics_by_hand(reduction):
 
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
     assert metrics["loss"].item() == pytest.approx(expected.item(), abs=1e-6)
+    # the metrics use the summed log-probs whatever the loss's reduction, as TRL's
+    pc, pr, rc, rr = pc * count_chosen, pr * count_rejected, rc * count_chosen, rr * count_rejected
     assert metrics["rewards/chosen"].item() == pytest.approx(0.5 * (pc - rc).item(), abs=1e-6)
     assert metrics["rewards/rejected"].item() == pytest.approx(0.5 * (pr - rr).item(), abs=1e-6)
     assert metrics["rewards/margins"].item() == pytest.approx(0.5 * ((pc - rc) - (pr - rr)).item(), abs=1e-6)

@@ -24,7 +24,7 @@ def test_spin_loss_is_the_sigmoid_preference_loss_with_beta_lambda():
     loss, _ = spin(real, fake, prompt_len, chosen_ref_logp=ref_real, rejected_ref_logp=ref_fake)
 
     policy = reference_logprobs(model, [real[0, :5], real[1], fake[0, :4], fake[1, :3]], torch.tensor([2, 2, 2, 2]), -1)
-    losses, _, _ = preference_loss(policy[:2], policy[2:], ref_real, ref_fake, beta=0.5)
+    losses = preference_loss(policy[:2], policy[2:], ref_real, ref_fake, beta=0.5)
     torch.testing.assert_close(loss, losses.mean())
 
 

@@ -56,7 +56,7 @@ def checker(prompt: str, response: str) -> float:
         (dict(warmup_steps=-1), "{}.warmup_steps must be >= 0, got -1"),
         (dict(weight_decay=-0.1), "{}.weight_decay must be >= 0, got -0.1"),
         (dict(max_grad_norm=0.0), "{}.max_grad_norm must be > 0 or None (no clipping), got 0.0"),
-        (dict(dropout=1.0), "{}.dropout must be in [0, 1), got 1.0"),
+        (dict(dropout=1.0), "{}.dropout must be in [0, 1), or None (the model's own rates), got 1.0"),
     ],
 )
 @pytest.mark.parametrize("make", [sft, spin, dpo, self_reward])
@@ -74,7 +74,14 @@ def test_each_stage_keeps_its_own_loop_defaults():
     assert defaults(DPOConfig(num_train_steps=1)) == (1, None, 1e-6, 1e-7)  # the paper's DPO rates
     assert defaults(self_reward()) == (1, None, 1e-6, 1e-7)  # a preference stage trains with DPO's
     for config in (sft(), spin(), dpo(), self_reward()):
-        assert (config.batch_size, config.dropout, config.max_grad_norm, config.checkpoint_every) == (16, 0.1, 1.0, None)
+        assert (config.batch_size, config.max_grad_norm, config.checkpoint_every) == (16, 1.0, None)
+    # dropout as TRL: SFT leaves the model's own rates, DPO (and every preference stage) and SPIN turn it off
+    dropout_default = lambda config_type: next(f.default for f in fields(config_type) if f.name == "dropout")
+    assert sft().dropout is None and dropout_default(SFTConfig) is None
+    for config_type in (SelfPlayConfig, DPOConfig, SelfRewardDPOConfig, MetaRewardDPOConfig, ExternalRewardDPOConfig,
+                        SelfConsistencyDPOConfig):
+        assert dropout_default(config_type) == 0.0, config_type.__name__
+    assert spin().dpo_config().dropout == 0.0 and spin(dropout=0.1).dpo_config().dropout == 0.1
 
 
 def test_every_loop_field_is_a_flat_keyword_of_every_training_stage():
