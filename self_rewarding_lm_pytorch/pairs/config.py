@@ -7,6 +7,7 @@ from typing import Callable
 
 from torch import Tensor
 
+from self_rewarding_lm_pytorch.data.config_types import check_field_types
 from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings
 from self_rewarding_lm_pytorch.pairs.selection import PairFilter, best_and_worst, is_finite_reward
 from self_rewarding_lm_pytorch.training.options import check_at_least_one
@@ -36,6 +37,7 @@ class PairGenerationConfig:
     verifier: Callable[[str, str], float | bool] | None = None  # diagnostics only: how often the judge agrees
 
     def __post_init__(self):
+        check_field_types(self)  # before any check compares a field
         self.check_pair_generation()
 
     def check_pair_generation(self):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from self_rewarding_lm_pytorch.data.config_types import check_field_types
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor, check_non_empty
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 from self_rewarding_lm_pytorch.judging.judges import Judge
@@ -41,6 +42,7 @@ class PreferenceStageConfig(PairGenerationConfig, DPOConfig):
     def check_preference_stage(self):
         """Both groups' checks, and what a stage that makes its own pairs adds to them."""
         name = type(self).__name__
+        check_field_types(self)  # every field of the stage's kind, before any check compares one
         check_non_empty(self.prompt_dataset, f"{name}.prompt_dataset")
         self.check_pair_generation()
         self.check_dpo_training()

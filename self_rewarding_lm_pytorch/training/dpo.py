@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from self_rewarding_lm_pytorch.data.config_types import check_field_types
 from self_rewarding_lm_pytorch.models.adapters import adapter_model, reference_model
 from self_rewarding_lm_pytorch.models.sharding import (
     check_supported_sharding,
@@ -82,6 +83,7 @@ class DPOConfig(TrainingLoopOptions):
     )
 
     def __post_init__(self):
+        check_field_types(self)  # before any check compares a field
         self.check_dpo_training()
 
     def check_dpo_training(self):
