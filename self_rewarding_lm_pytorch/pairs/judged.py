@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
+from self_rewarding_lm_pytorch.data.fields import prompt_type_error
 from self_rewarding_lm_pytorch.generation.backend import Sampler
 from self_rewarding_lm_pytorch.generation.sampling import top_p
 from self_rewarding_lm_pytorch.judging.judges import Candidates, Judge, Judgements, check_reward_value, strip_response
@@ -79,7 +80,7 @@ class JudgedCandidatesMaker:
         config, pad_id, eos_id = self.config, self.pad_id, self.eos_id
         for prompt in prompts:
             if not isinstance(prompt, str):
-                raise TypeError(f"prompt datasets hold strings (they are encoded with tokenizer_encode), got {type(prompt).__name__}")
+                raise prompt_type_error(prompt, "an item of the prompt dataset")
         prompt_ids = [as_token_tensor(self.encode(p), "encoded prompt") for p in prompts]
         for prompt, ids in zip(prompts, prompt_ids):
             if len(ids) >= self.max_seq_len:

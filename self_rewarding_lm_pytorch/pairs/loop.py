@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data.datasets import check_non_empty
+from self_rewarding_lm_pytorch.data.fields import prompt_type_error
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, Sampler
 from self_rewarding_lm_pytorch.judging.judges import Judge
 from self_rewarding_lm_pytorch.models.sharding import is_fully_sharded
@@ -208,6 +209,8 @@ def generate_preference_pairs(
     the stage's step 0 through `logger`. `sampler`: the generation backend of the candidates (generation/backend.py; default
     the library's `sample`); a `SelfJudge` has its own."""
     check_non_empty(prompt_dataset, "prompt dataset")
+    if not isinstance(prompt_dataset[0], str):
+        raise prompt_type_error(prompt_dataset[0], "prompt_dataset[0]")
     model = accelerator.unwrap_model(model)
     max_seq_len = config.max_seq_len or getattr(model, "max_seq_len", None)
     if max_seq_len is None:
