@@ -284,7 +284,7 @@ def check_reward_fn_signature(reward_fn, where: str):
     try:
         signature.bind("prompt", "response")
     except TypeError:
-        name = getattr(reward_fn, "__qualname__", None) or type(reward_fn).__name__
+        name = (getattr(reward_fn, "__qualname__", None) or type(reward_fn).__name__).split(".<locals>.")[-1]
         raise TypeError(
             f"{where} is called as {where.rsplit('.', 1)[-1]}(prompt, response), with the decoded prompt and the "
             f"model's answer, but {name}{signature} does not take those two arguments: define it as "

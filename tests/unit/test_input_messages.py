@@ -128,3 +128,10 @@ def test_token_id_prompts_say_to_pass_text():
     with pytest.raises(TypeError, match=r"prompt_dataset\[0\] is a Tensor; prompt datasets hold strings .*: prompts "
                                         r"are text, encoded by the stage: decode the token ids, or pass the prompt strings"):
         build(SelfConsistencyDPOConfig(prompt_dataset=[torch.tensor([1, 2, 3])] * 4, **SMALL))
+
+
+def test_a_verifier_of_the_wrong_signature_shows_the_expected_one_too():
+    with pytest.raises(TypeError, match=re.escape("PairGenerationConfig.verifier is called as verifier(prompt, response)")
+                       + ".*" + re.escape("but <lambda>(response) does not take those two arguments")):
+        PairGenerationConfig(num_preference_pairs=2, verifier=lambda response: True)
+    assert PairGenerationConfig(num_preference_pairs=2, verifier=lambda prompt, response: True).verifier is not None
