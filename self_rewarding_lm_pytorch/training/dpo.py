@@ -262,6 +262,8 @@ class DPOTrainer:
 
         progress = tqdm(total=self.num_train_steps, initial=step, desc=self.metric_prefix,
                         disable=not accelerator.is_local_main_process)
+        if done and step < self.num_train_steps and accelerator.is_main_process:  # the bar halts where the saved run did
+            progress.write(f"{name}: the saved state stopped early at step {step} (early stopping); nothing left to train")
         micro_metrics, micro_losses = [], []
 
         while not done:

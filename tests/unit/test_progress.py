@@ -6,7 +6,7 @@ from typing import ClassVar
 import pytest
 import torch
 from accelerate import Accelerator
-from helpers import generate
+from helpers import generate, sort_pairs
 from tqdm.auto import tqdm
 
 import self_rewarding_lm_pytorch.pairs.loop as pair_loop
@@ -16,6 +16,8 @@ from self_rewarding_lm_pytorch.pairs.records import MadeBatch, PairKind, Prefere
 from self_rewarding_lm_pytorch.pairs.stats import PairGenerationError, PairGenerationStats
 from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
+from self_rewarding_lm_pytorch.training.dpo import DPOTrainer
+from self_rewarding_lm_pytorch.training.early_stopping import EarlyStopper
 
 TOKENIZER = CharTokenizer()
 
@@ -167,3 +169,18 @@ def test_a_resumed_pair_bar_starts_at_the_pairs_already_made(char_model, tmp_pat
     assert (resumed.total, resumed.initial, resumed.n) == (7, 4, 7)  # from the stored pairs to the target
     assert "prompts=8/20" in resumed.postfix  # the last batch makes 2 pairs, of which the bar keeps the 1 it needs
     assert recorded_bar.writes == []
+
+
+def test_a_dpo_run_resumed_after_it_stopped_early_says_why_its_bar_is_short(make_transformer, tmp_path, capsys):
+    def train():
+        scores = iter([1.0, 2.0, 3.0])
+        stopper = EarlyStopper(lambda model: next(scores), mode="min", patience=1)
+        DPOTrainer(make_transformer(num_tokens=128), sort_pairs(16, seed=0), batch_size=8, num_train_steps=50,
+                   early_stopper=stopper, early_stop_every=1, checkpoint_every=50, checkpoint_folder=tmp_path,
+                   accelerate_kwargs={"cpu": True})()
+        return "".join(capsys.readouterr())
+
+    first = train()
+    assert "dpo: early stop at step 2" in first and "2/50" in first
+    again = train()  # the saved state is finished: the bar shows 2/50 and says why
+    assert "2/50" in again and "dpo: the saved state stopped early at step 2 (early stopping); nothing left to train" in again
