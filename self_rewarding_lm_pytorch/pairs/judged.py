@@ -187,8 +187,8 @@ class JudgedCandidatesMaker:
 
     def postfix(self, made: dict[str, int], counts: dict) -> dict:
         stats = counts["actor"]
-        return dict(pairs=f"{made['actor']}/{self.config.num_preference_pairs}", parse=f"{stats.parse_rate:.2f}",
-                    ties=f"{stats.tie_rate:.2f}", identical=stats.pairs_identical)
+        # the pairs made are the bar's own count
+        return dict(parse=f"{stats.parse_rate:.2f}", ties=f"{stats.tie_rate:.2f}", identical=stats.pairs_identical)
 
     def check_shortfall(self, made: dict[str, int], counts: dict, cursor: int, budget: int, examples: dict):
         """Raise `PairGenerationError` with the counts and the likely fix when pairs are missing."""

@@ -144,8 +144,8 @@ def run_pair_loop(
             examples[kind.name] += [text for b in batches for text in b.examples.get(kind.name, []) if text][:2]
             made[kind.name] += len(pairs)
             kept += pairs
+        bar.set_postfix({"prompts": f"{cursor}/{budget}", **maker.postfix(made, counts)}, refresh=False)
         bar.update(len(kept))
-        bar.set_postfix({"prompts": f"{cursor}/{budget}", **maker.postfix(made, counts)})
 
         # 5) the commit
         if writer is not None:
