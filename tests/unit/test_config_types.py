@@ -139,3 +139,20 @@ def test_the_name_may_be_given():
     config.beta = "0.1"
     with pytest.raises(TypeError, match=r"^finetune_configs\[2\].beta must be a number, got '0.1' \(str\): pass 0.1"):
         check_field_types(config, "finetune_configs[2]")
+
+
+def test_a_field_set_after_the_config_was_built_is_checked_when_the_trainer_is_built():
+    from conftest import tiny_transformer
+
+    from self_rewarding_lm_pytorch import SelfRewardingTrainer
+    from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer
+
+    tokenizer = CharTokenizer()
+    dpo = build(ExternalRewardDPOConfig)
+    dpo.learning_rate = "1e-5"  # e.g. an argparse value without type=float
+    with pytest.raises(TypeError, match=r"^finetune_configs\[1\] \(ExternalRewardDPOConfig\)\.learning_rate must be a "
+                                        r"number, got '1e-5' \(str\): pass 1e-5, not the string$"):
+        SelfRewardingTrainer(tiny_transformer(num_tokens=tokenizer.num_tokens, max_seq_len=48),
+                             finetune_configs=[build(SFTConfig), dpo], tokenizer_encode=tokenizer.encode,
+                             tokenizer_decode=tokenizer.decode, eos_id=tokenizer.eos_id, checkpoints_folder="unused",
+                             accelerate_kwargs={"cpu": True})
