@@ -88,7 +88,7 @@ def _fix(value, kind: type, optional: bool) -> str:
     if kind is bool:
         if text is not None and text.lower() in ("true", "false"):
             return f"pass {text.lower() == 'true'}, not the string"
-        return "pass True or False"
+        return f"pass True or False{' or None' if optional else ''}"
     if text is not None:
         try:
             number = float(text)

@@ -122,6 +122,9 @@ def test_what_each_kind_of_field_accepts():
     with pytest.raises(TypeError, match=r"^SFTConfig.skip_nonfinite_steps must be True or False, got 1 \(int\)"):
         SFTConfig(**data, skip_nonfinite_steps=1)
     assert SFTConfig(**data, skip_nonfinite_steps=np.bool_(True)).skip_nonfinite_steps
+    with pytest.raises(TypeError, match=r"^DPOConfig.precompute_reference must be True or False or None, got 'auto' "
+                                        r"\(str\): pass True or False or None$"):
+        DPOConfig(num_train_steps=1, precompute_reference="auto")
 
 
 def test_a_subclass_with_an_annotation_that_does_not_resolve_keeps_its_bases_checks():
