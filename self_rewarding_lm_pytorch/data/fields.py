@@ -121,6 +121,23 @@ class PromptFields(FieldDataset):
         return prompt
 
 
+def prompt_type_error(item, where: str) -> TypeError:
+    """The error for `where` (e.g. `prompt_dataset[0]`), an item of a prompt dataset that is not a string: it says
+    how to turn the dataset into prompt strings (a dataset of dicts: `PromptFields` with one of the item's keys)."""
+    fix = "pass the prompts as text"
+    if isinstance(item, Mapping):
+        keys = sorted(map(str, item))
+        prompt_key = next((key for key in ("prompt", "instruction", "question") if key in keys), None)
+        how = (f"prompt_field={prompt_key!r}" if prompt_key else "messages_field='messages'" if "messages" in keys
+               else "prompt_field=<the key of the prompt text>")
+        fix = (f"wrap a dataset of dicts (its items' keys: {keys}) in PromptFields, which reads each prompt string by "
+               f"its key: PromptFields(dataset, {how})")
+    elif isinstance(item, Tensor):
+        fix = "prompts are text, encoded by the stage: decode the token ids, or pass the prompt strings"
+    return TypeError(f"{where} is a {type(item).__name__}; prompt datasets hold strings (each is encoded with "
+                     f"tokenizer_encode): {fix}")
+
+
 class PairFields(FieldDataset):
     """DPO pairs `dict(chosen, rejected, prompt_len)` from `prompt_field` with `chosen_field` and `rejected_field`
     (the two responses as strings), or from `chosen_field` and `rejected_field` alone as conversations ending in

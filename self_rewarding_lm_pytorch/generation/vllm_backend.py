@@ -30,6 +30,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
+from self_rewarding_lm_pytorch.data.config_types import check_field_types
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor, pad_right
 from self_rewarding_lm_pytorch.generation.sampling import (
     as_prompt_list,
@@ -66,6 +67,7 @@ class VLLMConfig:
     engine_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        check_field_types(self)  # before any check compares a field
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"VLLMConfig.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         for name in ("tensor_parallel_size", "max_model_len", "kv_cache_memory_bytes"):

@@ -175,6 +175,7 @@ class RewardFnJudge:
     num_judgements = 1
 
     def __init__(self, reward_fn: Callable[[str, str], float | bool | None]):
+        check_reward_fn_signature(reward_fn, "RewardFnJudge.reward_fn")
         self.reward_fn = reward_fn
 
     def __call__(self, candidates: Candidates, seed: int | None = None) -> Judgements:
@@ -267,6 +268,28 @@ def strip_response(tokens: Tensor, pad_id: int, eos_id: int | None) -> Tensor:
         if len(is_eos):
             tokens = tokens[: is_eos[0, 0]]
     return tokens
+
+
+def check_reward_fn_signature(reward_fn, where: str):
+    """Raise TypeError, naming `where` (e.g. `ExternalRewardDPOConfig.reward_fn`), unless `reward_fn` is a callable
+    that takes `(prompt, response)`: two positional strings, the decoded prompt and the answer. A callable whose
+    signature Python cannot read (some builtins) is accepted."""
+    expected = "(prompt: str, response: str) -> float | bool | None (None: no score)"
+    if not callable(reward_fn):
+        raise TypeError(f"{where} must be a callable {expected}, got a {type(reward_fn).__name__}")
+    try:
+        signature = inspect.signature(reward_fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind("prompt", "response")
+    except TypeError:
+        name = (getattr(reward_fn, "__qualname__", None) or type(reward_fn).__name__).split(".<locals>.")[-1]
+        raise TypeError(
+            f"{where} is called as {where.rsplit('.', 1)[-1]}(prompt, response), with the decoded prompt and the "
+            f"model's answer, but {name}{signature} does not take those two arguments: define it as "
+            f"def {where.rsplit('.', 1)[-1]}{expected}, binding any other argument first (functools.partial)"
+        ) from None
 
 
 def check_reward_value(value, reward_fn: Callable, prompt: str, response: str, role: str = "reward_fn") -> float:

@@ -7,7 +7,9 @@ from typing import Callable
 
 from torch import Tensor
 
+from self_rewarding_lm_pytorch.data.config_types import check_field_types
 from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings
+from self_rewarding_lm_pytorch.judging.judges import check_reward_fn_signature
 from self_rewarding_lm_pytorch.pairs.selection import PairFilter, best_and_worst, is_finite_reward
 from self_rewarding_lm_pytorch.training.options import check_at_least_one
 
@@ -36,6 +38,7 @@ class PairGenerationConfig:
     verifier: Callable[[str, str], float | bool] | None = None  # diagnostics only: how often the judge agrees
 
     def __post_init__(self):
+        check_field_types(self)  # before any check compares a field
         self.check_pair_generation()
 
     def check_pair_generation(self):
@@ -54,6 +57,8 @@ class PairGenerationConfig:
             value = getattr(self, field_name)
             if value is not None and not callable(value):
                 raise TypeError(f"{name}.{field_name} must be callable, got a {type(value).__name__}")
+        if self.verifier is not None:
+            check_reward_fn_signature(self.verifier, f"{name}.verifier")
         self.pair_filters = tuple(self.pair_filters)
         for i, pair_filter in enumerate(self.pair_filters):
             if not (callable(pair_filter) and isinstance(getattr(pair_filter, "name", None), str)):

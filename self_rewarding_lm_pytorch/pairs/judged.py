@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor
+from self_rewarding_lm_pytorch.data.fields import prompt_type_error
 from self_rewarding_lm_pytorch.generation.backend import Sampler
 from self_rewarding_lm_pytorch.generation.sampling import top_p
 from self_rewarding_lm_pytorch.judging.judges import Candidates, Judge, Judgements, check_reward_value, strip_response
@@ -79,7 +80,7 @@ class JudgedCandidatesMaker:
         config, pad_id, eos_id = self.config, self.pad_id, self.eos_id
         for prompt in prompts:
             if not isinstance(prompt, str):
-                raise TypeError(f"prompt datasets hold strings (they are encoded with tokenizer_encode), got {type(prompt).__name__}")
+                raise prompt_type_error(prompt, "an item of the prompt dataset")
         prompt_ids = [as_token_tensor(self.encode(p), "encoded prompt") for p in prompts]
         for prompt, ids in zip(prompts, prompt_ids):
             if len(ids) >= self.max_seq_len:
@@ -186,8 +187,8 @@ class JudgedCandidatesMaker:
 
     def postfix(self, made: dict[str, int], counts: dict) -> dict:
         stats = counts["actor"]
-        return dict(pairs=f"{made['actor']}/{self.config.num_preference_pairs}", parse=f"{stats.parse_rate:.2f}",
-                    ties=f"{stats.tie_rate:.2f}", identical=stats.pairs_identical)
+        # the pairs made are the bar's own count
+        return dict(parse=f"{stats.parse_rate:.2f}", ties=f"{stats.tie_rate:.2f}", identical=stats.pairs_identical)
 
     def check_shortfall(self, made: dict[str, int], counts: dict, cursor: int, budget: int, examples: dict):
         """Raise `PairGenerationError` with the counts and the likely fix when pairs are missing."""

@@ -10,7 +10,9 @@ judged-candidates maker, pairs/meta_reward.py's Meta-Rewarding maker). Batch aft
   4) the processes' pairs and counts are gathered; each kind keeps what it still needs, and the verifier's verdicts
      on the kept pairs are counted,
   5) the main process commits the kept pairs to the store, together with how many prompts were consumed and the
-     counts, and a progress bar on the local main process shows the counts.
+     counts; a progress bar on the local main process counts the pairs made toward the target (its ETA is
+     the time to the last pair), the prompts tried and the maker's counts beside it. A bar that halts short of
+     its total says why: no usable judgement (fail-fast), or the prompt budget spent.
 At the end the counts go to the trackers at the stage's step 0 (`pairs/...`, one prefix per kind).
 
 Bounded: prompts are never reused and the budget is finite, so a judge that never answers ends in a
@@ -33,6 +35,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data.datasets import check_non_empty
+from self_rewarding_lm_pytorch.data.fields import prompt_type_error
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, Sampler
 from self_rewarding_lm_pytorch.judging.judges import Judge
 from self_rewarding_lm_pytorch.models.sharding import is_fully_sharded
@@ -110,11 +113,15 @@ def run_pair_loop(
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
     global_batch = prompt_batch_size * accelerator.num_processes
     examples: dict[str, list[str]] = {kind.name: [] for kind in kinds}
-    bar = tqdm(total=budget, initial=cursor, desc=maker.description, unit="prompt", disable=not accelerator.is_local_main_process)
+    # the bar counts pairs toward the target (a resumed run starts at the pairs stored), the prompts tried beside it
+    target, shown = sum(kind.target for kind in kinds), accelerator.is_local_main_process
+    bar = tqdm(total=target, initial=sum(made.values()), desc=maker.description, unit="pair", disable=not shown)
+    bar.set_postfix(prompts=f"{cursor}/{budget}")
     while any(made[kind.name] < kind.target for kind in kinds) and cursor < budget:
         if cursor >= fail_fast_after_prompts and maker.gives_up(counts):
-            bar.write(f"{maker.name} stops early: {maker.unusable} in {cursor} prompts (fail_fast_after_prompts="
-                      f"{fail_fast_after_prompts})")
+            if shown:
+                bar.write(f"{maker.name} stops early: {maker.unusable} in {cursor} prompts (fail_fast_after_prompts="
+                          f"{fail_fast_after_prompts})")
             break
         # 1) this process's share of the next batch; 2) its pairs; 3) their reference log-probs
         indices = order[cursor : min(cursor + global_batch, budget)]
@@ -137,8 +144,8 @@ def run_pair_loop(
             examples[kind.name] += [text for b in batches for text in b.examples.get(kind.name, []) if text][:2]
             made[kind.name] += len(pairs)
             kept += pairs
-        bar.update(len(indices))
-        bar.set_postfix(maker.postfix(made, counts))
+        bar.set_postfix({"prompts": f"{cursor}/{budget}", **maker.postfix(made, counts)}, refresh=False)
+        bar.update(len(kept))
 
         # 5) the commit
         if writer is not None:
@@ -146,10 +153,16 @@ def run_pair_loop(
                 prompts_consumed=cursor, **{kind.progress_key: asdict(counts[kind.name]) for kind in kinds}))
         accelerator.wait_for_everyone()
 
+    short = sum(made.values()) < target
+    if short and cursor >= budget and shown:  # the bar halts short of its total: say why
+        bar.write(f"{maker.name} stops at {sum(made.values())}/{target} pairs: all {budget} prompts of its budget are "
+                  f"tried (prompts are never reused)")
     bar.close()
     (logger or MetricsLogger(accelerator)).log(
         {f"{kind.metrics_prefix}/{k}": v for kind in kinds for k, v in counts[kind.name].summary().items()}, step=0)
     maker.check_shortfall(made, counts, cursor, budget, examples)
+    if short and shown:  # not refused: the stage goes on with fewer pairs
+        bar.write(f"{maker.name} keeps the {sum(made.values())} pairs made (accept_fewer_pairs)")
     if writer is not None:
         writer.mark_complete()
     accelerator.wait_for_everyone()
@@ -208,6 +221,8 @@ def generate_preference_pairs(
     the stage's step 0 through `logger`. `sampler`: the generation backend of the candidates (generation/backend.py; default
     the library's `sample`); a `SelfJudge` has its own."""
     check_non_empty(prompt_dataset, "prompt dataset")
+    if not isinstance(prompt_dataset[0], str):
+        raise prompt_type_error(prompt_dataset[0], "prompt_dataset[0]")
     model = accelerator.unwrap_model(model)
     max_seq_len = config.max_seq_len or getattr(model, "max_seq_len", None)
     if max_seq_len is None:

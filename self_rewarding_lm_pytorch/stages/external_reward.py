@@ -14,6 +14,7 @@ from self_rewarding_lm_pytorch.judging.judges import (
     Judge,
     RewardFnJudge,
     RewardModelJudge,
+    check_reward_fn_signature,
     check_reward_value,
 )
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageContext, StageKind
@@ -50,11 +51,8 @@ class ExternalRewardDPOConfig(PreferenceStageConfig):
         self.check_preference_stage()
         if (self.reward_model is None) == (self.reward_fn is None):
             raise ValueError("ExternalRewardDPOConfig needs exactly one of reward_model and reward_fn")
-        if self.reward_fn is not None and not callable(self.reward_fn):
-            raise TypeError(
-                f"ExternalRewardDPOConfig.reward_fn must be a callable (prompt: str, response: str) -> float | bool | "
-                f"None, got a {type(self.reward_fn).__name__}"
-            )
+        if self.reward_fn is not None:
+            check_reward_fn_signature(self.reward_fn, "ExternalRewardDPOConfig.reward_fn")
         if self.reward_model is not None and not isinstance(self.reward_model, nn.Module):
             raise TypeError(
                 f"ExternalRewardDPOConfig.reward_model must be an nn.Module scoring token ids, got a "

@@ -15,7 +15,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from self_rewarding_lm_pytorch.data.config_types import check_field_types
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor, check_non_empty
+from self_rewarding_lm_pytorch.data.fields import prompt_type_error
 from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 from self_rewarding_lm_pytorch.judging.judges import Judge
 from self_rewarding_lm_pytorch.models.decoders import absolute_position_limit
@@ -45,6 +47,7 @@ class PreferenceStageConfig(PairGenerationConfig, DPOConfig):
     def check_preference_stage(self):
         """Both groups' checks, and what a stage that makes its own pairs adds to them."""
         name = type(self).__name__
+        check_field_types(self)  # every field of the stage's kind, before any check compares one
         check_non_empty(self.prompt_dataset, f"{name}.prompt_dataset")
         self.check_pair_generation()
         self.check_dpo_training()
@@ -176,10 +179,7 @@ def check_prompts(stage: str, config, inputs: PlanInputs) -> dict[int, Tensor]:
     for i in range(len(config.prompt_dataset)):
         prompt = config.prompt_dataset[i]
         if not isinstance(prompt, str):
-            raise TypeError(
-                f"{stage}.prompt_dataset[{i}] is a {type(prompt).__name__}; prompt datasets hold strings (each is "
-                f"encoded with tokenizer_encode): pass the prompts as text"
-            )
+            raise prompt_type_error(prompt, f"{stage}.prompt_dataset[{i}]")
         ids = as_token_tensor(inputs.encode(prompt), f"{stage}: tokenizer_encode(prompt_dataset[{i}])")
         if len(ids) >= max_seq_len:
             raise ValueError(

@@ -6,6 +6,7 @@ module and one line in `STAGE_KINDS`.
 
 from __future__ import annotations
 
+from self_rewarding_lm_pytorch.data.config_types import check_field_types
 from self_rewarding_lm_pytorch.generation.sampling import warn_missing_eos
 from self_rewarding_lm_pytorch.stages.external_reward import EXTERNAL_REWARD_STAGE, ExternalRewardDPOConfig
 from self_rewarding_lm_pytorch.stages.kind import PlanInputs, StageKind
@@ -42,9 +43,10 @@ def check_plan(configs: list, inputs: PlanInputs, eos_id: int | None):
     """Raise at construction for inputs a stage would fail on when it starts (each error names the stage index,
     the field and the fix); warn once when stages generate and there is no eos_id."""
     for index, config in enumerate(configs):
-        kind = kind_of(config)
+        kind, stage = kind_of(config), f"finetune_configs[{index}] ({type(config).__name__})"
+        check_field_types(config, stage)  # again: a field may have been set after the config was built
         if kind.check is not None:
-            kind.check(f"finetune_configs[{index}] ({type(config).__name__})", config, inputs)
+            kind.check(stage, config, inputs)
     generating = [(index, config, kind_of(config).answer_budget) for index, config in enumerate(configs)
                   if kind_of(config).answer_budget is not None]
     if eos_id is None and generating:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from self_rewarding_lm_pytorch.data.config_types import check_field_types
 from self_rewarding_lm_pytorch.models.adapters import adapter_model, reference_model
 from self_rewarding_lm_pytorch.models.sharding import (
     check_supported_sharding,
@@ -85,6 +86,7 @@ class DPOConfig(TrainingLoopOptions):
     )
 
     def __post_init__(self):
+        check_field_types(self)  # before any check compares a field
         self.check_dpo_training()
 
     def check_dpo_training(self):
@@ -264,6 +266,8 @@ class DPOTrainer:
 
         progress = tqdm(total=self.num_train_steps, initial=step, desc=self.metric_prefix,
                         disable=not accelerator.is_local_main_process)
+        if done and step < self.num_train_steps and accelerator.is_main_process:  # the bar halts where the saved run did
+            progress.write(f"{name}: the saved state stopped early at step {step} (early stopping); nothing left to train")
         micro_metrics, micro_losses = [], []
 
         while not done:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from self_rewarding_lm_pytorch.data.config_types import check_field_types
 from self_rewarding_lm_pytorch.data.datasets import SFTCollate, validate_sft_dataset
 from self_rewarding_lm_pytorch.models.contract import forward_logits
 from self_rewarding_lm_pytorch.models.sharding import check_supported_sharding, prepare_for_training
@@ -46,6 +47,7 @@ class SFTConfig(TrainingLoopOptions):
     end_learning_rate: float = 1.1e-6
 
     def __post_init__(self):
+        check_field_types(self)  # before any check compares a field
         self.check_training_loop()
         check_at_least_one(self, "valid_batch_size", optional=True)
         if self.valid_every is not None and self.valid_dataset is None:

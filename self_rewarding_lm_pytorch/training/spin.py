@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from self_rewarding_lm_pytorch.data.config_types import check_field_types
 from self_rewarding_lm_pytorch.data.datasets import PromptResponse, normalize_sft_item, validate_sft_dataset
 from self_rewarding_lm_pytorch.generation.backend import check_sampler_processes, make_sampler
 from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings, top_p, warn_missing_eos
@@ -78,6 +79,7 @@ class SelfPlayConfig(TrainingLoopOptions):
     constant_rate_when_no_end: ClassVar[bool] = True
 
     def __post_init__(self):
+        check_field_types(self)  # before any check compares a field
         validate_sft_dataset(self.train_sft_dataset, pad_id=-1, name="SelfPlayConfig.train_sft_dataset")
         unknown = set(self.spin_kwargs) - spin_loss_options()
         if unknown:

@@ -208,9 +208,11 @@ def test_config_errors_name_the_field_and_the_fix(formatted_model, tmp_path):
     with pytest.raises(ValueError, match="min_meta_margin"):
         stage(min_meta_margin=0)
     assert stage(num_judge_pairs=None).num_judge_pairs == 3  # as many as actor pairs
-    for bad in (0, 768.0):  # a float cap would only fail when pairs are sliced, after the first batch's generation
-        with pytest.raises(ValueError, match="num_judge_pairs must be an int >= 1"):
-            stage(num_judge_pairs=bad)
+    with pytest.raises(ValueError, match="num_judge_pairs must be an int >= 1"):
+        stage(num_judge_pairs=0)
+    # a float cap would only fail when pairs are sliced, after the first batch's generation: its type is checked first
+    with pytest.raises(TypeError, match=r"num_judge_pairs must be an int or None, got 768.0 \(float\): pass 768$"):
+        stage(num_judge_pairs=768.0)
     # the plan is checked when the trainer is built: the paper's long meta-judge prompt does not fit a 64-token model
     with pytest.raises(ValueError, match=r"finetune_configs\[1\] \(MetaRewardDPOConfig\): the meta-judge prompt .*"
                                          r"\(meta_judge_max_new_tokens\)"):
