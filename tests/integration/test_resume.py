@@ -27,7 +27,7 @@ def run(folder: Path, kill_at: str | None = None):
 
 
 def test_kill_9_in_every_stage_resumes_to_the_uninterrupted_weights(tmp_path):
-    """Five runs of a three-stage plan: about 60 s on the idle 2-core machine."""
+    """Five runs of a three-stage plan, one process each."""
     whole = run(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
