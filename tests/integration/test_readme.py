@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_watched
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_ENV = "SELF_REWARDING_README_SMALL"
@@ -60,8 +60,7 @@ def run_block(block: dict, folder: Path, small: bool):
     env.pop(SMALL_ENV, None)
     if small:
         env[SMALL_ENV] = "1"
-    done = subprocess.run([sys.executable, "-c", block["code"]], cwd=folder, env=env, capture_output=True, text=True,
-                          timeout=1800 if small else None)
+    done = run_watched([sys.executable, "-c", block["code"]], cwd=folder, env=env)
     assert done.returncode == 0, (
         f"README block at line {block['line']} ({block['section']}) failed:\n{done.stderr[-4000:]}"
     )
@@ -112,8 +111,8 @@ def test_the_slow_marker_the_readme_mentions_collects_the_long_runs():
     """`python -m pytest -m slow` once collected no test while the README said it runs the long learning runs."""
     readme = (ROOT / "README.md").read_text()
     assert "python -m pytest -q -m slow" in readme
-    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow", "-p", "no:cacheprovider",
-                           __file__], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = run_watched([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow", "-p", "no:cacheprovider",
+                        __file__], cwd=ROOT)
     collected = [line for line in done.stdout.splitlines() if "::" in line]
     assert any("test_readme_block_runs_at_full_size" in line for line in collected), done.stdout[-2000:]
     assert all("test_readme_block_runs_as_written" not in line for line in collected)  # the quick runs stay default
