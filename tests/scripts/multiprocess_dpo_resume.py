@@ -80,7 +80,7 @@ def difference(whole: dict, weights: dict, history: list[dict]) -> dict:
 
 def main(folder: str, mode: str, phase: str):
     folder = Path(folder)
-    accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=600))])
+    accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=1800))])
     if phase == "first":
         weights, history = train(accelerator, folder / "whole", mode)
         if accelerator.is_main_process:
