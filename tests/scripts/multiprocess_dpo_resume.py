@@ -31,6 +31,7 @@ from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import DPOTrainer
 from self_rewarding_lm_pytorch.models.sharding import full_state_dict, fully_shard_model
+from self_rewarding_lm_pytorch.storage.checkpoint import read_checkpoint
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
 from self_rewarding_lm_pytorch.training import train_state
 from self_rewarding_lm_pytorch.training.train_state import TrainState
@@ -46,11 +47,14 @@ def pair(prompt: str) -> dict:
             "prompt_len": len(prompt_ids)}
 
 
+def fresh_model() -> TransformerWrapper:
+    torch.manual_seed(0)  # the same initial weights on every rank
+    return TransformerWrapper(num_tokens=TOKENIZER.num_tokens, max_seq_len=48, attn_layers=Decoder(dim=32, depth=2, heads=2))
+
+
 def train(accelerator: Accelerator, folder: Path, mode: str) -> tuple[dict, list[dict]]:
     """The stage from a fresh model; its gathered final weights (on rank 0) and its logged rows."""
-    torch.manual_seed(0)  # the same initial weights on every rank
-    model = TransformerWrapper(num_tokens=TOKENIZER.num_tokens, max_seq_len=48,
-                               attn_layers=Decoder(dim=32, depth=2, heads=2))
+    model = fresh_model()
     if mode == "fsdp2":
         fully_shard_model(model)
     set_seed(1, device_specific=True)  # then each rank its own RNG stream
@@ -95,6 +99,10 @@ def main(folder: str, mode: str, phase: str):
     accelerator.wait_for_everyone()
     whole = torch.load(folder / "whole.pt", weights_only=True)
     result = {"saved": sorted(p.name for p in (folder / "killed").glob("*.pt"))}
+    # the saved optimizer state is the whole model's (a sharded one's gathered), not one rank's shard
+    optimizer = read_checkpoint(folder / "killed" / f"dpo-step-{KILL_AT - 1}.pt")["optimizer"]
+    result["optimizer state size"] = sum(state["exp_avg"].numel() for state in optimizer["state"].values())
+    result["parameters"] = sum(p.numel() for p in fresh_model().parameters())
     weights, history = train(accelerator, folder / "killed", mode)
     result["resumed"] = accelerator.is_main_process and difference(whole, weights, history)
 
