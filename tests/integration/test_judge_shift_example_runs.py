@@ -16,6 +16,7 @@ def run_script(run: Path, seed: int) -> subprocess.CompletedProcess:
 
 
 def test_judge_shift_reads_a_run_folder_and_finds_no_disagreement_between_identical_judges(tmp_path):
+    """About 15 s idle."""
     from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
     from self_rewarding_lm_pytorch.experiment.tasks import TASKS
     from self_rewarding_lm_pytorch.storage.checkpoint import save_checkpoint
@@ -38,6 +39,7 @@ def test_judge_shift_reads_a_run_folder_and_finds_no_disagreement_between_identi
 
 
 def test_meta_judge_check_reads_a_run_folder_and_asks_both_kinds_of_pair_in_both_orders(tmp_path):
+    """About 15 s idle."""
     from self_rewarding_lm_pytorch.experiment.tasks import TASKS
     from self_rewarding_lm_pytorch.storage.checkpoint import save_checkpoint
 

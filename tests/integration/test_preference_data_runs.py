@@ -35,6 +35,7 @@ def flip(path, offset, length=8):
          "meta-truncated", "meta-edited"],
 )
 def test_damaged_files_are_refused_naming_the_file_on_resume_and_on_read(tmp_path, damage, named):
+    """Under 1 s idle."""
     damage(committed(tmp_path))
     with pytest.raises(CorruptFileError, match=named.replace(".", r"\.")):
         store_writer(tmp_path)
@@ -55,7 +56,7 @@ except DiskFullError as error:
 
 def test_a_full_disk_is_a_clear_error_not_a_sigbus(tmp_path):
     """On a 2 MB tmpfs (mounted in a user namespace): the writer raises naming the folder and the bytes needed;
-    the original's sparse arrays died of SIGBUS at the first page written past the disk's end."""
+    the original's sparse arrays died of SIGBUS at the first page written past the disk's end. About 3 s idle."""
     import shutil
     import sys
 
@@ -116,7 +117,7 @@ print("resumed to", len(data))
 def test_a_disk_that_fills_while_pairs_are_written_keeps_the_committed_ones(tmp_path):
     """On a 2 MB tmpfs: the store fits when it opens, then another file takes the space. The append that needs new
     blocks raises DiskFullError (the blocks are reserved before rows are written into the sparse file, so no SIGBUS),
-    every committed pair reads back exactly, and after space is freed a rerun completes the store."""
+    every committed pair reads back exactly, and after space is freed a rerun completes the store. About 3 s idle."""
     import shutil
     import sys
 

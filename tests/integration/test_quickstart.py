@@ -1,4 +1,4 @@
-"""The main job, as a user runs it: `python examples/quickstart.py` (about 25 s on 2 cores)."""
+"""The main job, as a user runs it: `python examples/quickstart.py` (about 80 s of one core; minutes when loaded)."""
 
 import re
 import sys
@@ -13,6 +13,7 @@ STAGES = ["stage-00-sft", "stage-01-spin", "stage-02-self-consistency-dpo", "sta
 
 
 def test_quickstart_runs_every_stage_and_each_changes_the_model(tmp_path):
+    """About 80 s idle."""
     run = run_watched([sys.executable, str(QUICKSTART)], cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     for stage in STAGES:

@@ -68,6 +68,7 @@ def run_block(block: dict, folder: Path, small: bool):
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[block_id(b) for b in BLOCKS])
 def test_readme_block_runs_as_written(block, tmp_path):
+    """About 1-20 s idle each."""
     run_block(block, tmp_path, small=True)
 
 
@@ -78,6 +79,7 @@ def test_readme_block_runs_at_full_size(block, tmp_path):
 
 
 def test_blocks_are_found_with_their_sections_and_skip_reasons():
+    """Under 1 s idle."""
     markdown = "\n".join([
         "## A", "```bash", "# not a heading", "pip install x", "```",
         "```python", "print(1)", "```",
@@ -93,7 +95,7 @@ def test_blocks_are_found_with_their_sections_and_skip_reasons():
 
 def test_the_quickstart_reading_quotes_only_figures_of_its_block():
     """The paragraph that reads the quickstart output cites figures from it: regenerated figures with an old reading
-    would be caught here."""
+    would be caught here. Under 1 s idle."""
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"<!-- quickstart-output -->(.*?)<!-- /quickstart-output -->", readme, re.S)[1]
     reading = readme.split("<!-- /quickstart-output -->")[1].split("\n## ")[0]
@@ -103,12 +105,14 @@ def test_the_quickstart_reading_quotes_only_figures_of_its_block():
 
 
 def test_the_cpu_torch_tip_comes_before_the_commands_a_newcomer_copies():
+    """Under 1 s idle."""
     readme = (ROOT / "README.md").read_text()
     assert readme.index("pip install torch==") < readme.index("pip install -e .")
 
 
 def test_the_slow_marker_the_readme_mentions_collects_the_long_runs():
-    """`python -m pytest -m slow` once collected no test while the README said it runs the long learning runs."""
+    """`python -m pytest -m slow` once collected no test while the README said it runs the long learning runs.
+    About 8 s idle."""
     readme = (ROOT / "README.md").read_text()
     assert "python -m pytest -q -m slow" in readme
     done = run_watched([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow", "-p", "no:cacheprovider",

@@ -27,7 +27,7 @@ def run(folder: Path, kill_at: str | None = None):
 
 
 def test_kill_9_in_every_stage_resumes_to_the_uninterrupted_weights(tmp_path):
-    """Five runs of a three-stage plan, one process each."""
+    """Five runs of a three-stage plan, one process each. About 30 s idle."""
     whole = run(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -74,7 +74,8 @@ def test_a_save_of_another_number_of_processes_or_without_their_states_is_refuse
     assert len(read_checkpoint(path)["ranks"]) == 1
 
     rewrite(path, lambda state: state["ranks"].append(state["ranks"][0]))
-    with pytest.raises(ValueError, match=r"sft-step-1.pt was saved by 2 process\(es\) and this run has 1.*Relaunch with 2"):
+    refused = r"sft-step-1.pt was saved by 2 process\(es\) and this run has 1.*Relaunch with 2"
+    with pytest.raises(ValueError, match=refused):
         sft(char_model, tmp_path, steps=2).train()
 
     rewrite(path, lambda state: state.pop("ranks"))
@@ -95,9 +96,9 @@ def test_a_finished_loop_resumes_on_any_number_of_processes(char_model, tmp_path
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_the_shuffling_generator_is_found_in_a_loader_prepared_for_any_number_of_processes(processes):
-    """No training (instant). On 2 processes Accelerate puts the sampler inside its per-process batch sampler, where
+    """No training. On 2 processes Accelerate puts the sampler inside its per-process batch sampler, where
     `get_sampler` finds none: the shuffle was then neither saved nor restored, and a resume after the first epoch
-    replayed the first epoch's order."""
+    replayed the first epoch's order. Under 1 s idle."""
     generator = torch.Generator().manual_seed(0)
     loader = DataLoader(list(range(10)), batch_size=2, shuffle=True, generator=generator)
     prepared = prepare_data_loader(loader, torch.device("cpu"), num_processes=processes, process_index=processes - 1,

@@ -49,7 +49,8 @@ def pair(prompt: str) -> dict:
 
 def fresh_model() -> TransformerWrapper:
     torch.manual_seed(0)  # the same initial weights on every rank
-    return TransformerWrapper(num_tokens=TOKENIZER.num_tokens, max_seq_len=48, attn_layers=Decoder(dim=32, depth=2, heads=2))
+    return TransformerWrapper(num_tokens=TOKENIZER.num_tokens, max_seq_len=48,
+                              attn_layers=Decoder(dim=32, depth=2, heads=2))
 
 
 def train(accelerator: Accelerator, folder: Path, mode: str) -> tuple[dict, list[dict]]:
@@ -58,7 +59,8 @@ def train(accelerator: Accelerator, folder: Path, mode: str) -> tuple[dict, list
     if mode == "fsdp2":
         fully_shard_model(model)
     set_seed(1, device_specific=True)  # then each rank its own RNG stream
-    trainer = DPOTrainer(model, [pair(p) for p in SortDigitsTask(length=3, seed=0).prompts(11)], accelerator=accelerator,
+    pairs = [pair(p) for p in SortDigitsTask(length=3, seed=0).prompts(11)]
+    trainer = DPOTrainer(model, pairs, accelerator=accelerator,
                          checkpoint_folder=folder, batch_size=2, num_train_steps=STEPS, learning_rate=1e-3,
                          end_learning_rate=1e-4, checkpoint_every=EVERY, dropout=0.1)
     history = trainer.train()
