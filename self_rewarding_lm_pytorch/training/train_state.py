@@ -112,8 +112,8 @@ class TrainState:
         if ranks is None:
             raise ValueError(
                 f"{path} holds no per-process RNG states and data positions (it was saved by an earlier version of "
-                f"the library), so {self.name} cannot resume from it as if never stopped. Delete it, or delete "
-                f"{self.folder} (overwrite_checkpoints=True) to start over"
+                f"the library), so {self.name} cannot resume from it as if never stopped. Use another checkpoint "
+                f"folder, or delete {self.folder} (overwrite_checkpoints=True) to start over"
             )
         if len(ranks) != processes and not state["finished"]:
             raise ValueError(
