@@ -156,7 +156,7 @@ def test_dpo_killed_on_two_processes_resumes_to_the_uninterrupted_weights(tmp_pa
     after step 5 and resumed from its step-4 save (inside the second epoch; the third's shuffle follows) ends with the
     uninterrupted run's weights and losses to float tolerance (measured: equal, 0.0). The same resume with a fresh
     optimizer state (the script's mutant) must miss them (measured: 2.3e-3). Two launches of 2 processes.
-    Under 90 s idle (measured: 77/86 s at load 13 on the shared 2 cores)."""
+    Under 45 s idle (measured: 39/44 s at load 8 on the shared 2 cores)."""
     first = launch(tmp_path, DPO_RESUME_SCRIPT, mode, "first")
     assert first.returncode != 0 and "Signal 9 (SIGKILL) received" in first.stderr, first.stderr[-3000:]
     run = launch(tmp_path, DPO_RESUME_SCRIPT, mode, "resume")
