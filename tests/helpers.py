@@ -1,8 +1,15 @@
 """Helpers shared by several test files, unit and integration: tiny pair generation, sorted-digit DPO pairs, the small
 settings and byte-level tokenizer of the orchestrator's tests, the pair store's columns, a two-stage plan, a judge
-set-up, a bigram model, and tiny HuggingFace models (their imports are inside: only their tests need the extras)."""
+set-up, a bigram model, tiny HuggingFace models (their imports are inside: only their tests need the extras), and
+`run_watched`, the way every test runs a subprocess."""
 
+import os
 import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -170,3 +177,58 @@ def hf_char_tokenizer():
     tokenizer.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SILENCE_S = 1200  # a run that writes nothing for 20 minutes is hung: the slowest phases print within a minute, loaded
+LIMIT_S = 4 * 3600  # a run that goes on printing for 4 hours is a runaway loop (the slowest takes minutes, loaded)
+
+
+class HungProcess(AssertionError):
+    """A subprocess killed for writing nothing for `silence_s` seconds (or running past `limit_s`)."""
+
+
+def run_watched(command: list[str], *, silence_s: float = SILENCE_S, limit_s: float = LIMIT_S, env: dict | None = None,
+                cwd=None) -> subprocess.CompletedProcess:
+    """`subprocess.run(command, capture_output=True, text=True)` with a hang guard that follows progress instead of
+    a wall-clock timeout: the run (its whole process group: torchrun's workers too) is killed only when it writes
+    nothing to stdout or stderr for `silence_s` seconds, or runs past `limit_s`; then `HungProcess` says so with the
+    last output. A loaded machine makes a run slower, never silent for minutes (bars and stage lines keep coming), so
+    slowness alone never fails a test. The child's Python output is unbuffered so its prints arrive as made, and it
+    imports the library from this checkout (PYTHONPATH). The result has the child's `pid`."""
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
+                               start_new_session=True)
+    chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+    last_output = [time.monotonic()]
+
+    def follow(stream, name):
+        for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
+            chunks[name].append(chunk)
+            last_output[0] = time.monotonic()
+
+    readers = [threading.Thread(target=follow, args=(process.stdout, "stdout"), daemon=True),
+               threading.Thread(target=follow, args=(process.stderr, "stderr"), daemon=True)]
+    for reader in readers:
+        reader.start()
+    started, why = time.monotonic(), None
+    while process.poll() is None and why is None:
+        time.sleep(0.2)
+        now = time.monotonic()
+        if now - last_output[0] > silence_s:
+            why = f"wrote nothing for {silence_s:g} s"
+        elif now - started > limit_s:
+            why = f"ran past {limit_s:g} s"
+    if why is not None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    for reader in readers:
+        reader.join(timeout=10)
+    stdout, stderr = (b"".join(chunks[name]).decode(errors="replace") for name in ("stdout", "stderr"))
+    if why is not None:
+        raise HungProcess(f"{' '.join(map(str, command))} {why} and was killed as hung; its last output:\n"
+                          f"{stdout[-1500:]}\n{stderr[-1500:]}")
+    done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    done.pid = process.pid
+    return done

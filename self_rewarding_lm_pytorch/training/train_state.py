@@ -1,16 +1,19 @@
 """Resume inside a stage: the state of a training loop saved every `checkpoint_every` optimizer steps.
 
-`{prefix}-step-{N}.pt` (storage/checkpoint.py: atomic, checksummed) holds the model, the optimizer, the scheduler, the
-RNG states (torch, numpy, random), the step, the data position (the shuffling generator's state at the start of
-the epoch and the micro-batches consumed in it), Accelerate's micro-batch counter, the logged rows and what the
-trainer adds (an early stopper's state). The last step of a loop is always saved, marked finished.
+`{prefix}-step-{N}.pt` (storage/checkpoint.py: atomic, checksummed, written by the main process) holds the model,
+the optimizer (a sharded model's gathered into full tensors), the scheduler, the step, Accelerate's micro-batch
+counter, the logged rows, what the trainer adds (an early stopper's state) and, for every process in process order
+(`ranks`), its RNG states (torch, CUDA, numpy, random) and data position (the shuffling generator's state at the
+start of the epoch and now, and the micro-batches consumed in the epoch), gathered to the main process at the save.
+The last step of a loop is always saved, marked finished.
 
 A rerun finds the latest file of its prefix, refuses one written by other settings or data (storage/fingerprint.py),
-restores everything and says "resuming <name> from step N". The epoch is replayed from its saved shuffle with
-the consumed batches skipped, and the RNG is restored after that skip, so the following draws (dropout, the next
-epoch's shuffle) are those of an uninterrupted run: on one process the final weights are equal. With several
-processes only the main process's RNG is saved; the others restart theirs from the saved seed state, so a resumed
-multi-process run is close to, not bit-equal to, an uninterrupted one.
+restores everything, each process its own RNG and data position, and says "resuming <name> from step N". The epoch
+is replayed from its saved shuffle with the consumed batches skipped, and the RNG is restored after that skip, so the
+following draws (each process's dropout, the next epoch's shuffle) are those of an uninterrupted run: the final
+weights are equal, on one process or several, data-parallel or sharded. A save made by another number of processes
+is refused unless its loop is finished (then only the weights and rows are used): the data split and each process's
+draws depend on the number.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import get_sampler
+from accelerate.utils import gather_object
 from torch import nn
 
 from self_rewarding_lm_pytorch.models.sharding import full_optimizer_state_dict, load_full_optimizer_state_dict
@@ -37,10 +41,23 @@ def shuffle_generator() -> torch.Generator:
     return torch.Generator().manual_seed(int(torch.randint(2**62, ()).item()))
 
 
+def loader_generator(loader) -> torch.Generator | None:
+    """The generator `loader` (plain, or prepared by Accelerate) shuffles with, None for a sampler without one (it
+    then draws from the global RNG, which a resume restores). On several processes the sampler sits inside
+    Accelerate's per-process batch sampler (`BatchSamplerShard.batch_sampler`), where `get_sampler` does not look."""
+    sampler = get_sampler(loader)
+    if sampler is None:
+        sampler = getattr(getattr(getattr(loader, "batch_sampler", None), "batch_sampler", None), "sampler", None)
+    if sampler is None:
+        raise TypeError(f"the training loader ({type(loader).__name__}) has no sampler to find its shuffling "
+                        f"generator in, so its data position cannot be saved")
+    return getattr(sampler, "generator", None)
+
+
 def rng_state() -> dict:
     version, numpy_state, position, has_gauss, cached = np.random.get_state()
-    state = dict(torch=torch.get_rng_state(), python=random.getstate(),
-                 numpy=[version, torch.from_numpy(numpy_state.astype(np.int64)), position, has_gauss, cached])
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [version, torch.from_numpy(numpy_state.astype(np.int64)), position, has_gauss, cached]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -64,7 +81,7 @@ class TrainState:
                  folder: str | Path, prefix: str, every: int | None, name: str, fingerprint: dict):
         self.accelerator, self.model, self.optimizer, self.scheduler, self.loader = accelerator, model, optimizer, scheduler, loader
         self.folder, self.prefix, self.every, self.name, self.fingerprint = Path(folder), prefix, every, name, fingerprint
-        self.generator: torch.Generator | None = getattr(get_sampler(loader), "generator", None)
+        self.generator = loader_generator(loader)
         self.epoch_start: torch.Tensor | None = None  # the shuffling generator's state when this epoch began
         self.consumed = 0  # micro-batches of this epoch handed out
         self.pending: dict | None = None  # a loaded state whose data position and RNG are still to apply
@@ -91,6 +108,22 @@ class TrainState:
                 f"{path} was saved by {self.name} with other settings or data (changed: {', '.join(changed)}). Use "
                 f"another checkpoint folder, or delete {self.folder} (overwrite_checkpoints=True) to start over"
             )
+        ranks, processes = state.pop("ranks", None), self.accelerator.num_processes
+        if ranks is None:
+            raise ValueError(
+                f"{path} holds no per-process RNG states and data positions (it was saved by an earlier version of "
+                f"the library), so {self.name} cannot resume from it as if never stopped. Use another checkpoint "
+                f"folder, or delete {self.folder} (overwrite_checkpoints=True) to start over"
+            )
+        if len(ranks) != processes and not state["finished"]:
+            raise ValueError(
+                f"{path} was saved by {len(ranks)} process(es) and this run has {processes}: each process's RNG "
+                f"states and data position are saved for it, so {self.name} resumes inside the stage on "
+                f"{len(ranks)} process(es) only. Relaunch with {len(ranks)}, or delete {self.folder} "
+                f"(overwrite_checkpoints=True) to start the stage over"
+            )
+        if not state["finished"]:  # a finished loop trains no more: its RNG and data position are never used
+            state.update(ranks[self.accelerator.process_index])
         load_model_weights(self.accelerator.unwrap_model(self.model), state, path)  # LoRA: the adapters
         load_full_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -125,13 +158,14 @@ class TrainState:
         if not self.every or not (step % self.every == 0 or finished):
             return
         path = self.folder / f"{self.prefix}-step-{step}.pt"
+        mine = {"rng": rng_state(), "epoch_start": self.epoch_start, "consumed": self.consumed,
+                "generator": None if self.generator is None else self.generator.get_state()}
+        ranks = gather_object([mine]) if self.accelerator.num_processes > 1 else [mine]  # in process order
         save_checkpoint(
             self.accelerator, self.model, path,
             step=step, finished=finished, fingerprint=self.fingerprint, history=history,
-            optimizer=full_optimizer_state_dict(self.model, self.optimizer), scheduler=self.scheduler.state_dict(), rng=rng_state(),
-            epoch_start=self.epoch_start, consumed=self.consumed,
-            generator=None if self.generator is None else self.generator.get_state(),
-            accumulation_counter=self.accelerator.step, **extra,
+            optimizer=full_optimizer_state_dict(self.model, self.optimizer), scheduler=self.scheduler.state_dict(),
+            ranks=ranks, accumulation_counter=self.accelerator.step, **extra,
         )
         self.last_saved = path
 

@@ -13,6 +13,7 @@ from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
 
 
 def test_self_rewarding_stage_renders_task_and_judge_prompts_with_the_template(tmp_path):
+    """Under 1 s idle."""
     tokenizer = chat_tokenizer()
     encode, decode, eos_id = hf_tokenizer_functions(tokenizer, chat_template=True, system_prompt="answer")
     judge_encode, _, _ = hf_tokenizer_functions(tokenizer, chat_template=True, system_prompt="judge")

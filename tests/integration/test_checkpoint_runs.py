@@ -4,6 +4,7 @@ from self_rewarding_lm_pytorch.storage.integrity import remove_stale_temp_files
 
 
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    """Under 1 s idle."""
     import subprocess
     import sys
 

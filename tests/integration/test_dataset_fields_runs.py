@@ -21,6 +21,7 @@ EFT = [dict(prompt="sort 3 1", response="3 1", judgement="not sorted. Score: 1")
 
 
 def test_messages_eft_and_concatenation_train_with_sft():
+    """Under 1 s idle."""
     tokenizer = chat_tokenizer()
     chat = ChatTemplate(tokenizer)
     conversations = datasets.Dataset.from_list([dict(messages=[dict(role="user", content=row["instruction"]),
@@ -45,6 +46,7 @@ def test_messages_eft_and_concatenation_train_with_sft():
 
 
 def test_prompts_and_pairs():
+    """Under 1 s idle."""
     rows = datasets.Dataset.from_list([dict(question="sort 3 1", good="1 3", bad="3 1", messages=[
         dict(role="system", content="s"), dict(role="user", content="sort 3 1")])])
     assert PromptFields(rows, prompt_field="question")[0] == "sort 3 1"

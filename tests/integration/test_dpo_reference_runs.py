@@ -16,6 +16,7 @@ def train(model, pairs, precompute, steps=3, **config):
 
 
 def test_precomputed_reference_trains_exactly_like_the_live_one_and_holds_no_model(make_transformer):
+    """Under 1 s idle."""
     pairs, valid = sort_pairs(48, seed=0), sort_pairs(16, seed=1)
     live_model = make_transformer(num_tokens=128, dim=64, depth=2)
     precomputed_model = copy.deepcopy(live_model)
@@ -42,7 +43,8 @@ def with_rewards(pairs):
 
 def test_precomputed_reference_resumes_inside_the_stage_with_margin_weights(make_transformer, tmp_path):
     """A killed run resumes from its step file: the precomputed reference (the model given at construction, the
-    one the stage started from) and margin-weighted losses give the uninterrupted run's rows, weights and steps."""
+    one the stage started from) and margin-weighted losses give the uninterrupted run's rows, weights and steps.
+    Under 1 s idle."""
     from accelerate import Accelerator
 
     from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger

@@ -18,6 +18,7 @@ def stack(pairs, pad_id=-1):
 
 
 def test_one_policy_forward_per_batch_over_chosen_and_rejected(make_transformer):
+    """Under 1 s idle."""
     model = make_transformer(num_tokens=128)
     dpo = DPO(model)
     calls = []
@@ -47,6 +48,7 @@ def preference_accuracy(model, pairs):
 
 
 def test_dpo_learns_to_prefer_the_chosen_responses_on_held_out_pairs(make_transformer):
+    """About 3 s idle."""
     train, valid = sort_pairs(512, seed=0), sort_pairs(64, seed=1)
     model = make_transformer(num_tokens=128, dim=64, depth=2)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -72,6 +74,7 @@ def test_dpo_learns_to_prefer_the_chosen_responses_on_held_out_pairs(make_transf
 
 
 def test_dpo_dataset_on_disk_trains_on_stored_reference_logps_without_a_copy(make_transformer, tmp_path):
+    """Under 1 s idle."""
     pad_id = 127  # a pad id of the folder's choosing, picked up by the trainer
     model = make_transformer(num_tokens=128, dim=64, depth=2)
     pairs = sort_pairs(96, seed=0)
@@ -97,6 +100,7 @@ def test_dpo_dataset_on_disk_trains_on_stored_reference_logps_without_a_copy(mak
 
 
 def test_early_stopper_ends_the_stage_on_the_best_weights(make_transformer):
+    """Under 1 s idle."""
     snapshots = []
 
     def eval_fn(model):
@@ -116,6 +120,7 @@ def test_early_stopper_ends_the_stage_on_the_best_weights(make_transformer):
 
 
 def test_steps_follow_epochs_accumulation_and_the_step_cap(make_transformer, tmp_path):
+    """Under 1 s idle."""
     data = sort_pairs(40, seed=0)
     common = dict(batch_size=4, grad_accum_steps=5, learning_rate=1e-3, end_learning_rate=1e-4, accelerate_kwargs=dict(cpu=True))
     trainer = DPOTrainer(make_transformer(num_tokens=128), data, num_epochs=2, checkpoint_every=2,

@@ -47,7 +47,7 @@ def test_the_models_own_llm_judge_beats_random_pairs_on_pair_sum(tmp_path):
 
 def test_the_runner_puts_the_judge_refresh_after_every_arms_preference_stage(tmp_path, monkeypatch):
     """Wiring only (the stages themselves are tested elsewhere): each iteration's plan is the arm's stage, then the
-    refresh, in every arm; the seed model, the trainer and the measurement are stand-ins."""
+    refresh, in every arm; the seed model, the trainer and the measurement are stand-ins. Under 1 s idle."""
     import torch
     from torch import nn
 
@@ -79,7 +79,7 @@ def test_the_runner_puts_the_judge_refresh_after_every_arms_preference_stage(tmp
 
 def test_every_trainer_of_the_run_gets_the_runners_accelerate_kwargs(tmp_path, monkeypatch):
     """The CPU by default (the recorded runs); `accelerate_kwargs={}` (the example's --gpu) reaches the seed model's
-    trainers and every iteration's, not just the first."""
+    trainers and every iteration's, not just the first. Under 1 s idle."""
     import self_rewarding_lm_pytorch.experiment.runner as experiment
     from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
     from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
@@ -109,7 +109,7 @@ def test_every_trainer_of_the_run_gets_the_runners_accelerate_kwargs(tmp_path, m
 
 def test_the_example_cli_passes_model_size_device_and_int_settings_to_the_runner(tmp_path, monkeypatch):
     """`--dim/--depth` size the task's model, `--gpu` is refused where torch sees no GPU (no silent CPU run), and
-    `--set` gives `int | None` settings ints."""
+    `--set` gives `int | None` settings ints. Under 1 s idle."""
     import torch
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "examples"))
@@ -140,7 +140,7 @@ def test_the_example_cli_passes_model_size_device_and_int_settings_to_the_runner
 def test_the_judge_mistake_round_trains_a_third_seed_stage_on_the_judges_mistakes_and_resumes(tmp_path):
     """`eft_mistake_prompts`: after judge training, the seed judge judges fresh checker-labelled answers and one more
     SFT stage trains on its mistakes. A barely trained judge parses no score, so every answer is a mistake; a second
-    call resumes the finished plan instead of training again."""
+    call resumes the finished plan instead of training again. About 1 s idle."""
     from dataclasses import replace
 
     import torch

@@ -2,11 +2,11 @@
 
 import ast
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_watched
 
 pytest.importorskip("transformers", reason="the example needs the [hf] extra")
 
@@ -15,10 +15,10 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hf_model.py"
 
 def test_the_hf_example_with_its_default_learning_rates_makes_every_pair(tmp_path):
     """The original defaults (SFT at 1e-5, then 1e-4) taught the judge format too slowly: no judgement parsed and
-    the stage stopped with 0 pairs. Only the pair count is shrunk here; steps and learning rates are the defaults."""
+    the stage stopped with 0 pairs. Only the pair count is shrunk here; steps and learning rates are the defaults.
+    About 20 s idle."""
     env = dict(os.environ, PYTHONPATH=str(EXAMPLE.parents[1]), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(EXAMPLE), "--tiny", "--pairs", "16"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = run_watched([sys.executable, str(EXAMPLE), "--tiny", "--pairs", "16"], cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = [ast.literal_eval(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [s["kind"] for s in summaries] == ["sft", "self-reward-dpo"]
@@ -27,6 +27,7 @@ def test_the_hf_example_with_its_default_learning_rates_makes_every_pair(tmp_pat
 
 
 def test_the_hf_example_needs_a_checkpoint_or_tiny(tmp_path):
-    done = subprocess.run([sys.executable, str(EXAMPLE)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(EXAMPLE.parents[1])))
+    """About 4 s idle."""
+    done = run_watched([sys.executable, str(EXAMPLE)], cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=str(EXAMPLE.parents[1])))
     assert done.returncode == 2 and "--tiny" in done.stderr

@@ -10,6 +10,7 @@ from self_rewarding_lm_pytorch.tasks.sort_digits import SortDigitsTask  # noqa: 
 
 
 def test_a_short_pipeline_with_an_hf_model_saves_both_formats(tmp_path):
+    """About 1 s idle."""
     tokenizer = hf_char_tokenizer()
     encode, decode, eos_id = hf_tokenizer_functions(tokenizer)
     task = SortDigitsTask(length=3, seed=0)

@@ -6,16 +6,17 @@ import sys
 from pathlib import Path
 
 from accelerate import Accelerator
+from helpers import run_watched
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 def run_script(run: Path, seed: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(EXAMPLES / "judge_shift.py"), "--run", str(run), "--seed", str(seed)],
-                          capture_output=True, text=True, timeout=300)
+    return run_watched([sys.executable, str(EXAMPLES / "judge_shift.py"), "--run", str(run), "--seed", str(seed)])
 
 
 def test_judge_shift_reads_a_run_folder_and_finds_no_disagreement_between_identical_judges(tmp_path):
+    """About 15 s idle."""
     from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
     from self_rewarding_lm_pytorch.experiment.tasks import TASKS
     from self_rewarding_lm_pytorch.storage.checkpoint import save_checkpoint
@@ -38,6 +39,7 @@ def test_judge_shift_reads_a_run_folder_and_finds_no_disagreement_between_identi
 
 
 def test_meta_judge_check_reads_a_run_folder_and_asks_both_kinds_of_pair_in_both_orders(tmp_path):
+    """About 15 s idle."""
     from self_rewarding_lm_pytorch.experiment.tasks import TASKS
     from self_rewarding_lm_pytorch.storage.checkpoint import save_checkpoint
 
@@ -45,13 +47,11 @@ def test_meta_judge_check_reads_a_run_folder_and_asks_both_kinds_of_pair_in_both
     model = TASKS["pair_sum"](reasoned_judge=True, max_seq_len=96).make_model(0)
     save_checkpoint(Accelerator(cpu=True), model, tmp_path / "seed-0" / "seed-model" / "stage-01-sft.pt")
     script = str(EXAMPLES / "meta_judge_check.py")
-    result = subprocess.run([sys.executable, script, "--run", str(tmp_path), "--seed", "0"],
-                            capture_output=True, text=True, timeout=300)
+    result = run_watched([sys.executable, script, "--run", str(tmp_path), "--seed", "0"])
     assert result.returncode == 0, result.stderr
     lines = {line.split(":")[0]: line for line in result.stdout.splitlines()}
     assert set(lines) == {"score flipped", "wrong look-up"}
     # 6 answers of an untrained model: every one gets a score-flipped pair unless it is not a pair of digits
     assert "pairs; the right judgement named in both orders" in lines["score flipped"] or "no pairs" in lines["score flipped"]
-    alone = subprocess.run([sys.executable, script, "--run", str(tmp_path), "--seed", "0", "--arm", "meta_reward"],
-                           capture_output=True, text=True, timeout=300)
+    alone = run_watched([sys.executable, script, "--run", str(tmp_path), "--seed", "0", "--arm", "meta_reward"])
     assert alone.returncode != 0 and "--arm and --iteration go together" in alone.stderr

@@ -41,6 +41,7 @@ def lora_names(model):
 
 
 def test_reference_is_the_base_model_live_and_stored_without_a_copy():
+    """Under 1 s idle."""
     base_copy = HFCausalLM(tiny_llama())
     model = with_lora(tiny_llama())
     data = pairs()
@@ -67,6 +68,7 @@ def test_reference_is_the_base_model_live_and_stored_without_a_copy():
 
 
 def test_dpo_trains_the_adapters_only():
+    """Under 1 s idle."""
     model = with_lora(tiny_llama())
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer = DPOTrainer(model, pairs(16), batch_size=8, num_train_steps=3, learning_rate=1e-2, end_learning_rate=1e-3,
@@ -79,6 +81,7 @@ def test_dpo_trains_the_adapters_only():
 
 
 def test_pipeline_with_lora_saves_adapters_and_exports_a_merged_model(tmp_path):
+    """Under 1 s idle."""
     sft_data = [(torch.randint(4, 60, (10,)), 4) for _ in range(8)]
     model = with_lora(tiny_llama())
     base_before = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
@@ -131,7 +134,7 @@ def lora_dpo(model, folder):
 
 def test_a_killed_lora_run_resumes_from_its_adapter_only_step_file(tmp_path):
     """The resumable state of a LoRA run holds the adapters only, and restores them: the resumed run ends with the
-    uninterrupted run's adapters (the base weights never change)."""
+    uninterrupted run's adapters (the base weights never change). Under 1 s idle."""
     start = with_lora(tiny_llama())
     whole = copy.deepcopy(start)
     lora_dpo(whole, tmp_path / "whole").train()

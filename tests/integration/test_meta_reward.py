@@ -71,6 +71,7 @@ def stage(**overrides):
 
 
 def test_meta_reward_stage_trains_on_actor_and_judge_pairs(formatted_model, tmp_path):
+    """About 4 s idle."""
     model = formatted_model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = SelfRewardingTrainer(model, finetune_configs=[stage()], tokenizer_encode=TOKENIZER.encode,
@@ -123,6 +124,7 @@ class CountingSampler(LibrarySampler):
 
 
 def test_answers_judgements_and_verdicts_come_from_the_trainers_generation_backend(formatted_model, tmp_path):
+    """Under 1 s idle."""
     before = {k: v.clone() for k, v in formatted_model.state_dict().items()}
     sampler = CountingSampler()
     SelfRewardingTrainer(formatted_model, finetune_configs=[stage()], tokenizer_encode=TOKENIZER.encode,
@@ -154,6 +156,7 @@ def make_meta_pairs(model, folder, config, meta_judge_config=META, logger=None):
 
 
 def test_a_killed_run_resumes_with_nothing_lost(formatted_model, tmp_path, monkeypatch):
+    """About 1 s idle."""
     config = stage(num_preference_pairs=6, num_judge_pairs=4)
     logged = Logged()
     whole = make_meta_pairs(formatted_model, tmp_path / "whole", config, logger=logged)
@@ -187,6 +190,7 @@ def asdict_of(stats):
 
 
 def test_a_meta_judge_that_never_answers_in_format_ends_with_counts_and_the_fix(formatted_model, tmp_path):
+    """Under 1 s idle."""
     config = stage(fail_fast_after_prompts=4, num_judge_pairs=3, accept_fewer_pairs=True)
     unreadable = MetaJudgeConfig(prompt_template=META.prompt_template, verdict_regex_template="Verdict: {{ winner }}")
     with pytest.raises(PairGenerationError, match="never produced a verdict its MetaJudgeConfig can parse") as error:
@@ -197,6 +201,7 @@ def test_a_meta_judge_that_never_answers_in_format_ends_with_counts_and_the_fix(
 
 
 def test_config_errors_name_the_field_and_the_fix(formatted_model, tmp_path):
+    """Under 1 s idle."""
     with pytest.raises(ValueError, match="num_judgements must be >= 2"):
         stage(num_judgements=1)
     with pytest.raises(ValueError, match=r"length_control is the paper's rho.*\[0, 1\)"):
@@ -222,6 +227,7 @@ def test_config_errors_name_the_field_and_the_fix(formatted_model, tmp_path):
 
 
 def test_meta_judge_examples_name_the_right_judgement_in_both_orders():
+    """Under 1 s idle."""
     examples = meta_judge_examples([("sort 2 1:", " 1 2", True), ("sort 3 1:", " 3 1", False)], reward_config=REWARD,
                                    meta_judge_config=META, tokenizer_encode=TOKENIZER.encode, eos_id=TOKENIZER.eos_id)
     texts = sorted(TOKENIZER.decode(ids[:prompt_len]) + "=" + TOKENIZER.decode(ids[prompt_len:]) for ids, prompt_len in examples)
@@ -238,7 +244,8 @@ def test_meta_judge_examples_name_the_right_judgement_in_both_orders():
 
 
 def test_meta_judge_examples_with_wrong_reasoning_add_a_pair_where_one_is_given():
-    """`wrong_judgement`: a wrong judgement with its own (wrong) rationale, beside the score-flipped one."""
+    """`wrong_judgement`: a wrong judgement with its own (wrong) rationale, beside the score-flipped one.
+    Under 1 s idle."""
 
     def wrong_reasoning(prompt, answer, label):
         return "looks wrong Score: 0" if label else None  # none for the wrong answer
@@ -263,7 +270,7 @@ def test_meta_judge_examples_with_wrong_reasoning_add_a_pair_where_one_is_given(
 def test_balanced_wrong_judgements_keep_as_many_wrong_passes_as_wrong_fails():
     """`balance_wrong_judgements`: 4 right answers each get a wrong judgement that fails them, 1 wrong answer one that
     passes it (pair sum's wrong look-ups run about 5:1 so). Balanced, one of each kind is left; the score-flipped
-    pairs all stay; unbalanced, every one is there."""
+    pairs all stay; unbalanced, every one is there. Under 1 s idle."""
 
     def wrong_reasoning(prompt, answer, label):
         return "bad Score: 0" if label else ("bad Score: 5" if answer == " 9" else None)
@@ -289,6 +296,7 @@ def test_balanced_wrong_judgements_keep_as_many_wrong_passes_as_wrong_fails():
 
 
 def test_meta_reward_stage_on_two_processes(tmp_path):
+    """Under 25 s idle (measured: 22 s at load 12 on the shared 2 cores)."""
     from test_multiprocess import launch
 
     run = launch(tmp_path, Path(__file__).parents[1] / "scripts" / "multiprocess_meta_reward.py")

@@ -13,7 +13,8 @@ TOKENIZER = CharTokenizer()
 
 
 def test_self_judge_after_judge_fine_tuning_makes_pairs(make_transformer, tmp_path):
-    """The paper's loop in miniature: EFT teaches the judge format, then the model judges its own answers."""
+    """The paper's loop in miniature: EFT teaches the judge format, then the model judges its own answers.
+    About 2 s idle."""
     torch.manual_seed(0)
     reward_config = RewardConfig("{{ prompt }}|{{ response }}|")
     task = SortDigitsTask(length=3, seed=8)

@@ -1,6 +1,6 @@
 
 import pytest
-from helpers import store_pairs, store_writer
+from helpers import run_watched, store_pairs, store_writer
 
 from self_rewarding_lm_pytorch.storage.integrity import CorruptFileError
 from self_rewarding_lm_pytorch.storage.pair_store import DPODataset
@@ -35,6 +35,7 @@ def flip(path, offset, length=8):
          "meta-truncated", "meta-edited"],
 )
 def test_damaged_files_are_refused_naming_the_file_on_resume_and_on_read(tmp_path, damage, named):
+    """Under 1 s idle."""
     damage(committed(tmp_path))
     with pytest.raises(CorruptFileError, match=named.replace(".", r"\.")):
         store_writer(tmp_path)
@@ -55,9 +56,8 @@ except DiskFullError as error:
 
 def test_a_full_disk_is_a_clear_error_not_a_sigbus(tmp_path):
     """On a 2 MB tmpfs (mounted in a user namespace): the writer raises naming the folder and the bytes needed;
-    the original's sparse arrays died of SIGBUS at the first page written past the disk's end."""
+    the original's sparse arrays died of SIGBUS at the first page written past the disk's end. About 3 s idle."""
     import shutil
-    import subprocess
     import sys
 
     if shutil.which("unshare") is None:
@@ -68,7 +68,7 @@ def test_a_full_disk_is_a_clear_error_not_a_sigbus(tmp_path):
     script.write_text(DISK_FULL)
     command = (f"mount -t tmpfs -o size=2m none {mount} && mkdir {mount}/pairs && "
                f"{sys.executable} {script} {mount}/pairs")
-    run = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=120)
+    run = run_watched(["unshare", "-rm", "sh", "-c", command])
     if "mount" in run.stderr and run.returncode != 0 and "DiskFullError" not in run.stdout:
         pytest.skip(f"cannot mount a small tmpfs here: {run.stderr.strip()[:200]}")
     assert run.returncode == 0, run.stderr[-2000:]
@@ -117,9 +117,8 @@ print("resumed to", len(data))
 def test_a_disk_that_fills_while_pairs_are_written_keeps_the_committed_ones(tmp_path):
     """On a 2 MB tmpfs: the store fits when it opens, then another file takes the space. The append that needs new
     blocks raises DiskFullError (the blocks are reserved before rows are written into the sparse file, so no SIGBUS),
-    every committed pair reads back exactly, and after space is freed a rerun completes the store."""
+    every committed pair reads back exactly, and after space is freed a rerun completes the store. About 3 s idle."""
     import shutil
-    import subprocess
     import sys
 
     if shutil.which("unshare") is None:
@@ -130,7 +129,7 @@ def test_a_disk_that_fills_while_pairs_are_written_keeps_the_committed_ones(tmp_
     script.write_text(FILLED_LATER)
     command = (f"mount -t tmpfs -o size=2m none {mount} && mkdir {mount}/pairs && "
                f"{sys.executable} {script} {mount}/pairs")
-    run = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, timeout=120)
+    run = run_watched(["unshare", "-rm", "sh", "-c", command])
     if "mount" in run.stderr and run.returncode != 0 and "DiskFullError" not in run.stdout:
         pytest.skip(f"cannot mount a small tmpfs here: {run.stderr.strip()[:200]}")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]

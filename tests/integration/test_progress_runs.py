@@ -11,6 +11,7 @@ from self_rewarding_lm_pytorch.training.spin import SPINTrainer
 
 
 def test_spin_shows_its_answer_generation(char_model, tmp_path, capsys):
+    """Under 1 s idle."""
     task = SortDigitsTask(length=3, seed=0)
     SPINTrainer(char_model, train_sft_dataset=task.instruction_examples(12), max_seq_len=24, num_train_steps=1,
                 batch_size=4, eos_id=0, checkpoint_folder=tmp_path, accelerate_kwargs=dict(cpu=True))()
@@ -19,6 +20,7 @@ def test_spin_shows_its_answer_generation(char_model, tmp_path, capsys):
 
 
 def test_early_stopping_says_why_the_bar_halted(make_transformer, capsys):
+    """Under 1 s idle."""
     scores = iter([1.0, 2.0, 3.0])
     stopper = EarlyStopper(lambda model: next(scores), mode="min", patience=2)
     DPOTrainer(make_transformer(num_tokens=128), sort_pairs(32, seed=0), batch_size=8, num_train_steps=100,
@@ -28,7 +30,8 @@ def test_early_stopping_says_why_the_bar_halted(make_transformer, capsys):
 
 
 def test_dpo_shows_its_reference_log_prob_pass(make_transformer, capsys):
-    """External pairs without reference log-probs get them in one pass before the first step: it shows a bar."""
+    """External pairs without reference log-probs get them in one pass before the first step: it shows a bar.
+    Under 1 s idle."""
     DPOTrainer(make_transformer(num_tokens=128), sort_pairs(20, seed=0), valid_dataset=sort_pairs(6, seed=1),
                batch_size=8, num_train_steps=1, accelerate_kwargs=dict(cpu=True))()
     err = capsys.readouterr().err

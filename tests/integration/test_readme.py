@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_watched
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_ENV = "SELF_REWARDING_README_SMALL"
@@ -60,8 +60,7 @@ def run_block(block: dict, folder: Path, small: bool):
     env.pop(SMALL_ENV, None)
     if small:
         env[SMALL_ENV] = "1"
-    done = subprocess.run([sys.executable, "-c", block["code"]], cwd=folder, env=env, capture_output=True, text=True,
-                          timeout=1800 if small else None)
+    done = run_watched([sys.executable, "-c", block["code"]], cwd=folder, env=env)
     assert done.returncode == 0, (
         f"README block at line {block['line']} ({block['section']}) failed:\n{done.stderr[-4000:]}"
     )
@@ -69,6 +68,7 @@ def run_block(block: dict, folder: Path, small: bool):
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[block_id(b) for b in BLOCKS])
 def test_readme_block_runs_as_written(block, tmp_path):
+    """About 1-20 s idle each."""
     run_block(block, tmp_path, small=True)
 
 
@@ -79,6 +79,7 @@ def test_readme_block_runs_at_full_size(block, tmp_path):
 
 
 def test_blocks_are_found_with_their_sections_and_skip_reasons():
+    """Under 1 s idle."""
     markdown = "\n".join([
         "## A", "```bash", "# not a heading", "pip install x", "```",
         "```python", "print(1)", "```",
@@ -94,7 +95,7 @@ def test_blocks_are_found_with_their_sections_and_skip_reasons():
 
 def test_the_quickstart_reading_quotes_only_figures_of_its_block():
     """The paragraph that reads the quickstart output cites figures from it: regenerated figures with an old reading
-    would be caught here."""
+    would be caught here. Under 1 s idle."""
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"<!-- quickstart-output -->(.*?)<!-- /quickstart-output -->", readme, re.S)[1]
     reading = readme.split("<!-- /quickstart-output -->")[1].split("\n## ")[0]
@@ -104,16 +105,18 @@ def test_the_quickstart_reading_quotes_only_figures_of_its_block():
 
 
 def test_the_cpu_torch_tip_comes_before_the_commands_a_newcomer_copies():
+    """Under 1 s idle."""
     readme = (ROOT / "README.md").read_text()
     assert readme.index("pip install torch==") < readme.index("pip install -e .")
 
 
 def test_the_slow_marker_the_readme_mentions_collects_the_long_runs():
-    """`python -m pytest -m slow` once collected no test while the README said it runs the long learning runs."""
+    """`python -m pytest -m slow` once collected no test while the README said it runs the long learning runs.
+    About 8 s idle."""
     readme = (ROOT / "README.md").read_text()
     assert "python -m pytest -q -m slow" in readme
-    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow", "-p", "no:cacheprovider",
-                           __file__], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = run_watched([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "slow", "-p", "no:cacheprovider",
+                        __file__], cwd=ROOT)
     collected = [line for line in done.stdout.splitlines() if "::" in line]
     assert any("test_readme_block_runs_at_full_size" in line for line in collected), done.stdout[-2000:]
     assert all("test_readme_block_runs_as_written" not in line for line in collected)  # the quick runs stay default

@@ -1,28 +1,33 @@
 """Resume inside a stage after kill -9: each stage's loop continues from its last save, and the final weights
-equal those of an uninterrupted run (one process, CPU, same seed)."""
+equal those of an uninterrupted run (one process, CPU, same seed). A save holds each process's RNG states and data
+position: one made by another number of processes, or without them, is refused."""
 
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from accelerate.data_loader import prepare_data_loader
+from helpers import run_watched
+from torch.utils.data import DataLoader
+
+from self_rewarding_lm_pytorch import SFTTrainer
+from self_rewarding_lm_pytorch.storage.checkpoint import atomic_torch_save, read_checkpoint
+from self_rewarding_lm_pytorch.tasks.sort_digits import SortDigitsTask
+from self_rewarding_lm_pytorch.training.train_state import loader_generator
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "resume_pipeline.py"
 
 
-def run(folder: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(SCRIPT), str(folder)] + ([kill_at] if kill_at else [])
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}) as process:
-        stdout, stderr = process.communicate(timeout=300)
-    done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-    done.pid = process.pid
-    return done
+def run(folder: Path, kill_at: str | None = None):
+    return run_watched([sys.executable, str(SCRIPT), str(folder)] + ([kill_at] if kill_at else []),
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_kill_9_in_every_stage_resumes_to_the_uninterrupted_weights(tmp_path):
+    """Five runs of a three-stage plan, one process each. About 30 s idle."""
     whole = run(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -46,3 +51,56 @@ def test_kill_9_in_every_stage_resumes_to_the_uninterrupted_weights(tmp_path):
     a = torch.load(tmp_path / "whole" / "final.pt", weights_only=True)
     b = torch.load(resumed / "final.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def sft(char_model, folder, steps):
+    return SFTTrainer(char_model, train_dataset=SortDigitsTask(length=3, seed=0).instruction_examples(8), batch_size=4,
+                      grad_accum_steps=1, num_train_steps=steps, learning_rate=1e-3, checkpoint_every=1,
+                      accelerate_kwargs={"cpu": True}, checkpoint_folder=folder)
+
+
+def rewrite(path: Path, change):
+    state = read_checkpoint(path)
+    change(state)
+    atomic_torch_save(state, path)
+
+
+def test_a_save_of_another_number_of_processes_or_without_their_states_is_refused(char_model, tmp_path):
+    """Two SFT steps of a tiny model (about 2 s idle); the step-1 save then claims 2 processes, or holds no per-process
+    states (an older save): resuming inside the stage from it is refused, saying why and what to do."""
+    sft(char_model, tmp_path, steps=2).train()
+    (tmp_path / "sft-step-2.pt").unlink()  # as a run killed after step 1 leaves the folder
+    path = tmp_path / "sft-step-1.pt"
+    assert len(read_checkpoint(path)["ranks"]) == 1
+
+    rewrite(path, lambda state: state["ranks"].append(state["ranks"][0]))
+    refused = r"sft-step-1.pt was saved by 2 process\(es\) and this run has 1.*Relaunch with 2"
+    with pytest.raises(ValueError, match=refused):
+        sft(char_model, tmp_path, steps=2).train()
+
+    rewrite(path, lambda state: state.pop("ranks"))
+    with pytest.raises(ValueError, match=r"sft-step-1.pt holds no per-process RNG states and data positions"):
+        sft(char_model, tmp_path, steps=2).train()
+
+
+def test_a_finished_loop_resumes_on_any_number_of_processes(char_model, tmp_path):
+    """One SFT step (about 1 s idle). A finished loop trains no more, so its per-process states are not needed: its
+    save, made by 2 processes, resumes on 1 with the weights and rows it holds."""
+    history = sft(char_model, tmp_path, steps=1).train()
+    rewrite(tmp_path / "sft-step-1.pt", lambda state: state["ranks"].append(state["ranks"][0]))
+    saved = {k: v.clone() for k, v in char_model.state_dict().items()}
+    torch.nn.init.zeros_(next(char_model.parameters()))
+    assert sft(char_model, tmp_path, steps=1).train() == history
+    assert all(torch.equal(v, char_model.state_dict()[k]) for k, v in saved.items())
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_shuffling_generator_is_found_in_a_loader_prepared_for_any_number_of_processes(processes):
+    """No training. On 2 processes Accelerate puts the sampler inside its per-process batch sampler, where
+    `get_sampler` finds none: the shuffle was then neither saved nor restored, and a resume after the first epoch
+    replayed the first epoch's order. Under 1 s idle."""
+    generator = torch.Generator().manual_seed(0)
+    loader = DataLoader(list(range(10)), batch_size=2, shuffle=True, generator=generator)
+    prepared = prepare_data_loader(loader, torch.device("cpu"), num_processes=processes, process_index=processes - 1,
+                                   put_on_device=False)
+    assert loader_generator(prepared) is generator

@@ -22,6 +22,7 @@ def random_prompts(lengths, num_tokens=32, seed=0):
 
 @pytest.mark.parametrize("scheme", POSITION_SCHEMES)
 def test_cached_equals_recomputed_and_batch_equals_alone(make_transformer, scheme):
+    """About 1-2 s idle each."""
     net = make_transformer(seed=1, max_seq_len=40, depth=2, **POSITION_SCHEMES[scheme])
     prompts = random_prompts((3, 9, 5, 12))
 
@@ -49,6 +50,7 @@ class RecordsMode(nn.Module):
 
 
 def test_samples_in_eval_mode_and_restores_the_training_flag(make_transformer):
+    """Under 1 s idle."""
     net = make_transformer(seed=10).train()
     sample(net, random_prompts((3,)), max_new_tokens=2)
     assert net.training

@@ -12,7 +12,8 @@ TOKENIZER = CharTokenizer()
 
 
 def test_self_consistency_stage_end_to_end(make_transformer, tmp_path):
-    """Votes from a tiny model's own samples make pairs; the stage trains on them with margin weights."""
+    """Votes from a tiny model's own samples make pairs; the stage trains on them with margin weights.
+    Under 1 s idle."""
     from self_rewarding_lm_pytorch import SelfRewardingTrainer
 
     model = make_transformer(seed=0, num_tokens=CharTokenizer.num_tokens, max_seq_len=32, dim=16)

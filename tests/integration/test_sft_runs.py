@@ -14,6 +14,7 @@ def sorting_dataset(n, generator, length=4):
 
 
 def test_sft_lowers_held_out_loss_and_moves_every_parameter(make_transformer):
+    """About 4 s idle."""
     generator = torch.Generator().manual_seed(0)
     train, valid = sorting_dataset(512, generator), sorting_dataset(64, generator)
     model = make_transformer(num_tokens=16, dim=64, depth=2)
@@ -44,6 +45,7 @@ def test_sft_lowers_held_out_loss_and_moves_every_parameter(make_transformer):
 
 
 def test_gradient_accumulation_counts_optimizer_steps_and_decays_the_learning_rate(make_transformer):
+    """Under 1 s idle."""
     data = create_mock_dataset(40, lambda: (torch.randint(0, 16, (8,)), torch.tensor(2)))
     trainer = SFTTrainer(
         make_transformer(num_tokens=16), train_dataset=data, batch_size=4, grad_accum_steps=5, num_epochs=2,
@@ -55,6 +57,7 @@ def test_gradient_accumulation_counts_optimizer_steps_and_decays_the_learning_ra
 
 
 def test_non_tensor_model_output_fails_at_the_first_forward():
+    """Under 1 s idle."""
     class HFLike(nn.Module):
         def __init__(self):
             super().__init__()

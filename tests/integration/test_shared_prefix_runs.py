@@ -50,6 +50,7 @@ def record_forward_widths(model) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=1.0, generator=3, num_samples=2)],
                          ids=["greedy", "sampled"])
 def test_a_shared_prefix_is_computed_once_and_samples_the_same_tokens(name, settings):
+    """About 1-2 s idle each."""
     model = MODELS[name]()
     torch.manual_seed(1)
     prefix = torch.randint(1, 64, (6,))
@@ -67,6 +68,7 @@ def test_a_shared_prefix_is_computed_once_and_samples_the_same_tokens(name, sett
 
 
 def test_greedy_judgements_with_the_paper_prompt_are_the_same_with_and_without_sharing():
+    """Under 1 s idle."""
     model, candidates, kwargs = judge_setup()
     config = RewardConfig()  # the paper's judge prompt
     unshared = SelfJudge(model, config, share_prefix=False, **kwargs)(candidates)

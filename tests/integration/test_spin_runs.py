@@ -22,6 +22,7 @@ def spin_trainer(model, tmp_path, **overrides):
 
 
 def test_spin_raises_the_real_over_generated_margin_on_held_out_prompts(tmp_path):
+    """Under 1 s idle."""
     history = spin_trainer(char_model(), tmp_path)()
     # at step 0 the policy is θt itself, so every margin is exactly 0; training must open it on held-out pairs
     final = history[-1]
@@ -29,6 +30,7 @@ def test_spin_raises_the_real_over_generated_margin_on_held_out_prompts(tmp_path
 
 
 def test_each_iteration_generates_with_the_model_at_its_start(tmp_path, monkeypatch):
+    """About 1 s idle."""
     model = char_model()
     trainer = spin_trainer(model, tmp_path, num_iterations=2, num_train_steps=3, valid_sft_dataset=None)
     seen = []
@@ -53,6 +55,7 @@ def test_each_iteration_generates_with_the_model_at_its_start(tmp_path, monkeypa
 
 
 def test_checkpoints_at_multiples_of_checkpoint_every(tmp_path):
+    """Under 1 s idle."""
     spin_trainer(char_model(), tmp_path, num_train_steps=5, checkpoint_every=2, valid_sft_dataset=None)()
     # every 2 steps, and the last step (marked finished) so that a rerun knows the iteration is done
     saved = sorted(p.name for p in tmp_path.glob("iteration-0-step-*.pt"))
@@ -60,13 +63,14 @@ def test_checkpoints_at_multiples_of_checkpoint_every(tmp_path):
 
 
 def test_checkpoint_every_longer_than_the_iteration_still_saves_its_last_step(tmp_path):
+    """Under 1 s idle."""
     spin_trainer(char_model(), tmp_path, num_train_steps=2, checkpoint_every=100, valid_sft_dataset=None)()
     assert sorted(p.name for p in tmp_path.glob("iteration-0-step-*.pt")) == ["iteration-0-step-2.pt"]
 
 
 def test_a_resumed_run_logs_its_next_iteration_after_the_finished_ones(tmp_path):
     """Iteration 0 finished before the kill: the rerun skips it, and iteration 1's rows reach the trackers at the
-    global steps of an uninterrupted run (3 steps per iteration: 4, 5, 6), not again at 1, 2, 3."""
+    global steps of an uninterrupted run (3 steps per iteration: 4, 5, 6), not again at 1, 2, 3. About 1 s idle."""
     from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 
     settings = dict(num_iterations=2, num_train_steps=3, checkpoint_every=3, valid_sft_dataset=None)

@@ -36,6 +36,7 @@ def sft(model, folder, **overrides):
 
 
 def test_a_nan_loss_stops_training_naming_the_step_and_the_last_good_checkpoint(tmp_path):
+    """Under 1 s idle."""
     model = NaNOnCall({3})
     with pytest.raises(NonFiniteStepError, match=r"sft: the loss or the gradients are not finite at step 3") as error:
         sft(model, tmp_path).train()
@@ -44,6 +45,7 @@ def test_a_nan_loss_stops_training_naming_the_step_and_the_last_good_checkpoint(
 
 
 def test_skip_nonfinite_steps_skips_the_update_and_goes_on(tmp_path):
+    """Under 1 s idle."""
     model = NaNOnCall({3})
     history = sft(model, tmp_path, skip_nonfinite_steps=True).train()
     assert len(history) == 4 and all(torch.isfinite(p).all() for p in model.parameters())
@@ -55,7 +57,8 @@ def minus_digits(prompt, response):
 
 
 def test_a_changed_plan_is_refused_naming_what_changed(tmp_path):
-    """The original fingerprint covered plain settings only: a flipped reward_fn reused the old pairs and weights."""
+    """The original fingerprint covered plain settings only: a flipped reward_fn reused the old pairs and weights.
+    Under 1 s idle."""
     plan_trainer(tmp_path, count_digits)()
     with pytest.raises(ValueError, match=r"stage 1 changed \(reward_fn; reward_fn probes: reward_fn\('sort 3 1 5:', "
                                          r"'42'\) returned 2.0 before, -2.0 now\).*overwrite_checkpoints=True"):
@@ -69,6 +72,7 @@ def test_a_changed_plan_is_refused_naming_what_changed(tmp_path):
 
 
 def test_a_nan_in_dpo_stops_it_naming_the_step(tmp_path):
+    """Under 1 s idle."""
     from self_rewarding_lm_pytorch import DPOTrainer
 
     pair = dict(chosen=torch.tensor([1, 2, 3, 4]), rejected=torch.tensor([1, 2, 5]), prompt_len=2,
@@ -83,6 +87,7 @@ def test_a_nan_in_dpo_stops_it_naming_the_step(tmp_path):
 
 
 def test_a_stage_with_non_finite_weights_is_not_saved_as_finished(tmp_path):
+    """Under 1 s idle."""
     def blow_up(model):
         next(model.parameters()).data.fill_(float("nan"))
         return {}

@@ -27,7 +27,7 @@ TOKENIZER = CharTokenizer()
 
 def test_readme_default_plan_ends_in_the_bounded_judge_error(tmp_path):
     """README example 1: the paper's plan from a dict. An untrained model cannot judge, so pair generation
-    must stop with the clear error (the original retried forever)."""
+    must stop with the clear error (the original retried forever). Under 1 s idle."""
     torch.manual_seed(0)
     transformer = tiny_transformer(num_tokens=256, max_seq_len=2400)
     trainer = SelfRewardingTrainer(
@@ -52,6 +52,7 @@ def test_readme_default_plan_ends_in_the_bounded_judge_error(tmp_path):
 
 
 def test_readme_spin_alone_trains_the_model(tmp_path):
+    """Under 1 s idle."""
     torch.manual_seed(0)
     transformer = tiny_transformer(num_tokens=256, max_seq_len=64, depth=2)
     before = {k: v.clone() for k, v in transformer.state_dict().items()}
@@ -75,6 +76,7 @@ def test_readme_spin_alone_trains_the_model(tmp_path):
 
 
 def test_readme_custom_reward_prompt_is_the_one_used(tmp_path):
+    """Under 1 s idle."""
     torch.manual_seed(0)
     transformer = tiny_transformer(num_tokens=256, max_seq_len=256)
     reward_config = RewardConfig(
@@ -105,7 +107,8 @@ def test_readme_custom_reward_prompt_is_the_one_used(tmp_path):
 
 def test_readme_interleaved_stages_run_in_order_and_each_changes_the_model(tmp_path):
     """README example 4: SFT, SPIN, external-reward DPO, self-reward DPO, SPIN, self-reward DPO. The judge here
-    parses every answer (its 'score' is the answer's length), so the self-reward stages make pairs untrained."""
+    parses every answer (its 'score' is the answer's length), so the self-reward stages make pairs untrained.
+    About 2 s idle."""
     torch.manual_seed(0)
     task = SortDigitsTask(length=3, seed=0)
     model = tiny_transformer(num_tokens=TOKENIZER.num_tokens, max_seq_len=48)
@@ -150,6 +153,7 @@ def resumable_plan(task):
 
 
 def test_interrupted_run_resumes_to_the_same_checkpoints(tmp_path):
+    """About 2 s idle."""
     task = SortDigitsTask(length=3, seed=1)
     plan = resumable_plan(task)
 
@@ -176,6 +180,7 @@ def test_interrupted_run_resumes_to_the_same_checkpoints(tmp_path):
 
 
 def test_checkpoints_of_another_plan_are_refused_and_overwrite_clears_them(tmp_path, monkeypatch):
+    """Under 1 s idle."""
     task = SortDigitsTask(length=3, seed=2)
     make = lambda lr: SelfRewardingTrainer(
         tiny_transformer(num_tokens=TOKENIZER.num_tokens, max_seq_len=48),
@@ -206,7 +211,8 @@ def fresh_accelerate_state():
 
 
 def test_bf16_mixed_precision_pipeline(tmp_path, fresh_accelerate_state):
-    """Accelerate's bf16 autocast (CPU here): sampling, judging, reference log-probs and training all run under it."""
+    """Accelerate's bf16 autocast (CPU here): sampling, judging, reference log-probs and training all run under it.
+    About 1 s idle."""
     task = SortDigitsTask(length=3, seed=4)
     model = tiny_transformer(num_tokens=TOKENIZER.num_tokens, max_seq_len=48)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -7,12 +7,12 @@ Needs the [vllm] extra; skipped with the reason where vllm is not installed (CI 
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_watched
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # leave this process's threads as the tests set them
@@ -359,7 +359,6 @@ def test_sleep_mode_frees_the_engine_while_training_and_reloads_the_weights_befo
 def test_an_engine_in_other_processes_gets_the_weights_through_a_temporary_hf_export():
     """tensor_parallel_size > 1 or a separate engine process: the weights go through an HF export, removed after.
     Its own engine, so in its own process (one in-process vLLM engine per process)."""
-    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "vllm_export_check.py")], capture_output=True,
-                          text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2])))
+    done = run_watched([sys.executable, str(Path(__file__).parents[1] / "scripts" / "vllm_export_check.py")])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "export ok" in done.stdout
