@@ -53,11 +53,50 @@ def test_per_seed_checks_without_the_control_say_so_instead_of_counting_losses()
     assert line.endswith("| 1/1 |")
 
 
-def test_report_files(tmp_path):
-    pytest.importorskip("matplotlib")
-    text = write_report(rows(), tmp_path, title="t")
-    assert "| sft | 0 | 2 |" in summary_table(rows()) and "| random | 1 | 2 |" in text
-    assert (tmp_path / "results.png").stat().st_size > 1000 and (tmp_path / "results.csv").read_text().startswith("seed,arm,iteration")
+def test_report_files_and_the_plot_draws_clipped_bands_and_tells_coinciding_arms_apart(tmp_path, monkeypatch):
+    """The plot path runs (matplotlib is in the [test] extra): results.png is written, and what reaches matplotlib
+    has a marker per arm, arms with equal values at distinct x, and bands inside [0, 100]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    drawn, bands = [], []
+    original_plot, original_fill = Axes.plot, Axes.fill_between
+    monkeypatch.setattr(Axes, "plot", lambda self, x, y, **kw: drawn.append((list(x), list(y), kw)) or
+                        original_plot(self, x, y, **kw))
+    monkeypatch.setattr(Axes, "fill_between", lambda self, x, low, high, **kw: bands.append((list(low), list(high)))
+                        or original_fill(self, x, low, high, **kw))
+    # two arms with the same values in both seeds (they coincide), and values near 100% whose interval passes 100
+    near_top = [{"seed": s, "arm": a, "iteration": i, "exact_match": v} for s, v in ((0, 0.99), (1, 0.90))
+                for a, i in (("sft", 0), ("checker", 1), ("self_judge", 1))]
+    text = write_report(near_top, tmp_path, title="t", note="a note")
+    assert (tmp_path / "results.png").stat().st_size > 1000
+    assert (tmp_path / "results.csv").read_text().startswith("seed,arm,iteration")
+    assert text.startswith("# t\n\na note\n\nMean") and "| checker | 1 | 2 |" in text
+    assert [kw["label"] for _, _, kw in drawn] == ["checker", "self_judge"]
+    assert drawn[0][1] == drawn[1][1]  # the same means ...
+    assert all(a != b for a, b in zip(drawn[0][0], drawn[1][0]))  # ... at distinct x
+    assert drawn[0][2]["marker"] != drawn[1][2]["marker"]
+    assert all(0 <= low and high == 100.0 for lows, highs in bands for low, high in zip(lows, highs))  # 94.5 ± 57
+    assert summary_table(near_top).count("| 2 |") == 3
+
+
+def test_the_missing_plot_dependency_names_the_install_from_a_checkout(monkeypatch):
+    import builtins
+
+    from self_rewarding_lm_pytorch.experiment import report
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[plots\]"'):
+        report.pyplot()
 
 
 def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
