@@ -279,3 +279,68 @@ def test_read_settings_reads_a_run_folders_settings_and_refuses_a_setting_it_can
     path.write_text(json.dumps(dict(meta_dissent_judgements=4)))
     with pytest.raises(ValueError, match="meta_dissent_judgements is not an ExperimentSettings field"):
         read_settings(path)
+
+
+def test_the_bars_count_the_seeds_the_seed_models_phases_and_the_arms_iterations_and_stages_are_named(tmp_path,
+                                                                                                         monkeypatch):
+    """The experiment's bars, each over units of one kind (so no ETA divides an iteration's time by a seed model's):
+    seeds; per seed, the seed model's phases (its stages, the labelling between them, its measurement); per seed, the
+    arms' iterations. Each bar's total is what it then counts. The stages' files are named after what they train.
+    The trainer, the labelling and the measurement are stand-ins."""
+    import torch
+    from torch import nn
+
+    import self_rewarding_lm_pytorch.experiment.runner as experiment
+    from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
+
+    bars, plans = [], []
+
+    class Bar:
+        def __init__(self, total=None, desc="", **kwargs):
+            self.total, self.desc, self.n = total, desc, 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def set_postfix(self, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    class RecordingTrainer:
+        def __init__(self, model, finetune_configs, **kwargs):
+            plans.append([config.name for config in finetune_configs])
+
+        def __call__(self):
+            return [dict(pairs=3)]
+
+    monkeypatch.setattr(experiment, "tqdm", Bar)
+    monkeypatch.setattr(experiment, "SelfRewardingTrainer", RecordingTrainer)
+    monkeypatch.setattr(experiment, "measure", lambda *args: dict(exact_match=0.5, judge_bacc=0.5))
+    monkeypatch.setattr(experiment, "own_answer_judge_examples", lambda *args, **kwargs: type(
+        "JudgeSet", (), {"examples": [(torch.tensor([1, 2, 3]), 1)] * 4, "labelled": [], "target_counts": {},
+                         "label_counts_before_balancing": {}, "answers_sampled": 0, "distinct_answers": 0})())
+    monkeypatch.setattr(experiment.ExperimentRunner, "judge_mistake_examples", lambda self, *args: [("mistake", 1)])
+    task = tasks.sort_digits_task()
+    task.make_model = lambda seed: nn.Linear(1, 1)
+    arms = [arm for arm in DEFAULT_ARMS if arm.name in ("self_judge", "random")]
+    settings = ExperimentSettings(seeds=(0, 1), prompts_per_iteration=4, iterations=3, eft_mistake_prompts=5,
+                                  judge_refresh_share=1.0)
+    for seed in settings.seeds:
+        (tmp_path / f"seed-{seed}").mkdir()  # the trainer that is replaced here would make it
+    experiment.ExperimentRunner(task, settings, arms, tmp_path).run()
+
+    assert [(bar.desc, bar.total, bar.n) for bar in bars] == [
+        ("experiment: seeds", 2, 2),
+        ("seed 0: seed model", 6, 6), ("seed 0: arms", 6, 6),  # 5 phases and the measurement; 2 arms x 3 iterations
+        ("seed 1: seed model", 6, 6), ("seed 1: arms", 6, 6),
+    ]
+    seed_plans = [["instructions"], ["instructions", "judge-training"],
+                  ["instructions", "judge-training", "judge-mistakes"]]
+    arm_plans = [["self-judge-dpo", "judge-refresh"]] * 3 + [["random-dpo", "judge-refresh"]] * 3
+    assert plans == (seed_plans + arm_plans) * 2
+    without_round = experiment.ExperimentRunner(task, ExperimentSettings(eft_mistake_prompts=0), arms, tmp_path)
+    assert without_round.seed_phases() == ["instructions", "judge examples", "judge-training"]
