@@ -36,7 +36,7 @@ def read_run_folder(parser: argparse.ArgumentParser, args) -> tuple:
     """The run folder's settings and its task, built from the flags its settings.json records (and the script's own
     --task, --reasoned-judge, --max-seq-len where it records none); a contradiction is a command-line error."""
     settings, record = read_run(args.run / "settings.json")
-    given = dict(task=args.task, reasoned_judge=args.reasoned_judge, max_seq_len=args.max_seq_len)
+    given = {"task": args.task, "reasoned_judge": args.reasoned_judge, "max_seq_len": args.max_seq_len}
     try:
         return settings, build_task(**recorded_task_flags(record, given, str(args.run)))
     except ValueError as error:
