@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None):
     task = build_task(args.task, **task_flags)
     out_root = args.out or default_out(args, arms)
     record = dict(task=args.task, **task_flags, flags=json.loads(json.dumps(vars(args), default=str)))
-    note = QUICK_NOTE.format(prompts=settings.prompts_per_iteration, eval=settings.num_eval_prompts) if args.quick else ""
+    note = QUICK_NOTE.format(eft=settings.num_eft_prompts, prompts=settings.prompts_per_iteration,
+                             eval=settings.num_eval_prompts) if args.quick else ""
     if note:
         print(note)
     for lr in args.learning_rates or [settings.dpo_learning_rate]:

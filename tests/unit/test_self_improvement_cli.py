@@ -64,6 +64,7 @@ def test_each_task_and_quick_write_to_their_own_folder_and_a_quick_run_after_a_d
     assert (pair_sum["task"], pair_sum["reasoned_judge"], pair_sum["max_seq_len"]) == ("pair_sum", True, 64)
     # --quick shrinks pair sum's judge-mistake round too (6,000 prompts in the full run)
     assert pair_sum["settings"]["eft_mistake_prompts"] == 200 and pair_sum["settings"]["num_eft_prompts"] == 200
+    assert pair_sum["settings"]["num_instruction_examples"] == 1_500  # kept: fewer leave no model to improve
 
     assert "cannot show the gain" in (root / "sort-quick" / "results.md").read_text()
     assert "cannot show the gain" not in (root / "sort" / "results.md").read_text()
