@@ -13,7 +13,8 @@ listed digits that sum to the target, a task where checking an answer is easier 
 Time (one process runs the seeds one after another, on one thread): about 1.5 hours for either full run on a free
 core, estimated from the recorded runs, each 5 processes (one per seed) sharing 2 cores: sort 40 min of wall time
 (about 80 core-minutes, 4 arms), pair sum 33 min (about 66 core-minutes, seed models' first two stages cached; one
-seed from nothing with 2 arms, the slow test, about 13 min). `--quick`: a few minutes.
+seed from nothing with 2 arms, the slow test, about 13 min). `--quick`: about 2 min of CPU time for sort (every
+default arm) and 2.5 min for pair sum (--reasoned-judge --arms self_judge checker random), measured.
 
 Each run writes to its own folder: --out, by default experiments/self_improvement/<task>[-reasoned-judge][-dev]
 [-meta-judge][-quick] (a folder holding a run with other settings is refused: give another --out). A rerun with the
