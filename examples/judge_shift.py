@@ -5,7 +5,11 @@ can mean the judge changed or the actor's answers moved. This script takes one s
 judges the seed model's and the last iteration's sampled answers (the held-out judge prompts, as `judge_bacc`) with
 both models' judges, and counts the judgements the two judges disagree on:
 
-    python examples/judge_shift.py --run runs/psr2-test-seed4 --seed 4 --task pair_sum --reasoned-judge
+    python examples/judge_shift.py --run experiments/self_improvement/pair_sum-reasoned-judge --seed 4
+
+The task and the flags that build it (--task, --reasoned-judge, --max-seq-len, the model's size) are read from the
+folder's settings.json; a flag given here must agree with it. A folder written before settings.json recorded them
+needs --task and --reasoned-judge or --no-reasoned-judge, as the run had them.
 
 docs/results.md ("Why the judge's accuracy falls") reads its output.
 """
@@ -16,8 +20,8 @@ from pathlib import Path
 import torch
 
 from self_rewarding_lm_pytorch.experiment.measure import balanced_accuracy, judge_scores_of, sampled_answers, says_right
-from self_rewarding_lm_pytorch.experiment.settings import read_settings
-from self_rewarding_lm_pytorch.experiment.tasks import TASKS
+from self_rewarding_lm_pytorch.experiment.settings import read_run
+from self_rewarding_lm_pytorch.experiment.tasks import TASKS, build_task, recorded_task_flags
 from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint
 
 
@@ -28,20 +32,31 @@ def last_checkpoint(folder: Path) -> Path:
     return checkpoints[-1]
 
 
-def main():
+def read_run_folder(parser: argparse.ArgumentParser, args) -> tuple:
+    """The run folder's settings and its task, built from the flags its settings.json records (and the script's own
+    --task, --reasoned-judge, --max-seq-len where it records none); a contradiction is a command-line error."""
+    settings, record = read_run(args.run / "settings.json")
+    given = {"task": args.task, "reasoned_judge": args.reasoned_judge, "max_seq_len": args.max_seq_len}
+    try:
+        return settings, build_task(**recorded_task_flags(record, given, str(args.run)))
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a runner's out folder (holds settings.json)")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--arm", default="self_judge")
-    parser.add_argument("--task", choices=sorted(TASKS), default="pair_sum")
-    parser.add_argument("--reasoned-judge", action="store_true")
-    parser.add_argument("--max-seq-len", type=int, default=64)
-    args = parser.parse_args()
+    parser.add_argument("--task", choices=sorted(TASKS), default=None, help="default: the run folder's")
+    parser.add_argument("--reasoned-judge", action=argparse.BooleanOptionalAction, default=None,
+                        help="default: the run folder's")
+    parser.add_argument("--max-seq-len", type=int, default=None, help="default: the run folder's")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    # the run's own settings: its split, candidates and temperature
-    settings = read_settings(args.run / "settings.json")
-    task = TASKS[args.task](reasoned_judge=args.reasoned_judge, max_seq_len=args.max_seq_len)
+    # the run's own settings (its split, candidates and temperature) and task
+    settings, task = read_run_folder(parser, args)
     seed_dir = args.run / f"seed-{args.seed}"
     iterations = sorted(seed_dir.glob(f"{args.arm}/iteration-*"), key=lambda p: int(p.name.split("-")[1]))
     if not iterations:

@@ -4,9 +4,10 @@
     python examples/meta_judge_check.py --run DIR --seed S --arm meta_reward --iteration 3
 
 DIR is a runner's out folder (examples/self_improvement.py --task pair_sum --reasoned-judge --max-seq-len 96
---arms meta_reward ...). The model answers the run's held-out judge prompts (as `judge_bacc` samples them); the
-checker labels each answer, and each answer's right judgement (its look-ups, then the score) is paired with two kinds
-of wrong one, each shown in both orders to the meta-judge (greedy):
+--arms meta_reward ...); the task and its flags are read from its settings.json (a folder written before they were
+recorded: give --max-seq-len as the run had it, 96 by default). The model answers the run's held-out judge prompts
+(as `judge_bacc` samples them); the checker labels each answer, and each answer's right judgement (its look-ups,
+then the score) is paired with two kinds of wrong one, each shown in both orders to the meta-judge (greedy):
 - score flipped: the right look-ups, the other score (what `meta_judge_examples` trains on by default);
 - wrong look-up: one look-up wrong and the score that follows from it (`wrong_look_up`), the judge's real error.
 Printed per kind: the pairs, the share where the meta-judge names the right judgement in both orders, and the share
@@ -19,11 +20,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from judge_shift import last_checkpoint
+from judge_shift import last_checkpoint, read_run_folder
 
 from self_rewarding_lm_pytorch.experiment.measure import sampled_answers
-from self_rewarding_lm_pytorch.experiment.settings import read_settings
-from self_rewarding_lm_pytorch.experiment.tasks import check_steps, pair_sum_task, wrong_look_up
+from self_rewarding_lm_pytorch.experiment.settings import read_run
+from self_rewarding_lm_pytorch.experiment.tasks import check_steps, wrong_look_up
 from self_rewarding_lm_pytorch.judging.eft import two_point_targets
 from self_rewarding_lm_pytorch.judging.meta_judge import MetaJudge, MetaQuery
 from self_rewarding_lm_pytorch.storage.checkpoint import load_checkpoint
@@ -56,20 +57,25 @@ def meta_judge_accuracy(meta_judge, labelled, wrong_of) -> tuple[int, float, flo
     return n, both, sum(v == 0 for v in verdicts) / len(verdicts)
 
 
-def main():
+def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a runner's out folder (holds settings.json)")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--arm", default=None, help="an arm's iteration model (default: the seed model)")
     parser.add_argument("--iteration", type=int, default=None)
-    parser.add_argument("--max-seq-len", type=int, default=96)
-    args = parser.parse_args()
+    parser.add_argument("--max-seq-len", type=int, default=None,
+                        help="default: the run folder's (96 for a folder that does not record it)")
+    args = parser.parse_args(argv)
     if (args.arm is None) != (args.iteration is None):
         parser.error("--arm and --iteration go together (neither: the seed model)")
     torch.set_num_threads(1)
 
-    settings = read_settings(args.run / "settings.json")
-    task = pair_sum_task(reasoned_judge=True, max_seq_len=args.max_seq_len)
+    # only the pair-sum reasoned judge writes look-ups: a folder of another task or judge is an error
+    args.task, args.reasoned_judge = "pair_sum", True
+    recorded = read_run(args.run / "settings.json")[1]
+    if args.max_seq_len is None and "max_seq_len" not in recorded:
+        args.max_seq_len = 96
+    settings, task = read_run_folder(parser, args)
     seed_dir = args.run / f"seed-{args.seed}"
     folder = seed_dir / "seed-model" if args.arm is None else seed_dir / args.arm / f"iteration-{args.iteration}"
     model = task.make_model(args.seed)

@@ -4,12 +4,14 @@
                          tokenizer_encode=..., tokenizer_decode=...)()
 
 Each stage is built when it starts (its reference is the model at that moment) by the runner of its kind
-(stages/registry.py), which gets a `StageContext` of this run. Stage i writes `stage-{i:02d}-{kind}.pt`, the record
-of the fingerprint its files are made under `stage-{i:02d}-{kind}.plan.json` and, for preference stages, its own
-pairs folder `stage-{i:02d}-{kind}.pairs/` (stages never share files). Running the same script again resumes:
-finished stages are skipped (their checkpoint is loaded), an interrupted stage's pair generation continues from the
-pairs on disk, then its training starts over. Files made by another plan are refused (docs/fingerprint.md). `trainer(overwrite_checkpoints=True)` or the environment variable
-SELF_REWARDING_CLEAR_CHECKPOINTS=1 clears this run's files first; that is never the default.
+(stages/registry.py), which gets a `StageContext` of this run. Stage i writes `stage-{i:02d}-{label}.pt`, the record
+of the fingerprint its files are made under `stage-{i:02d}-{label}.plan.json` and, for preference stages, its own
+pairs folder `stage-{i:02d}-{label}.pairs/` (stages never share files), the label being the config's `name` where it
+has one (e.g. `stage-01-judge-training.pt`), else its kind (`stage-01-sft.pt`). Running the same script again
+resumes: finished stages are skipped (their checkpoint is loaded), an interrupted stage's pair generation continues
+from the pairs on disk, then its training starts over. Files made by another plan are refused (docs/fingerprint.md).
+`trainer(overwrite_checkpoints=True)` or the environment variable SELF_REWARDING_CLEAR_CHECKPOINTS=1 clears this
+run's files first; that is never the default.
 
 `log_with="tensorboard"` (any Accelerate tracker name, or several) sends every stage's numbers to that tracker
 under the stage's name, at a global step that keeps growing across stages (storage/tracking.py).
@@ -150,7 +152,8 @@ class SelfRewardingTrainer:
 
     # files of stage i
     def stage_name(self, index: int) -> str:
-        return f"stage-{index:02d}-{kind_of(self.stages[index]).name}"
+        config = self.stages[index]
+        return f"stage-{index:02d}-{config.name or kind_of(config).name}"
 
     def checkpoint_path(self, index: int) -> Path:
         return self.folder / f"{self.stage_name(index)}.pt"
@@ -165,7 +168,7 @@ class SelfRewardingTrainer:
         plan. Computed once per trainer, when it trains (docs/fingerprint.md)."""
         if index not in self._fingerprints:
             config, kind = self.stages[index], kind_of(self.stages[index])
-            parts = config_fingerprint(config, skip=NOT_RESULT_FIELDS)
+            parts = config_fingerprint(config, skip=(*NOT_RESULT_FIELDS, "name"))  # the name is in `stage`
             parts.update(
                 stage=self.stage_name(index), pad_id=str(self.pad_id), eos_id=str(self.eos_id), seed=str(self.seed),
                 tokenizer=tokenizer_digest(self.encode, self.decode),

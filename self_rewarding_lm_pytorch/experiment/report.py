@@ -86,28 +86,58 @@ def write_csv(rows: list[dict], path: Path):
         writer.writerows(rows)
 
 
-def plot(rows: list[dict], path: Path, metric: str = "exact_match", title: str = ""):
-    """Mean `metric` per iteration, one line per arm (iteration 0 is the shared seed model), 95% interval shaded."""
+# each arm's marker, in the order of the arms' names: lines that coincide stay told apart
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+ARM_OFFSET = 0.03  # iterations between neighbouring arms' points, so that equal values do not hide each other
+
+
+def plot_series(rows: list[dict], metric: str = "exact_match") -> list[dict]:
+    """What `plot` draws, per arm (sorted by name): x (the iteration, shifted by the arm's offset), the mean and the
+    95% interval of `metric` in percent, the interval clipped to the metric's range [0, 100], and the marker.
+    Iteration 0 is the shared seed model (`sft`)."""
+    start = [r[metric] for r in rows if r["arm"] == "sft"]
+    arms = sorted({r["arm"] for r in rows} - {"sft"})
+    series = []
+    for index, arm in enumerate(arms):
+        iterations = sorted({r["iteration"] for r in rows if r["arm"] == arm})
+        stats = [mean_and_interval(start)] + [
+            mean_and_interval([r[metric] for r in rows if r["arm"] == arm and r["iteration"] == i]) for i in iterations
+        ]
+        shift = (index - (len(arms) - 1) / 2) * ARM_OFFSET
+        means = [100 * m for m, _ in stats]
+        halves = [0 if math.isnan(h) else 100 * h for _, h in stats]
+        series.append({"arm": arm, "x": [i + shift for i in [0, *iterations]], "mean": means,
+                       "low": [min(max(m - h, 0.0), 100.0) for m, h in zip(means, halves)],
+                       "high": [min(max(m + h, 0.0), 100.0) for m, h in zip(means, halves)],
+                       "marker": MARKERS[index % len(MARKERS)]})
+    return series
+
+
+PLOTS_INSTALL = 'plots need matplotlib: in the repository\'s checkout run  pip install -e ".[plots]"'
+
+
+def pyplot():
+    """matplotlib.pyplot on its file-only backend; an ImportError that says what to install where it is missing (a run
+    checks this before it starts, so that a long run does not end without its plot)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise ImportError("plots need matplotlib: pip install 'self-rewarding-lm-pytorch[plots]'") from error
-    start = [r[metric] for r in rows if r["arm"] == "sft"]
+        raise ImportError(PLOTS_INSTALL) from error
+    return plt
+
+
+def plot(rows: list[dict], path: Path, metric: str = "exact_match", title: str = ""):
+    """Mean `metric` per iteration, one line per arm (iteration 0 is the shared seed model), 95% interval shaded
+    (`plot_series`: each arm with its own marker and a small x offset, the interval clipped to [0, 100])."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in sorted({r["arm"] for r in rows} - {"sft"}):
-        iterations = sorted({r["iteration"] for r in rows if r["arm"] == arm})
-        stats = [mean_and_interval(start)] + [
-            mean_and_interval([r[metric] for r in rows if r["arm"] == arm and r["iteration"] == i]) for i in iterations
-        ]
-        xs = [0, *iterations]
-        means = [100 * m for m, _ in stats]
-        halves = [0 if math.isnan(h) else 100 * h for _, h in stats]
-        line, = ax.plot(xs, means, marker="o", label=arm)
-        ax.fill_between(xs, [m - h for m, h in zip(means, halves)], [m + h for m, h in zip(means, halves)],
-                        color=line.get_color(), alpha=0.12)
+    for line_data in plot_series(rows, metric):
+        line, = ax.plot(line_data["x"], line_data["mean"], marker=line_data["marker"], markersize=5, alpha=0.9,
+                        label=line_data["arm"])
+        ax.fill_between(line_data["x"], line_data["low"], line_data["high"], color=line.get_color(), alpha=0.12)
     ax.set_xlabel("iteration (0: seed model)")
     ax.set_ylabel(f"{metric} (%)")
     ax.set_xticks(sorted({0} | {r["iteration"] for r in rows}))
@@ -119,11 +149,13 @@ def plot(rows: list[dict], path: Path, metric: str = "exact_match", title: str =
     plt.close(fig)
 
 
-def write_report(rows: list[dict], out_dir: Path, title: str = "") -> str:
-    """results.csv, results.md (both tables) and results.png in `out_dir`; returns the markdown."""
+def write_report(rows: list[dict], out_dir: Path, title: str = "", note: str = "") -> str:
+    """results.csv, results.md (both tables, after `note` when there is one) and results.png in `out_dir`; returns
+    the markdown."""
     out_dir = Path(out_dir)
     write_csv(rows, out_dir / "results.csv")
-    text = (f"# {title}\n\nMean ± 95% interval over seeds (t-distribution); percentages except `pairs`.\n\n"
+    text = (f"# {title}\n\n{note + chr(10) + chr(10) if note else ''}"
+            f"Mean ± 95% interval over seeds (t-distribution); percentages except `pairs`.\n\n"
             f"{summary_table(rows)}\n\nExact match, seed model -> last iteration, per seed:\n\n{per_seed_checks(rows)}\n")
     (out_dir / "results.md").write_text(text)
     plot(rows, out_dir / "results.png", title=title)

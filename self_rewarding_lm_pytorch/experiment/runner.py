@@ -26,8 +26,9 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 from self_rewarding_lm_pytorch import PairGenerationError, SelfRewardingTrainer, SFTConfig
 from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS, Arm
 from self_rewarding_lm_pytorch.experiment.measure import measure
-from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings, ExperimentTask
+from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings, ExperimentTask, run_record
 from self_rewarding_lm_pytorch.judging.eft import (
     judge_mistakes,
     labelled_judge_examples,
@@ -59,6 +60,9 @@ class ExperimentRunner:
     # every trainer's Accelerator (seed model and iterations): the CPU by default, as the recorded runs; {} puts the
     # model on the GPU Accelerate finds (measurement follows the model's device)
     accelerate_kwargs: dict = field(default_factory=lambda: dict(cpu=True))
+    # what settings.json records beside the settings, e.g. the command line's task and flags
+    # (examples/self_improvement.py), so that scripts reading the folder build the same task
+    record: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -94,7 +98,7 @@ class ExperimentRunner:
         with open(self.runs_path) as f:
             return [json.loads(line) for line in f if line.strip()]
 
-    def record(self, row: dict):
+    def record_row(self, row: dict):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.runs_path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -103,32 +107,41 @@ class ExperimentRunner:
         """Every seed, arm and iteration not already in runs.jsonl; returns all rows."""
         settings, task = self.settings, self.task
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "settings.json").write_text(json.dumps(asdict(settings), indent=1))
+        (self.out_dir / "settings.json").write_text(json.dumps(run_record(settings, self.record), indent=1))
         done = {(r["seed"], r["arm"], r["iteration"]) for r in self.done_rows()}
         eval_prompts = task.prompts(settings.num_eval_prompts, settings.eval_split_seed)
         judge_prompts = task.prompts(settings.num_judge_eval_prompts, settings.eval_split_seed + 1)
         held_out = set(eval_prompts) | set(judge_prompts)
 
-        units = len(settings.seeds) * (1 + len(self.arms) * settings.iterations)
-        bar = tqdm(total=units, desc="experiment", disable=not self.show_progress, position=0)
+        # a bar over the seeds (alike, so its ETA holds from the second seed on), and below it one per seed's phase:
+        # the seed model's stages, then the arms' iterations (units of one kind each, so neither ETA mixes them)
+        bar = tqdm(total=len(settings.seeds), desc="experiment: seeds", unit="seed", disable=not self.show_progress,
+                   position=0)
         for seed in settings.seeds:
             seed_dir = self.out_dir / f"seed-{seed}"
-            model, judge_examples, meta_examples = self.seed_model(seed, seed_dir, held_out)
+            phases = tqdm(total=len(self.seed_phases()) + 1, desc=f"seed {seed}: seed model", unit="phase",
+                          disable=not self.show_progress, position=1, leave=False)
+            model, judge_examples, meta_examples = self.seed_model(seed, seed_dir, held_out, phases)
             seed_state = {k: v.clone() for k, v in model.state_dict().items()}
+            phases.set_postfix(phase="measure")
             if (seed, "sft", 0) not in done:
-                self.record(dict(seed=seed, arm="sft", iteration=0, **measure(model, task, settings, eval_prompts, judge_prompts, seed)))
-            bar.update(1)
+                self.record_row(dict(seed=seed, arm="sft", iteration=0, **measure(model, task, settings, eval_prompts, judge_prompts, seed)))
+            phases.update(1)
+            phases.close()
             # the same fresh prompts for every arm: iteration i draws from seed-specific, held-out-free prompts
             iteration_prompts = [
                 [p for p in task.prompts(2 * settings.prompts_per_iteration, 1_000 * seed + i) if p not in held_out]
                 [: settings.prompts_per_iteration]
                 for i in range(1, settings.iterations + 1)
             ]
+            steps = tqdm(total=len(self.arms) * settings.iterations, desc=f"seed {seed}: arms", unit="iteration",
+                         disable=not self.show_progress, position=1, leave=False)
             for arm in self.arms:
                 model.load_state_dict(seed_state)
                 for iteration in range(1, settings.iterations + 1):
-                    bar.set_postfix(seed=seed, arm=arm.name, iteration=iteration)
-                    stage = arm.stage(iteration_prompts[iteration - 1], task, settings)
+                    steps.set_postfix(arm=arm.name, iteration=iteration)
+                    stage = replace(arm.stage(iteration_prompts[iteration - 1], task, settings),
+                                    name=arm_stage_name(arm.name))
                     plan = [stage, *judge_refresh(judge_examples, settings, meta_examples)]
                     trainer = SelfRewardingTrainer(
                         model, finetune_configs=plan, tokenizer_encode=task.encode, tokenizer_decode=task.decode,
@@ -143,17 +156,36 @@ class ExperimentRunner:
                     if (seed, arm.name, iteration) not in done:
                         row = dict(seed=seed, arm=arm.name, iteration=iteration, **pair_numbers(summary))
                         row.update(measure(model, task, settings, eval_prompts, judge_prompts, seed))
-                        self.record(row)
-                    bar.update(1)
+                        self.record_row(row)
+                    steps.update(1)
+            steps.close()
+            bar.update(1)
         bar.close()
         return self.done_rows()
 
-    def seed_model(self, seed: int, seed_dir: Path, held_out: set[str]) -> tuple[nn.Module, list, list]:
-        """SFT on instruction examples, then on judge examples from the model's own answers (labelled once by the
-        checker), then (`eft_mistake_prompts`) on the judge's mistakes, as one plan resumed from `seed_dir`; returns
-        the model, its judge examples and its meta-judge examples (the second stage's; no meta-judge examples in a
-        run without a meta-judge)."""
+    def seed_phases(self) -> list[str]:
+        """The seed model's phases, in order: its stages (whose files are named after them) and the labelling
+        between them."""
+        mistakes = ["judge mistakes", "judge-mistakes"] if self.settings.eft_mistake_prompts else []
+        return ["instructions", "judge examples", "judge-training", *mistakes]
+
+    def seed_model(self, seed: int, seed_dir: Path, held_out: set[str], phases: tqdm | None = None
+                   ) -> tuple[nn.Module, list, list]:
+        """SFT on instruction examples (the stage `instructions`), then on judge examples from the model's own
+        answers (labelled once by the checker; `judge-training`), then (`eft_mistake_prompts`) on the judge's mistakes
+        (`judge-mistakes`), as one plan resumed from `seed_dir/seed-model`; returns the model, its judge examples and
+        its meta-judge examples (the second stage's; no meta-judge examples in a run without a meta-judge).
+        `phases`: a bar advanced after each of `seed_phases()`."""
         task, settings = self.task, self.settings
+
+        def advance():  # after each of `seed_phases()`
+            if phases is not None:
+                phases.update(1)
+                following = self.seed_phases()[phases.n:]
+                phases.set_postfix(phase=following[0] if following else "measure")
+
+        if phases is not None:
+            phases.set_postfix(phase=self.seed_phases()[0])
         torch.manual_seed(seed)
         model = task.make_model(seed)
         ift = task.instruction_examples(settings.num_instruction_examples, seed)
@@ -167,7 +199,9 @@ class ExperimentRunner:
                 accelerate_kwargs=self.accelerate_kwargs, seed=seed,
             )
 
-        plan([SFTConfig(train_dataset=ift, num_epochs=settings.sft_epochs, **sft)])()
+        instructions = SFTConfig(train_dataset=ift, num_epochs=settings.sft_epochs, name="instructions", **sft)
+        plan([instructions])()
+        advance()
 
         eft_prompts = [p for p in task.prompts(2 * settings.num_eft_prompts, 500 + seed) if p not in held_out]
         judge_set = own_answer_judge_examples(
@@ -184,6 +218,7 @@ class ExperimentRunner:
             wrong_judgement=task.meta_wrong_judgement, balance_wrong_judgements=settings.meta_balance_wrong_judgements,
             eos_id=task.eos_id, seed=seed,
         ) if self.trains_meta_judge else []
+        advance()
         (seed_dir / "eft.json").write_text(json.dumps(dict(meta_judge_examples=len(meta_examples),
             target_counts=judge_set.target_counts, before_balancing=judge_set.label_counts_before_balancing,
             answers_sampled=judge_set.answers_sampled, distinct_answers=judge_set.distinct_answers)))
@@ -196,18 +231,21 @@ class ExperimentRunner:
         eft_sft = dict(sft, learning_rate=settings.sft_learning_rate * settings.eft_learning_rate_factor,
                        end_learning_rate=settings.sft_learning_rate * settings.eft_learning_rate_factor / 10)
         replayed = ift[: round(len(ift) * settings.eft_instruction_replay_share)]
-        stages = [SFTConfig(train_dataset=ift, num_epochs=settings.sft_epochs, **sft),
+        stages = [instructions,
                   SFTConfig(train_dataset=judge_set.examples + meta_examples * settings.meta_judge_repeats + replayed,
-                            num_epochs=settings.eft_epochs, **eft_sft)]
+                            num_epochs=settings.eft_epochs, name="judge-training", **eft_sft)]
         plan(stages)()
+        advance()
         if settings.eft_mistake_prompts:
             mistake_examples = self.judge_mistake_examples(model, seed, held_out, seed_dir)
+            advance()
             if mistake_examples:  # none: the judge is right on every answer, and there is nothing to train on
                 torch.manual_seed(seed)
                 model = task.make_model(seed)
                 mistake_stage = SFTConfig(train_dataset=mistake_examples + replayed,
-                                          num_epochs=settings.eft_mistake_epochs, **eft_sft)
+                                          num_epochs=settings.eft_mistake_epochs, name="judge-mistakes", **eft_sft)
                 plan([*stages, mistake_stage])()
+            advance()
         return model, judge_set.examples, meta_examples
 
     def judge_mistake_examples(self, model: nn.Module, seed: int, held_out: set[str], seed_dir: Path) -> list:
@@ -246,7 +284,14 @@ def judge_refresh(judge_examples: list, settings: ExperimentSettings, meta_examp
         return []
     lr = settings.dpo_learning_rate
     return [SFTConfig(train_dataset=replayed, num_epochs=1, batch_size=32, grad_accum_steps=1, dropout=0.0,
-                      learning_rate=lr, end_learning_rate=lr / 10)]
+                      learning_rate=lr, end_learning_rate=lr / 10, name="judge-refresh")]
+
+
+def arm_stage_name(arm: str) -> str:
+    """The file label of an arm's preference stage: its name as a file-name fragment, then "dpo"
+    (`self_judge` -> `stage-00-self-judge-dpo.pt` in `seed-S/self_judge/iteration-I/`)."""
+    words = re.findall(r"[a-z0-9]+", arm.lower())
+    return "-".join([*words, "dpo"])[:64]
 
 
 def pair_numbers(summary: dict) -> dict:

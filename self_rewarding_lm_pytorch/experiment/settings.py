@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import typing
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -142,12 +142,29 @@ def setting_value(name: str, text: str):
 DROPPED_SETTINGS = dict(meta_dissent_judgements=0, meta_dissent_temperature=None)
 
 
-def read_settings(path: Path) -> ExperimentSettings:
-    """A runner's settings.json (`ExperimentRunner.run` writes it) as `ExperimentSettings`."""
+def run_record(settings: ExperimentSettings, record: dict | None = None) -> dict:
+    """What a run folder's settings.json holds: `record` (the command line's task and flags, as
+    examples/self_improvement.py gives them) and the settings, under "settings"."""
+    return {**(record or {}), "settings": asdict(settings)}
+
+
+def read_run(path: Path) -> tuple[ExperimentSettings, dict]:
+    """A runner's settings.json (`ExperimentRunner.run` writes it): its `ExperimentSettings`, and what it records
+    beside them (the task and the command line's flags; {} for a folder written before they were recorded, whose
+    settings.json holds the settings alone)."""
     values = json.loads(Path(path).read_text())
+    record = {}
+    if isinstance(values.get("settings"), dict):
+        record = {k: v for k, v in values.items() if k != "settings"}
+        values = values["settings"]
     for name, off in DROPPED_SETTINGS.items():
         if name in values and values.pop(name) != off:
             raise ValueError(f"{path}: {name} is not an ExperimentSettings field, and this run set it (only "
                              f"{name}={off!r} reads as these settings): read this folder with the library version "
                              f"that wrote it")
-    return ExperimentSettings(**values)
+    return ExperimentSettings(**values), record
+
+
+def read_settings(path: Path) -> ExperimentSettings:
+    """A runner's settings.json as `ExperimentSettings` (`read_run`)."""
+    return read_run(path)[0]

@@ -16,7 +16,7 @@ from functools import partial
 from x_transformers import Decoder, TransformerWrapper
 
 from self_rewarding_lm_pytorch import MetaJudgeConfig, RewardConfig
-from self_rewarding_lm_pytorch.experiment.settings import ExperimentTask
+from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings, ExperimentTask
 from self_rewarding_lm_pytorch.judging.eft import two_point_targets
 from self_rewarding_lm_pytorch.tasks import pair_sum
 from self_rewarding_lm_pytorch.tasks.sort_digits import (
@@ -157,6 +157,49 @@ def pair_sum_task(length: int = 6, dim: int = 96, depth: int = 3, max_seq_len: i
 
 TASKS = dict(sort=sort_digits_task, pair_sum=pair_sum_task)
 TASK_TITLES = dict(sort="sort 5 digits", pair_sum="pair sum, 6 digits")
+# the command line's flags that build the task (`build_task`), with their defaults; a run folder's settings.json
+# records them (examples/self_improvement.py), so that scripts reading the folder build the same task
+TASK_FLAGS = {"reasoned_judge": False, "max_seq_len": 64, "meta_wrong_look_ups": False, "judge_compares_target": False,
+              "dim": None, "depth": None}
+
+
+def build_task(task: str, reasoned_judge: bool = False, max_seq_len: int = 64, meta_wrong_look_ups: bool = False,
+               judge_compares_target: bool = False, dim: int | None = None, depth: int | None = None) -> ExperimentTask:
+    """The `ExperimentTask` of the command line's `--task` and task flags (dim, depth None: the task's own)."""
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {sorted(TASKS)}")
+    options = {"meta_wrong_look_ups": meta_wrong_look_ups, "judge_compares_target": judge_compares_target
+               } if task == "pair_sum" else {}
+    options.update({name: value for name, value in (("dim", dim), ("depth", depth)) if value is not None})
+    return TASKS[task](reasoned_judge=reasoned_judge, max_seq_len=max_seq_len, **options)
+
+
+def recorded_task_flags(record: dict, given: dict, folder: str) -> dict:
+    """The task and task flags of a run folder (`record`: what its settings.json records beside the settings), for a
+    script that reads the folder. `given`: the script's own flags (None: not given). A given flag that contradicts
+    the folder's is an error naming both; a folder written before the flags were recorded needs the task and
+    whether the judge is reasoned to be given."""
+    flags = {"task": None, **TASK_FLAGS}
+    resolved = {}
+    for name, default in flags.items():
+        recorded, mine = record.get(name), given.get(name)
+        option = "--" + name.replace("_", "-")
+        if name in record:
+            if mine is not None and mine != recorded:
+                raise ValueError(f"{option} {mine} contradicts the run folder {folder}, whose settings.json records "
+                                 f"{name}={recorded!r}: leave {option} out to use the folder's")
+            resolved[name] = recorded
+        elif mine is not None:
+            resolved[name] = mine
+        elif name in ("task", "reasoned_judge"):
+            raise ValueError(f"{folder}/settings.json does not record the task and its flags (written before they "
+                             f"were recorded): give --task and --reasoned-judge or --no-reasoned-judge as the run had "
+                             f"them")
+        else:
+            resolved[name] = default
+    return resolved
+
+
 # each task's departures from the ExperimentSettings defaults (applied before --quick and --set; docs/results.md
 # says how they were chosen). Pair sum's judge needs far more judge training than sort's; replaying a quarter of the
 # instruction examples in those epochs keeps the seed model weak enough to gain from its own pairs; more prompts per
@@ -167,5 +210,26 @@ TASK_SETTINGS = dict(sort={}, pair_sum=dict(num_instruction_examples=1_500, num_
                                             dpo_learning_rate=3e-5, prompts_per_iteration=1_536,
                                             num_preference_pairs=768))
 
+# `--quick`, a smoke run: these settings, over the task's
 QUICK = dict(seeds=(0,), iterations=2, num_eft_prompts=200, prompts_per_iteration=128, num_preference_pairs=128,
              num_eval_prompts=200, num_judge_eval_prompts=48)
+# ... and these at most (a phase that is off, at 0, stays off): pair sum's judge-mistake round shrinks too. The
+# instruction examples are kept: fewer leave a pair-sum seed model too weak to answer (13% exact match on 700)
+QUICK_CAPS = {"eft_mistake_prompts": 200}
+# what a quick run says at its start and in its results.md
+QUICK_NOTE = ("A --quick run is a smoke run: it checks that every phase runs, and it cannot show the gain. One seed "
+              "and few prompts ({eft} judge-training prompts, {prompts} per iteration, {eval} held-out) leave the "
+              "judge undertrained (pair sum's is near chance: its full run trains on 6,000 prompts and 6,000 more in "
+              "the mistake round) and put the arms' differences within noise: over 5 seeds the recorded runs' 95% "
+              "intervals are 3-6 points wide on each side (docs/results.md).")
+
+
+def quick_settings(settings: dict) -> dict:
+    """`settings` (ExperimentSettings fields) shrunk for `--quick`: QUICK set, QUICK_CAPS as upper bounds."""
+    shrunk = {**settings, **QUICK}
+    for name, cap in QUICK_CAPS.items():
+        if name in shrunk:
+            shrunk[name] = min(shrunk[name], cap)
+        else:
+            shrunk[name] = min(getattr(ExperimentSettings, name), cap)
+    return shrunk

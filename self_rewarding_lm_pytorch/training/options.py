@@ -8,8 +8,12 @@ states its own. Each concrete config calls `check_training_loop()` from its one 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+# what a stage's `name` may be: it is part of the stage's file names (`stage-00-<name>.pt`, `.pairs/`, `.hf/`)
+STAGE_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 
 def check_at_least_one(config, *names: str, optional: bool = False):
@@ -52,6 +56,9 @@ class TrainingLoopOptions:
     skip_nonfinite_steps: bool = False  # a NaN/inf loss or gradient skips that update instead of stopping
     # part of the stage's fingerprint: change it to mark a change the fingerprint cannot see (docs/fingerprint.md)
     fingerprint_salt: str = ""
+    # what the stage's files are called after its index, e.g. "judge-training": `stage-01-judge-training.pt`.
+    # None: the stage's kind (`stage-01-sft.pt`). Part of the stage's identity: a renamed stage is a new stage
+    name: str | None = None
 
     # a stage that reads end_learning_rate None as a constant rate says so
     constant_rate_when_no_end: ClassVar[bool] = False
@@ -77,6 +84,11 @@ class TrainingLoopOptions:
                 f"{name} needs 0 < end_learning_rate <= learning_rate, got {self.end_learning_rate} and "
                 f"{self.learning_rate}: the rate decays from learning_rate to end_learning_rate"
             )
+        if self.name is not None and (not isinstance(self.name, str) or not STAGE_NAME.fullmatch(self.name)
+                                      or len(self.name) > 64):
+            raise ValueError(f"{name}.name is part of the stage's file names: lower-case letters and digits in words "
+                             f"joined by single hyphens, at most 64 characters (e.g. 'judge-training'), or None for "
+                             f"the stage's kind; got {self.name!r}")
         for field_name in ("warmup_steps", "weight_decay"):
             if getattr(self, field_name) < 0:
                 raise ValueError(f"{name}.{field_name} must be >= 0, got {getattr(self, field_name)}")

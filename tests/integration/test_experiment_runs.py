@@ -118,7 +118,7 @@ def test_the_example_cli_passes_model_size_device_and_int_settings_to_the_runner
     runs = []
 
     class RecordingRunner:
-        def __init__(self, task, settings, arms, out, accelerate_kwargs):
+        def __init__(self, task, settings, arms, out, accelerate_kwargs, record):
             runs.append((task, settings, accelerate_kwargs))
 
         def run(self):
@@ -163,7 +163,8 @@ def test_the_judge_mistake_round_trains_a_third_seed_stage_on_the_judges_mistake
     counts = json.loads((tmp_path / "seed-0" / "eft_mistakes.json").read_text())
     assert counts["answers"] > 0 and counts["mistakes"] == counts["answers"]
     checkpoints = sorted((tmp_path / "seed-0" / "seed-model").glob("stage-*.pt"))
-    assert [c.name for c in checkpoints] == ["stage-00-sft.pt", "stage-01-sft.pt", "stage-02-sft.pt"]
+    assert [c.name for c in checkpoints] == ["stage-00-instructions.pt", "stage-01-judge-training.pt",
+                                             "stage-02-judge-mistakes.pt"]
     judge_trained = task.make_model(0)
     load_checkpoint(judge_trained, checkpoints[1])
     final = model.state_dict()

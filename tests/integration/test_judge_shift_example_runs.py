@@ -17,13 +17,15 @@ def run_script(run: Path, seed: int) -> subprocess.CompletedProcess:
 
 def test_judge_shift_reads_a_run_folder_and_finds_no_disagreement_between_identical_judges(tmp_path):
     """About 15 s idle."""
-    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings, run_record
     from self_rewarding_lm_pytorch.experiment.tasks import TASKS
     from self_rewarding_lm_pytorch.storage.checkpoint import save_checkpoint
 
-    (tmp_path / "settings.json").write_text(json.dumps(dict(num_candidates=2, num_judge_eval_prompts=3, eval_split_seed=7)))
+    # as the example writes it: the settings, and the task and its flags (judge_shift needs no task flags)
+    settings = ExperimentSettings(num_candidates=2, num_judge_eval_prompts=3, eval_split_seed=7)
+    record = dict(task="pair_sum", reasoned_judge=False)
+    (tmp_path / "settings.json").write_text(json.dumps(run_record(settings, record)))
     model, accelerator = TASKS["pair_sum"]().make_model(0), Accelerator(cpu=True)
-    assert ExperimentSettings(**json.loads((tmp_path / "settings.json").read_text())).num_candidates == 2
     # no iteration yet: a clear error, not a comparison of the seed model with itself
     save_checkpoint(accelerator, model, tmp_path / "seed-0" / "seed-model" / "stage-01-sft.pt")
     missing = run_script(tmp_path, 0)
@@ -40,10 +42,13 @@ def test_judge_shift_reads_a_run_folder_and_finds_no_disagreement_between_identi
 
 def test_meta_judge_check_reads_a_run_folder_and_asks_both_kinds_of_pair_in_both_orders(tmp_path):
     """About 15 s idle."""
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings, run_record
     from self_rewarding_lm_pytorch.experiment.tasks import TASKS
     from self_rewarding_lm_pytorch.storage.checkpoint import save_checkpoint
 
-    (tmp_path / "settings.json").write_text(json.dumps(dict(num_candidates=2, num_judge_eval_prompts=3, eval_split_seed=7)))
+    settings = ExperimentSettings(num_candidates=2, num_judge_eval_prompts=3, eval_split_seed=7)
+    record = dict(task="pair_sum", reasoned_judge=True, max_seq_len=96)
+    (tmp_path / "settings.json").write_text(json.dumps(run_record(settings, record)))
     model = TASKS["pair_sum"](reasoned_judge=True, max_seq_len=96).make_model(0)
     save_checkpoint(Accelerator(cpu=True), model, tmp_path / "seed-0" / "seed-model" / "stage-01-sft.pt")
     script = str(EXAMPLES / "meta_judge_check.py")

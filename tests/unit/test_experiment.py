@@ -53,11 +53,50 @@ def test_per_seed_checks_without_the_control_say_so_instead_of_counting_losses()
     assert line.endswith("| 1/1 |")
 
 
-def test_report_files(tmp_path):
-    pytest.importorskip("matplotlib")
-    text = write_report(rows(), tmp_path, title="t")
-    assert "| sft | 0 | 2 |" in summary_table(rows()) and "| random | 1 | 2 |" in text
-    assert (tmp_path / "results.png").stat().st_size > 1000 and (tmp_path / "results.csv").read_text().startswith("seed,arm,iteration")
+def test_report_files_and_the_plot_draws_clipped_bands_and_tells_coinciding_arms_apart(tmp_path, monkeypatch):
+    """The plot path runs (matplotlib is in the [test] extra): results.png is written, and what reaches matplotlib
+    has a marker per arm, arms with equal values at distinct x, and bands inside [0, 100]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    drawn, bands = [], []
+    original_plot, original_fill = Axes.plot, Axes.fill_between
+    monkeypatch.setattr(Axes, "plot", lambda self, x, y, **kw: drawn.append((list(x), list(y), kw)) or
+                        original_plot(self, x, y, **kw))
+    monkeypatch.setattr(Axes, "fill_between", lambda self, x, low, high, **kw: bands.append((list(low), list(high)))
+                        or original_fill(self, x, low, high, **kw))
+    # two arms with the same values in both seeds (they coincide), and values near 100% whose interval passes 100
+    near_top = [{"seed": s, "arm": a, "iteration": i, "exact_match": v} for s, v in ((0, 0.99), (1, 0.90))
+                for a, i in (("sft", 0), ("checker", 1), ("self_judge", 1))]
+    text = write_report(near_top, tmp_path, title="t", note="a note")
+    assert (tmp_path / "results.png").stat().st_size > 1000
+    assert (tmp_path / "results.csv").read_text().startswith("seed,arm,iteration")
+    assert text.startswith("# t\n\na note\n\nMean") and "| checker | 1 | 2 |" in text
+    assert [kw["label"] for _, _, kw in drawn] == ["checker", "self_judge"]
+    assert drawn[0][1] == drawn[1][1]  # the same means ...
+    assert all(a != b for a, b in zip(drawn[0][0], drawn[1][0]))  # ... at distinct x
+    assert drawn[0][2]["marker"] != drawn[1][2]["marker"]
+    assert all(0 <= low and high == 100.0 for lows, highs in bands for low, high in zip(lows, highs))  # 94.5 ± 57
+    assert summary_table(near_top).count("| 2 |") == 3
+
+
+def test_the_missing_plot_dependency_names_the_install_from_a_checkout(monkeypatch):
+    import builtins
+
+    from self_rewarding_lm_pytorch.experiment import report
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[plots\]"'):
+        report.pyplot()
 
 
 def test_meta_reward_arm_rows_and_its_task_requirement(tmp_path):
@@ -240,3 +279,68 @@ def test_read_settings_reads_a_run_folders_settings_and_refuses_a_setting_it_can
     path.write_text(json.dumps(dict(meta_dissent_judgements=4)))
     with pytest.raises(ValueError, match="meta_dissent_judgements is not an ExperimentSettings field"):
         read_settings(path)
+
+
+def test_the_bars_count_the_seeds_the_seed_models_phases_and_the_arms_iterations_and_stages_are_named(tmp_path,
+                                                                                                         monkeypatch):
+    """The experiment's bars, each over units of one kind (so no ETA divides an iteration's time by a seed model's):
+    seeds; per seed, the seed model's phases (its stages, the labelling between them, its measurement); per seed, the
+    arms' iterations. Each bar's total is what it then counts. The stages' files are named after what they train.
+    The trainer, the labelling and the measurement are stand-ins."""
+    import torch
+    from torch import nn
+
+    import self_rewarding_lm_pytorch.experiment.runner as experiment
+    from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
+    from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings
+
+    bars, plans = [], []
+
+    class Bar:
+        def __init__(self, total=None, desc="", **kwargs):
+            self.total, self.desc, self.n = total, desc, 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def set_postfix(self, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    class RecordingTrainer:
+        def __init__(self, model, finetune_configs, **kwargs):
+            plans.append([config.name for config in finetune_configs])
+
+        def __call__(self):
+            return [dict(pairs=3)]
+
+    monkeypatch.setattr(experiment, "tqdm", Bar)
+    monkeypatch.setattr(experiment, "SelfRewardingTrainer", RecordingTrainer)
+    monkeypatch.setattr(experiment, "measure", lambda *args: dict(exact_match=0.5, judge_bacc=0.5))
+    monkeypatch.setattr(experiment, "own_answer_judge_examples", lambda *args, **kwargs: type(
+        "JudgeSet", (), {"examples": [(torch.tensor([1, 2, 3]), 1)] * 4, "labelled": [], "target_counts": {},
+                         "label_counts_before_balancing": {}, "answers_sampled": 0, "distinct_answers": 0})())
+    monkeypatch.setattr(experiment.ExperimentRunner, "judge_mistake_examples", lambda self, *args: [("mistake", 1)])
+    task = tasks.sort_digits_task()
+    task.make_model = lambda seed: nn.Linear(1, 1)
+    arms = [arm for arm in DEFAULT_ARMS if arm.name in ("self_judge", "random")]
+    settings = ExperimentSettings(seeds=(0, 1), prompts_per_iteration=4, iterations=3, eft_mistake_prompts=5,
+                                  judge_refresh_share=1.0)
+    for seed in settings.seeds:
+        (tmp_path / f"seed-{seed}").mkdir()  # the trainer that is replaced here would make it
+    experiment.ExperimentRunner(task, settings, arms, tmp_path).run()
+
+    assert [(bar.desc, bar.total, bar.n) for bar in bars] == [
+        ("experiment: seeds", 2, 2),
+        ("seed 0: seed model", 6, 6), ("seed 0: arms", 6, 6),  # 5 phases and the measurement; 2 arms x 3 iterations
+        ("seed 1: seed model", 6, 6), ("seed 1: arms", 6, 6),
+    ]
+    seed_plans = [["instructions"], ["instructions", "judge-training"],
+                  ["instructions", "judge-training", "judge-mistakes"]]
+    arm_plans = [["self-judge-dpo", "judge-refresh"]] * 3 + [["random-dpo", "judge-refresh"]] * 3
+    assert plans == (seed_plans + arm_plans) * 2
+    without_round = experiment.ExperimentRunner(task, ExperimentSettings(eft_mistake_prompts=0), arms, tmp_path)
+    assert without_round.seed_phases() == ["instructions", "judge examples", "judge-training"]

@@ -86,7 +86,7 @@ def test_each_stage_keeps_its_own_loop_defaults():
 
 def test_every_loop_field_is_a_flat_keyword_of_every_training_stage():
     loop = [f.name for f in fields(TrainingLoopOptions)]
-    assert len(loop) == 15
+    assert len(loop) == 16
     for config_type in (SFTConfig, SelfPlayConfig, DPOConfig, SelfRewardDPOConfig, MetaRewardDPOConfig,
                         ExternalRewardDPOConfig, SelfConsistencyDPOConfig):
         assert set(loop) <= {f.name for f in fields(config_type)}, config_type.__name__
