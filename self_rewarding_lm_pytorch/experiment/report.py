@@ -94,7 +94,7 @@ def plot(rows: list[dict], path: Path, metric: str = "exact_match", title: str =
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise ImportError("plots need matplotlib: pip install 'self-rewarding-lm-pytorch[plots]'") from error
+        raise ImportError("plots need matplotlib: pip install matplotlib") from error
     start = [r[metric] for r in rows if r["arm"] == "sft"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm in sorted({r["arm"] for r in rows} - {"sft"}):
