@@ -1,6 +1,6 @@
 """The paper's plan on an HF chat model with LoRA: SFT on seed data (IFT + EFT), then two self-rewarding iterations.
 
-    pip install "self-rewarding-lm-pytorch[peft,datasets,tensorboard]"
+    pip install -e ".[peft,datasets,tensorboard]"      # from the checkout, never by the package name
     python examples/hf_chat_model.py
 
 As written it builds a tiny random Llama and a character-level tokenizer with a chat template in-process, and runs

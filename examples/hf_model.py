@@ -1,6 +1,6 @@
 """A HuggingFace causal LM you have on disk (e.g. distilgpt2, a Llama) through SFT and one self-rewarding iteration.
 
-    pip install "self-rewarding-lm-pytorch[hf]"
+    pip install -e ".[hf]"      # from the checkout (the package index's project of that name is another package)
     python examples/hf_model.py /path/to/checkpoint [--steps 50] [--pairs 64]
     python examples/hf_model.py --tiny      # no checkpoint: a tiny random Llama built here, CPU, under a minute
 

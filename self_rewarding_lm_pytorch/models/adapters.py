@@ -1,5 +1,5 @@
 """LoRA (any peft adapter) on the policy: only the adapters train, and the reference is the same model with its
-adapters off (optional extra: `pip install "self-rewarding-lm-pytorch[peft]"`).
+adapters off (optional extra: `pip install -e ".[peft]"` from the checkout).
 
     from peft import LoraConfig, get_peft_model
     model = HFCausalLM(get_peft_model(AutoModelForCausalLM.from_pretrained(path), LoraConfig(r=16, ...)))

@@ -1,4 +1,4 @@
-"""HuggingFace causal LMs and tokenizers as the policy (optional extra: `pip install "self-rewarding-lm-pytorch[hf]"`).
+"""HuggingFace causal LMs and tokenizers as the policy (optional extra: `pip install -e ".[hf]"` from the checkout).
 
     model = HFCausalLM(AutoModelForCausalLM.from_pretrained(path))
     encode, decode, eos_id = hf_tokenizer_functions(AutoTokenizer.from_pretrained(path))

@@ -43,13 +43,15 @@ def number(word: str) -> float | None:
 def assert_readme_shows(stdout: str):
     """The README's quickstart block is what the script prints (it was once a hand-made table with other figures):
     the same words, and the same numbers up to 2% (a CPU with other kernels may round a last digit differently).
-    The elapsed time is left out. On a failure, run `python docs/regenerate_readme_quickstart.py`."""
+    The elapsed time is left out. On a failure, run `python scripts/regenerate_readme_quickstart.py`."""
     printed = stdout[stdout.index("before training"):]
     ours, theirs = [[line.split() for line in text.splitlines() if not line.startswith("done in")]
                     for text in (printed, readme_block())]
-    assert [len(line) for line in ours] == [len(line) for line in theirs], "README quickstart block: other lines"
+    fix = "run `python scripts/regenerate_readme_quickstart.py` to rewrite the README's block from a real run"
+    assert [len(line) for line in ours] == [len(line) for line in theirs], f"README quickstart block: other lines; {fix}"
     for line, readme_line in zip(ours, theirs):
         for word, readme_word in zip(line, readme_line):
             a, b = number(word), number(readme_word)
             same = word == readme_word if a is None or b is None else abs(a - b) <= 0.02 * max(1.0, abs(a))
-            assert same, f"README quickstart block shows {readme_word!r} where the script prints {word!r}: {' '.join(line)}"
+            assert same, (f"README quickstart block shows {readme_word!r} where the script prints {word!r}: "
+                          f"{' '.join(line)}; {fix}")

@@ -57,7 +57,7 @@ def test_without_vllm_an_hf_model_gets_the_install_command():
     config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, max_position_embeddings=32)
     with pytest.raises(ImportError, match=r'SelfRewardingTrainer.generation_backend: the vLLM backend needs vllm: pip '
-                                          r'install "self-rewarding-lm-pytorch\[vllm\]"'):
+                                          r'install -e "\.\[vllm\]" from the checkout'):
         make_sampler("vllm", HFCausalLM(transformers.LlamaForCausalLM(config)),
                      where="SelfRewardingTrainer.generation_backend")
 

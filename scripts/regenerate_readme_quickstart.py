@@ -1,4 +1,4 @@
-"""Rewrite the README's quickstart output block from a real run: `python docs/regenerate_readme_quickstart.py`.
+"""Rewrite the README's quickstart output block from a real run: `python scripts/regenerate_readme_quickstart.py`.
 
 Runs `examples/quickstart.py` in a fresh temporary folder (so nothing is resumed), and puts what it printed, from
 the line "before training" on, between the README's `<!-- quickstart-output -->` and `<!-- /quickstart-output -->`

@@ -1,7 +1,7 @@
 """Draws ../diagram.png, the pipeline figure of the README.
 
 A documentation tool, not part of the library: it needs matplotlib (`pip install matplotlib`), which the
-package does not depend on. Run from anywhere: `python docs/draw_diagram.py`.
+package does not depend on. Run from anywhere: `python scripts/draw_diagram.py`.
 """
 
 from pathlib import Path
