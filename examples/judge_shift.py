@@ -11,7 +11,7 @@ The task and the flags that build it (--task, --reasoned-judge, --max-seq-len, t
 folder's settings.json; a flag given here must agree with it. A folder written before settings.json recorded them
 needs --task and --reasoned-judge or --no-reasoned-judge, as the run had them.
 
-docs/results.md ("Why the judge's accuracy falls") reads its output.
+docs/results/pair-sum.md ("Why the judge's accuracy falls") reads its output.
 """
 
 import argparse
