@@ -37,7 +37,7 @@ from self_rewarding_lm_pytorch.training.dpo import DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.training.dpo_objective import DPO
 from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs
 from self_rewarding_lm_pytorch.training.options import TrainingLoopOptions, check_at_least_one
-from self_rewarding_lm_pytorch.training.train_state import loop_fingerprint
+from self_rewarding_lm_pytorch.training.train_state import initial_weights_note, loop_fingerprint
 
 
 class SPIN(DPO):
@@ -170,12 +170,10 @@ class SPINTrainer:
         """Raise, naming what changed and the ways out, unless `saved` is this run's fingerprint."""
         changed = changed_parts(saved, self.fingerprint)
         if changed:
-            weights = (" (the model SPINTrainer is built on has other weights than the one that run started from)"
-                       if "initial_weights" in changed else "")
             raise ValueError(
                 f"{path} was made by SPIN with other settings, data or initial weights (changed: {', '.join(changed)})"
-                f"{weights}, so {what} cannot be reused. Use another checkpoint_folder, or delete "
-                f"{self.checkpoint_folder} (overwrite_checkpoints=True) to start over"
+                f"{initial_weights_note(saved, changed)}, so {what} cannot be reused. Use another checkpoint_folder, "
+                f"or delete {self.checkpoint_folder} (overwrite_checkpoints=True) to start over"
             )
 
     def opponent_pairs(self, dataset: Dataset, iteration: int) -> list[dict]:

@@ -104,12 +104,10 @@ class TrainState:
         state = read_checkpoint(path, way_out="delete it to resume from the save before it")
         changed = changed_parts(state.get("fingerprint"), self.fingerprint)
         if changed:
-            weights = (" (the model this trainer is built on has other weights than the one that run started from: "
-                       "build it as that run did to resume)" if "initial_weights" in changed else "")
             raise ValueError(
                 f"{path} was saved by {self.name} with other settings, data or initial weights (changed: "
-                f"{', '.join(changed)}){weights}. Use another checkpoint folder, or delete {self.folder} "
-                f"(overwrite_checkpoints=True) to start over"
+                f"{', '.join(changed)}){initial_weights_note(state.get('fingerprint'), changed)}. Use another "
+                f"checkpoint folder, or delete {self.folder} (overwrite_checkpoints=True) to start over"
             )
         ranks, processes = state.pop("ranks", None), self.accelerator.num_processes
         if ranks is None:
@@ -185,6 +183,16 @@ def weights_digest(model: nn.Module) -> str:
     state = extract_model_from_parallel(model).state_dict()
     return content_digest({name: content_digest(t.full_tensor() if hasattr(t, "full_tensor") else t)
                            for name, t in sorted(state.items())})[:16]
+
+
+def initial_weights_note(saved: dict | None, changed: list[str]) -> str:
+    """Why `initial_weights` is among the `changed` parts of a `saved` fingerprint: other weights, or none recorded."""
+    if "initial_weights" not in changed:
+        return ""
+    if not isinstance(saved, dict) or "initial_weights" not in saved:
+        return " (the save records no initial weights: an earlier version of the library made it)"
+    return (" (the model the trainer is built on has other weights than the one that run started from: build it as "
+            "that run did to resume)")
 
 
 def loop_fingerprint(config, *, initial_weights: nn.Module | None = None, **datasets) -> dict:

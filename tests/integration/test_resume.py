@@ -86,7 +86,7 @@ def test_sft_alone_resumes_exactly_and_only_onto_the_weights_it_started_from(mak
     other = make_transformer(seed=1, num_tokens=CharTokenizer.num_tokens, max_seq_len=48, dim=32, depth=1)
     before = {k: v.clone() for k, v in other.state_dict().items()}
     with pytest.raises(ValueError, match=r"sft-step-3.pt was saved by sft with other settings, data or initial "
-                                         r"weights \(changed: initial_weights\) \(the model this trainer is built on "
+                                         r"weights \(changed: initial_weights\) \(the model the trainer is built on "
                                          r"has other weights.*delete .*stopped \(overwrite_checkpoints=True\)"):
         sft(other, folder, steps=4).train()
     assert all(torch.equal(v, other.state_dict()[k]) for k, v in before.items())  # refused before loading
@@ -98,8 +98,8 @@ def test_sft_alone_resumes_exactly_and_only_onto_the_weights_it_started_from(mak
 
 def test_a_save_of_another_number_of_processes_or_without_their_states_is_refused(char_model, tmp_path):
     """Two SFT steps of a tiny model (about 2 s idle); the step-1 save then claims 2 processes, or holds no per-process
-    states (an older save): resuming inside the stage from it is refused, saying why and what to do. Each rerun is
-    built on the initial weights, as a rerun of the script is."""
+    states, or no initial weights (an older save): resuming inside the stage from it is refused, saying why and what
+    to do. Each rerun is built on the initial weights, as a rerun of the script is."""
     initial = {k: v.clone() for k, v in char_model.state_dict().items()}
     sft(char_model, tmp_path, steps=2).train()
     char_model.load_state_dict(initial)
@@ -114,6 +114,11 @@ def test_a_save_of_another_number_of_processes_or_without_their_states_is_refuse
 
     rewrite(path, lambda state: state.pop("ranks"))
     with pytest.raises(ValueError, match=r"sft-step-1.pt holds no per-process RNG states and data positions"):
+        sft(char_model, tmp_path, steps=2).train()
+
+    rewrite(path, lambda state: state["fingerprint"].pop("initial_weights"))  # an older save, made without them
+    with pytest.raises(ValueError, match=r"sft-step-1.pt was saved by sft .*\(changed: initial_weights\) \(the save "
+                                         r"records no initial weights: an earlier version of the library made it\)"):
         sft(char_model, tmp_path, steps=2).train()
 
 

@@ -114,7 +114,7 @@ def test_a_finished_iteration_made_by_another_run_is_refused_naming_what_changed
     before = {k: v.clone() for k, v in other.state_dict().items()}
     way_out = rf"so iteration 0's weights and rows cannot be reused\. Use another checkpoint_folder, or delete {re.escape(str(tmp_path))}"
     with pytest.raises(ValueError, match=rf"iteration-0-step-2.pt {STALE.format('initial_weights')} \(the model "
-                                         rf"SPINTrainer is built on has other weights .*\), {way_out}"):
+                                         rf"the trainer is built on has other weights .*\), {way_out}"):
         spin_trainer(other, tmp_path, **settings)()
     assert all(torch.equal(v, other.state_dict()[k]) for k, v in before.items())
     with pytest.raises(ValueError, match=rf"iteration-0-step-2.pt {STALE.format('spin_kwargs')}, {way_out}"):
