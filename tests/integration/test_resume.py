@@ -72,7 +72,7 @@ def test_sft_alone_resumes_exactly_and_only_onto_the_weights_it_started_from(mak
     step 3's save. A rerun on that folder with a model of other initial weights is refused, naming them, before it
     loads anything (the step saves used to record the loop's settings and data only, so it silently went on from the
     old run's weights); built on the same initial weights it resumes from step 3 and ends as the uninterrupted run,
-    bit for bit. About 2 s idle."""
+    bit for bit. Under 1 s idle (measured: 0.5 s at load 6 on the shared 2 cores)."""
     start = make_transformer(seed=0, num_tokens=CharTokenizer.num_tokens, max_seq_len=48, dim=32, depth=1)
     whole = copy.deepcopy(start)
     torch.manual_seed(0)  # the shuffle: both runs draw the same batches
