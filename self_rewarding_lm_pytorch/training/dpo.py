@@ -124,6 +124,10 @@ class DPOTrainer:
     (`precompute_reference`, no reference model is held), else a live reference: `model` with its adapters off
     (LoRA) or a frozen copy. Rows go to the trackers through `logger` (default: prefix `metric_prefix`).
     `pad_id` defaults to the dataset's `pad_id` attribute (a `DPODataset` has one), else -1.
+
+    With `checkpoint_every`, the loop's state is saved to `checkpoint_folder/{checkpoint_prefix}-step-{n}.pt` and a
+    rerun resumes from the latest (training/train_state.py) when built with the same settings, pairs and initial
+    weights of `model`, and the same `fingerprint_parts` (named digests of what else the result depends on).
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class DPOTrainer:
         checkpoint_prefix: str = "dpo",
         metric_prefix: str = "dpo",
         logger: MetricsLogger | None = None,
+        fingerprint_parts: dict[str, str] | None = None,
         **config_kwargs,
     ):
         if config is not None and config_kwargs:
@@ -158,8 +163,12 @@ class DPOTrainer:
         elif config.valid_every is not None:
             raise ValueError("DPOConfig.valid_every is set but there is no valid_dataset to evaluate on")
 
-        # a resumed loop must have these settings and pairs (as given: computed reference log-probs may vary in the last bits)
-        self.fingerprint = loop_fingerprint(config, train=train_dataset, valid=valid_dataset) if config.checkpoint_every else {}
+        # a resumed loop must have these settings and pairs (as given: computed reference log-probs may vary in the last
+        # bits), start from these weights (before a resume loads any) and match what the caller adds (SPIN's own)
+        self.fingerprint = {}
+        if config.checkpoint_every:
+            self.fingerprint = loop_fingerprint(config, initial_weights=model, train=train_dataset, valid=valid_dataset)
+            self.fingerprint.update(fingerprint_parts or {})
 
         # the reference, the model as it is now: stored log-probs, log-probs computed now, or a live reference
         self.ref_model = None

@@ -69,8 +69,9 @@ class SFTTrainer:
     """Fine-tune `model` on `(seq, prompt_len)` examples; `trainer()` trains and returns the logged rows.
 
     Pass an `SFTConfig`, or its fields as keyword arguments. With `checkpoint_every`, the loop's state is saved
-    to `checkpoint_folder/sft-step-{n}.pt` and a rerun resumes from the latest (training/train_state.py). Rows go to the
-    trackers through `logger` (default: prefix `sft`, steps from 1).
+    to `checkpoint_folder/sft-step-{n}.pt` and a rerun resumes from the latest (training/train_state.py) when built
+    with the same settings, data and initial weights of `model`. Rows go to the trackers through `logger` (default:
+    prefix `sft`, steps from 1).
     """
 
     def __init__(
@@ -97,6 +98,9 @@ class SFTTrainer:
         validate_sft_dataset(config.train_dataset, pad_id, "SFT train_dataset")
         if config.valid_dataset is not None:
             validate_sft_dataset(config.valid_dataset, pad_id, "SFT valid_dataset")
+
+        # a resumed loop must have these settings and data, and start from these weights (before a resume loads any)
+        self.fingerprint = loop_fingerprint(config, initial_weights=model) if config.checkpoint_every else {}
 
         collate = SFTCollate(pad_id)
         train_loader = DataLoader(config.train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, collate_fn=collate,
@@ -146,7 +150,7 @@ class SFTTrainer:
         state = TrainState(accelerator, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                            loader=self.train_loader, folder=self.checkpoint_folder, prefix="sft",
                            every=config.checkpoint_every, name="sft",
-                           fingerprint=loop_fingerprint(config) if config.checkpoint_every else {})
+                           fingerprint=self.fingerprint)
         saved = state.resume()
         step = saved["step"] if saved else 0
         self.history = saved["history"] if saved else []

@@ -26,17 +26,18 @@ from tqdm.auto import tqdm
 
 from self_rewarding_lm_pytorch.data.config_types import check_field_types
 from self_rewarding_lm_pytorch.data.datasets import PromptResponse, normalize_sft_item, validate_sft_dataset
-from self_rewarding_lm_pytorch.generation.backend import check_sampler_processes, make_sampler
+from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, check_sampler_processes, make_sampler
 from self_rewarding_lm_pytorch.generation.sampling import check_sampling_settings, top_p, warn_missing_eos
 from self_rewarding_lm_pytorch.models.contract import check_special_ids
 from self_rewarding_lm_pytorch.models.sharding import check_supported_sharding, max_over_ranks, place_on_device
 from self_rewarding_lm_pytorch.storage.checkpoint import atomic_torch_save, load_model_weights, read_checkpoint
+from self_rewarding_lm_pytorch.storage.fingerprint import changed_parts, describe, short
 from self_rewarding_lm_pytorch.storage.tracking import MetricsLogger
 from self_rewarding_lm_pytorch.training.dpo import DPOConfig, DPOTrainer
 from self_rewarding_lm_pytorch.training.dpo_objective import DPO
 from self_rewarding_lm_pytorch.training.logprobs import reference_logprobs
 from self_rewarding_lm_pytorch.training.options import TrainingLoopOptions, check_at_least_one
-from self_rewarding_lm_pytorch.training.train_state import loop_fingerprint
+from self_rewarding_lm_pytorch.training.train_state import initial_weights_note, loop_fingerprint
 
 
 class SPIN(DPO):
@@ -109,7 +110,10 @@ class SPINTrainer:
 
     Pass a `SelfPlayConfig` or its fields. Checkpoints (every `checkpoint_every` steps and at each iteration's
     last step, so an iteration shorter than `checkpoint_every` still leaves one) go to
-    `checkpoint_folder/iteration-{t}-step-{n}.pt`; the returned history has one row per optimizer step.
+    `checkpoint_folder/iteration-{t}-step-{n}.pt`; the returned history has one row per optimizer step. A rerun
+    reuses the saved iterations (finished ones, the pairs and step saves of an unfinished one) only when they were
+    made with the same settings, SFT data, initial weights of `model`, seed, special ids and generation backend; it
+    refuses them otherwise, naming what changed.
     `generation_backend`: what generates the opponent answers: "library" (the library's sampler), "vllm" or a
     `VLLMConfig` (HuggingFace models), or a sampler (generation/backend.py)."""
 
@@ -148,6 +152,29 @@ class SPINTrainer:
         self.seed = seed
         self.logger = logger or MetricsLogger(self.accelerator, "spin")
         self.history: list[dict] = []
+        # what the saved iterations must have been made from: computed now, before a resume loads weights
+        self.fingerprint = self.run_fingerprint() if self.config.checkpoint_every else {}
+
+    def run_fingerprint(self) -> dict[str, str]:
+        """What SPIN's iterations are made from: the settings (except `num_iterations`: iteration t does not depend
+        on how many follow it, so a finished run can be extended), the SFT data, the weights SPIN starts from (θ0),
+        the generation seed, the special ids and a generation backend other than the library's."""
+        parts = loop_fingerprint(self.config, initial_weights=self.model)
+        parts.pop("num_iterations")
+        parts.update(seed=str(self.seed), pad_id=str(self.pad_id), eos_id=str(self.eos_id))
+        if not isinstance(self.sampler, LibrarySampler):
+            parts["generation_backend"] = short(describe(self.sampler))
+        return parts
+
+    def check_made_by_this_run(self, path: Path, saved: dict | None, what: str):
+        """Raise, naming what changed and the ways out, unless `saved` is this run's fingerprint."""
+        changed = changed_parts(saved, self.fingerprint)
+        if changed:
+            raise ValueError(
+                f"{path} was made by SPIN with other settings, data or initial weights (changed: {', '.join(changed)})"
+                f"{initial_weights_note(saved, changed)}, so {what} cannot be reused. Use another checkpoint_folder, "
+                f"or delete {self.checkpoint_folder} (overwrite_checkpoints=True) to start over"
+            )
 
     def opponent_pairs(self, dataset: Dataset, iteration: int) -> list[dict]:
         """(real, generated) pairs for every item of `dataset`, generated and scored by the model as it is now (θt)."""
@@ -198,7 +225,8 @@ class SPINTrainer:
 
     def finished_iterations(self) -> int:
         """With `checkpoint_every`: how many leading iterations a killed run finished (each saves its last step,
-        marked finished); their rows rejoin the history and the model takes the last one's weights."""
+        marked finished); their rows rejoin the history and the model takes the last one's weights. A save made by
+        another run (`run_fingerprint`) is refused."""
         if not self.config.checkpoint_every:
             return 0
         done = 0
@@ -208,6 +236,8 @@ class SPINTrainer:
             if not saved:
                 break
             state = read_checkpoint(saved[-1], way_out="delete it to resume from the save before it")
+            self.check_made_by_this_run(saved[-1], spin_parts(state.get("fingerprint")),
+                                        f"iteration {iteration}'s weights and rows")
             if not state["finished"]:
                 break
             self.history += [dict(row, iteration=iteration) for row in state["history"]]
@@ -221,15 +251,13 @@ class SPINTrainer:
         """θt's (real, generated) pairs; with `checkpoint_every` they are saved, because a resumed iteration no
         longer has θt to make them again."""
         path = self.checkpoint_folder / f"iteration-{iteration}-{split}-pairs.pt"
-        fingerprint = loop_fingerprint(self.config)
         if self.config.checkpoint_every and path.is_file():
             saved = read_checkpoint(path, way_out="delete it and the iteration's step files to run the iteration again")
-            if saved["fingerprint"] == fingerprint:
-                return PairList(saved["pairs"], self.pad_id)
-            raise ValueError(f"{path} was made by other SPIN settings; delete {self.checkpoint_folder} to start over")
+            self.check_made_by_this_run(path, saved.get("fingerprint"), f"iteration {iteration}'s {split} pairs")
+            return PairList(saved["pairs"], self.pad_id)
         pairs = self.opponent_pairs(dataset, iteration)
         if self.config.checkpoint_every and self.accelerator.is_main_process:
-            atomic_torch_save(dict(pairs=pairs, fingerprint=fingerprint), path)
+            atomic_torch_save(dict(pairs=pairs, fingerprint=self.fingerprint), path)
         self.accelerator.wait_for_everyone()
         return PairList(pairs, self.pad_id)
 
@@ -249,6 +277,7 @@ class SPINTrainer:
                 self.model, train_pairs, config.dpo_config(), valid_dataset=valid_pairs, pad_id=self.pad_id,
                 accelerator=self.accelerator, checkpoint_folder=self.checkpoint_folder,
                 checkpoint_prefix=f"iteration-{iteration}", metric_prefix="spin", logger=self.logger,
+                fingerprint_parts={f"{SPIN_PART}{name}": value for name, value in self.fingerprint.items()},
             )
             for row in trainer.train():
                 self.history.append(dict(row, iteration=iteration))
@@ -257,6 +286,17 @@ class SPINTrainer:
         return self.history
 
     __call__ = train
+
+
+SPIN_PART = "spin "  # the prefix of SPIN's parts in the fingerprint of an iteration's step saves
+
+
+def spin_parts(fingerprint: dict | None) -> dict | None:
+    """SPIN's parts of an iteration's step-save fingerprint, None when it has none (saved without them)."""
+    if not isinstance(fingerprint, dict):
+        return None
+    parts = {name.removeprefix(SPIN_PART): value for name, value in fingerprint.items() if name.startswith(SPIN_PART)}
+    return parts or None
 
 
 def spin_items(dataset: Dataset, pad_id: int, max_seq_len: int) -> list[PromptResponse]:

@@ -7,8 +7,8 @@ counter, the logged rows, what the trainer adds (an early stopper's state) and, 
 start of the epoch and now, and the micro-batches consumed in the epoch), gathered to the main process at the save.
 The last step of a loop is always saved, marked finished.
 
-A rerun finds the latest file of its prefix, refuses one written by other settings or data (storage/fingerprint.py),
-restores everything, each process its own RNG and data position, and says "resuming <name> from step N". The epoch
+A rerun finds the latest file of its prefix, refuses one written by other settings, data or initial weights (the
+model's weights when the trainer was built, storage/fingerprint.py), restores everything, each process its own RNG and data position, and says "resuming <name> from step N". The epoch
 is replayed from its saved shuffle with the consumed batches skipped, and the RNG is restored after that skip, so the
 following draws (each process's dropout, the next epoch's shuffle) are those of an uninterrupted run: the final
 weights are equal, on one process or several, data-parallel or sharded. A save made by another number of processes
@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import get_sampler
-from accelerate.utils import gather_object
+from accelerate.utils import extract_model_from_parallel, gather_object
 from torch import nn
 
 from self_rewarding_lm_pytorch.models.sharding import full_optimizer_state_dict, load_full_optimizer_state_dict
 from self_rewarding_lm_pytorch.storage.checkpoint import load_model_weights, read_checkpoint, save_checkpoint
 from self_rewarding_lm_pytorch.storage.fingerprint import changed_parts
-from self_rewarding_lm_pytorch.storage.integrity import remove_stale_temp_files
+from self_rewarding_lm_pytorch.storage.integrity import content_digest, remove_stale_temp_files
 
 
 def shuffle_generator() -> torch.Generator:
@@ -105,8 +105,9 @@ class TrainState:
         changed = changed_parts(state.get("fingerprint"), self.fingerprint)
         if changed:
             raise ValueError(
-                f"{path} was saved by {self.name} with other settings or data (changed: {', '.join(changed)}). Use "
-                f"another checkpoint folder, or delete {self.folder} (overwrite_checkpoints=True) to start over"
+                f"{path} was saved by {self.name} with other settings, data or initial weights (changed: "
+                f"{', '.join(changed)}){initial_weights_note(state.get('fingerprint'), changed)}. Use another "
+                f"checkpoint folder, or delete {self.folder} (overwrite_checkpoints=True) to start over"
             )
         ranks, processes = state.pop("ranks", None), self.accelerator.num_processes
         if ranks is None:
@@ -173,12 +174,37 @@ class TrainState:
         return str(self.last_saved) if self.last_saved else "none (set checkpoint_every to save during the stage)"
 
 
-def loop_fingerprint(config, **datasets) -> dict:
-    """What a saved state must match to be resumed: the loop's settings and its data."""
+def weights_digest(model: nn.Module) -> str:
+    """A digest of all of `model`'s weights as they are now (its whole state dict: a LoRA model's base weights and
+    adapters), whatever their layout: a sharded tensor (FSDP2) is gathered whole, one at a time (collective: every
+    process calls this), so the digest is the same on every process, sharded or not, on any number of processes. A
+    model Accelerate shards in place when a stage trains (its FSDP plugin) is sharded when the next stage starts in
+    an uninterrupted run and whole when a resumed run loads that stage's save: both give this digest."""
+    state = extract_model_from_parallel(model).state_dict()
+    return content_digest({name: content_digest(t.full_tensor() if hasattr(t, "full_tensor") else t)
+                           for name, t in sorted(state.items())})[:16]
+
+
+def initial_weights_note(saved: dict | None, changed: list[str]) -> str:
+    """Why `initial_weights` is among the `changed` parts of a `saved` fingerprint: other weights, or none recorded."""
+    if "initial_weights" not in changed:
+        return ""
+    if not isinstance(saved, dict) or "initial_weights" not in saved:
+        return " (the save records no initial weights: an earlier version of the library made it)"
+    return (" (the model the trainer is built on has other weights than the one that run started from: build it as "
+            "that run did to resume)")
+
+
+def loop_fingerprint(config, *, initial_weights: nn.Module | None = None, **datasets) -> dict:
+    """What a saved state must match to be resumed: the loop's settings, its data and, given `initial_weights`
+    (the model as the trainer is built, before a resume loads weights into it), the weights it starts from. A rerun
+    with other initial weights is another run: resuming would silently continue the old run's weights."""
     from self_rewarding_lm_pytorch.storage.fingerprint import config_fingerprint, dataset_digest
 
     parts = config_fingerprint(config, skip=("checkpoint_every",))
     parts.update({name: dataset_digest(data) for name, data in datasets.items() if data is not None})
+    if initial_weights is not None:
+        parts["initial_weights"] = weights_digest(initial_weights)
     return parts
 
 

@@ -134,7 +134,9 @@ def lora_dpo(model, folder):
 
 def test_a_killed_lora_run_resumes_from_its_adapter_only_step_file(tmp_path):
     """The resumable state of a LoRA run holds the adapters only, and restores them: the resumed run ends with the
-    uninterrupted run's adapters (the base weights never change). Under 1 s idle."""
+    uninterrupted run's adapters (the base weights never change). The same adapters on another base model are
+    refused, naming the initial weights: the adapters were trained from that base, and it is the reference.
+    About 1 s idle."""
     start = with_lora(tiny_llama())
     whole = copy.deepcopy(start)
     lora_dpo(whole, tmp_path / "whole").train()
@@ -144,6 +146,9 @@ def test_a_killed_lora_run_resumes_from_its_adapter_only_step_file(tmp_path):
     (tmp_path / "killed" / "dpo-step-4.pt").unlink()  # killed after step 3: the last save is step 2's
     saved = torch.load(tmp_path / "killed" / "dpo-step-2.pt", weights_only=True)
     assert set(saved["model"]) == lora_names(start) and saved["adapters_only"]
+
+    with pytest.raises(ValueError, match=r"dpo-step-2.pt was saved by dpo .*\(changed: initial_weights\)"):
+        lora_dpo(with_lora(tiny_llama(seed=1)), tmp_path / "killed").train()
 
     resumed = copy.deepcopy(start)
     history = lora_dpo(resumed, tmp_path / "killed").train()

@@ -6,7 +6,8 @@ SFT and DPO (on pairs without reference log-probs: computed before training, 7 p
 save a step checkpoint every step. The script trains each once, then deletes the last steps' checkpoints, as a run
 killed after step 2 would have left them, and trains again from a fresh model: the second run resumes from step 2
 (full weights and optimizer state loaded back into the sharded model). Rank 0 writes OUTPUT_FOLDER/result.json: the
-largest difference between the weights of the uninterrupted and the resumed run, per stage.
+largest difference between the weights of the uninterrupted and the resumed run, per stage, and whether the digest of
+the initial weights that step saves record is the same for the sharded model as for the same model whole.
 """
 
 import json
@@ -20,15 +21,19 @@ from x_transformers import Decoder, TransformerWrapper
 from self_rewarding_lm_pytorch import DPOTrainer, SFTTrainer
 from self_rewarding_lm_pytorch.models.sharding import full_state_dict, fully_shard_model
 from self_rewarding_lm_pytorch.tasks.sort_digits import CharTokenizer, SortDigitsTask
+from self_rewarding_lm_pytorch.training.train_state import weights_digest
 
 TOKENIZER = CharTokenizer()
 STEPS = 4
 
 
-def sharded_model(accelerator: Accelerator):
+def whole_model() -> TransformerWrapper:
     torch.manual_seed(0)
-    model = TransformerWrapper(num_tokens=TOKENIZER.num_tokens, max_seq_len=48, attn_layers=Decoder(dim=32, depth=2, heads=2))
-    return fully_shard_model(model)
+    return TransformerWrapper(num_tokens=TOKENIZER.num_tokens, max_seq_len=48, attn_layers=Decoder(dim=32, depth=2, heads=2))
+
+
+def sharded_model(accelerator: Accelerator):
+    return fully_shard_model(whole_model())
 
 
 def pair(prompt: str) -> dict:
@@ -53,7 +58,8 @@ def run(accelerator: Accelerator, folder: Path, stage: str) -> dict:
 
 def main(output: str):
     accelerator = Accelerator(cpu=True)
-    result = {}
+    # a model Accelerate shards in place is sharded when the next stage starts, whole when a resumed run loads it
+    result = {"same digest sharded and whole": weights_digest(sharded_model(accelerator)) == weights_digest(whole_model())}
     for stage, prefix in (("sft", "sft"), ("dpo", "dpo")):
         folder = Path(output) / stage
         uninterrupted = run(accelerator, folder, stage)
