@@ -228,8 +228,8 @@ class SelfRewardingTrainer:
     def claim_stage_files(self, index: int):
         """Before stage i runs: `stage-{i:02d}-{kind}.plan.json` records the fingerprint its files (pairs, step saves)
         are made under. Found with another fingerprint, the stage is refused: an interrupted stage's step saves record
-        the stage's own settings only (not the weights it started from, nor the trainer's seed or tokenizer), and
-        would otherwise be resumed."""
+        the stage's own settings, data and initial weights, not the trainer's seed or tokenizer, and would otherwise
+        be resumed."""
         path = self.folder / f"{self.stage_name(index)}.plan.json"
         if path.is_file():
             try:

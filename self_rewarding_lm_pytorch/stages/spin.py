@@ -11,6 +11,7 @@ def run_spin(config: SelfPlayConfig, context: StageContext) -> dict:
     spin = SPINTrainer(
         context.model, config, pad_id=context.pad_id, eos_id=context.eos_id, accelerator=context.accelerator,
         checkpoint_folder=context.path("iterations"), logger=context.logger, generation_backend=context.sampler,
+        seed=context.seed,  # the trainer's seed + the stage index, as every generating stage
     )
     return last_logged(spin.train(), ("loss", "rewards/accuracies", "rewards/margins"))
 

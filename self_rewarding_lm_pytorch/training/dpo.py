@@ -168,7 +168,7 @@ class DPOTrainer:
         self.fingerprint = {}
         if config.checkpoint_every:
             self.fingerprint = loop_fingerprint(config, initial_weights=model, train=train_dataset, valid=valid_dataset)
-            self.fingerprint.update(fingerprint_parts or {})
+            self.fingerprint.update(pad_id=str(pad_id), **(fingerprint_parts or {}))  # the padding changes the batches
 
         # the reference, the model as it is now: stored log-probs, log-probs computed now, or a live reference
         self.ref_model = None

@@ -100,7 +100,9 @@ class SFTTrainer:
             validate_sft_dataset(config.valid_dataset, pad_id, "SFT valid_dataset")
 
         # a resumed loop must have these settings and data, and start from these weights (before a resume loads any)
-        self.fingerprint = loop_fingerprint(config, initial_weights=model) if config.checkpoint_every else {}
+        self.fingerprint = {}
+        if config.checkpoint_every:  # the padding id changes the batches: part of what a save must match
+            self.fingerprint = dict(loop_fingerprint(config, initial_weights=model), pad_id=str(pad_id))
 
         collate = SFTCollate(pad_id)
         train_loader = DataLoader(config.train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=False, collate_fn=collate,
