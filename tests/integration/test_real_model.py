@@ -227,3 +227,15 @@ def test_a_killed_lora_dpo_run_resumes_to_the_uninterrupted_adapters(smollm, tmp
     for (name, a), b, c in zip(whole.named_parameters(), resumed.parameters(), start.parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
     assert any(not torch.equal(a, c) for a, c in zip(resumed.parameters(), start.parameters()))
+
+
+def test_a_prefill_computes_the_last_positions_logits_only(smollm):
+    """The sampler reads one position's logits per row: a judge batch's prefill must not build (rows, prompt length,
+    49,152) float32 logits (48 rows of the paper's 410-token judge prompt: 3.9 GB)."""
+    model, _, (encode, _, eos_id) = smollm
+    shapes = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    prompts = [encode(p) for p in PROMPTS[:2]]
+    sample(HFCausalLM(model), prompts, max_new_tokens=2, temperature=0.0, eos_id=eos_id)
+    hook.remove()
+    assert shapes == [(2, 1, model.config.vocab_size)] * 2  # the prefill and one step
