@@ -86,6 +86,7 @@ def main():
     parser.add_argument("--memory-candidates", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--answers-only", action="store_true", help="only part 1")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if real_model_loading.missing():
@@ -119,6 +120,8 @@ def main():
            f"{args.new_tokens} new tokens (mean {statistics.mean(lengths):.1f}), greedy; tokens equal: {same}", times,
            "library", "hf generate")
 
+    if args.answers_only:
+        return
     # 2) judge batches
     config = RewardConfig()
     questions = answer_prompts(args.memory_candidates)
