@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -26,7 +25,7 @@ from torch import Tensor, nn
 from self_rewarding_lm_pytorch.data.datasets import as_token_tensor, pad_right
 from self_rewarding_lm_pytorch.generation.backend import LibrarySampler, Sampler
 from self_rewarding_lm_pytorch.generation.sampling import top_p
-from self_rewarding_lm_pytorch.judging.judge_prompt import PLACEHOLDER, RewardConfig
+from self_rewarding_lm_pytorch.judging.judge_prompt import RewardConfig
 from self_rewarding_lm_pytorch.models.decoders import absolute_position_limit
 from self_rewarding_lm_pytorch.models.sharding import idle_forward, max_over_ranks
 
@@ -61,11 +60,12 @@ class Judge(Protocol):
 class SelfJudge:
     """The model judges its own candidates with the LLM-as-a-judge prompt of `reward_config`.
 
-    `share_prefix`: the template's text before `{{ prompt }}` is the same in every judge prompt, so each sampler call
-    computes it once for all rows (its KV cache is reused), when its tokens are exactly the first tokens of every
-    encoded judge prompt (a BPE tokenizer may merge across the boundary; then the prompts are run whole, with a
-    warning once). The judgements are the same either way. `sampler`: the generation backend (generation/backend.py;
-    default the library's `sample`)."""
+    `share_prefix`: the encoded judge prompts of a call begin with the same tokens (the template's text before
+    `{{ prompt }}`, and with a chat template the system turn and the user header before it), so each sampler call
+    computes their longest common token prefix once for all rows (its KV cache is reused), when it is at least
+    `MIN_SHARED_PREFIX` tokens. It is read from the encoded prompts themselves, so a tokenizer that wraps text in a chat
+    turn or merges tokens across the placeholder shares what is really common. The judgements are the same either way.
+    `sampler`: the generation backend (generation/backend.py; default the library's `sample`)."""
 
     def __init__(
         self,
@@ -87,8 +87,6 @@ class SelfJudge:
         self.model = model
         self.sampler = sampler or LibrarySampler()
         self.share_prefix = share_prefix
-        self._prefix_ids: Tensor | None = None  # the template's prefix, encoded once
-        self._warned_unshared = False
         self.reward_config = reward_config
         self.batch_size = batch_size
         self.encode, self.decode = tokenizer_encode, tokenizer_decode
@@ -147,26 +145,28 @@ class SelfJudge:
         return self.reward_config.is_in_range(score)
 
     def _shared_prefix(self, judge_prompts: list[Tensor]) -> Tensor | None:
-        """The encoded template prefix if it begins every judge prompt (and leaves a token after it), else None."""
-        if not self.share_prefix or not judge_prompts:
+        """The longest common token prefix of the judge prompts (leaving each at least one token after it) when
+        there are two or more prompts and it has at least `MIN_SHARED_PREFIX` tokens, else None."""
+        if not self.share_prefix or len(judge_prompts) < 2:
             return None
-        if self._prefix_ids is None:
-            template = self.reward_config.prompt_template
-            text = template[: PLACEHOLDER.search(template).start()]
-            self._prefix_ids = as_token_tensor(self.encode(text), "encoded judge prompt prefix") if text else torch.empty(0, dtype=torch.long)
-        prefix = self._prefix_ids
-        if len(prefix) == 0:
-            return None
-        if all(len(ids) > len(prefix) and torch.equal(ids[: len(prefix)], prefix) for ids in judge_prompts):
-            return prefix
-        if not self._warned_unshared:
-            self._warned_unshared = True
-            warnings.warn(
-                "SelfJudge: the encoded judge template prefix (the text before {{ prompt }}) is not the start of every "
-                "encoded judge prompt (the tokenizer merges across the boundary, or adds tokens at the end), so judge "
-                "prompts are run whole, without sharing the prefix's computation. The judgements are unaffected."
-            )
-        return None
+        prefix = longest_common_prefix(judge_prompts)
+        return prefix if len(prefix) >= MIN_SHARED_PREFIX else None
+
+
+MIN_SHARED_PREFIX = 16  # shorter common prefixes are run in every row: computing them once saves less than a forward
+
+
+def longest_common_prefix(rows: list[Tensor]) -> Tensor:
+    """The longest run of tokens that begins every row, cut to leave every row at least one token after it."""
+    limit = min(len(row) for row in rows) - 1
+    if limit <= 0:
+        return rows[0][:0]
+    first = rows[0][:limit]
+    same = torch.ones(limit, dtype=torch.bool, device=first.device)
+    for row in rows[1:]:
+        same &= row[:limit] == first
+    differs = (~same).nonzero()
+    return first[: int(differs[0, 0]) if len(differs) else limit]
 
 
 class RewardFnJudge:

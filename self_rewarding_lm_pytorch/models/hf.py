@@ -79,13 +79,18 @@ class HFKVDecoder:
         # takes **kwargs and passes them on: read the names from the model it wraps
         model = wrapper.model
         forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward
-        self.cache_argument = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+        parameters = inspect.signature(forward).parameters
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        # only the last position's logits are read: a model that can skip the others (transformers >= 4.45) never
+        # builds the (rows, prompt length, vocabulary) logits of a prefill, the largest tensor of a long-prompt batch
+        self.last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
 
     def _run(self, ids: Tensor, positions: Tensor, cache=None) -> Tensor:
         if self.position_limit is not None:
             # only finished rows (their output is discarded) can pass the limit: keep them inside the table
             positions = positions.clamp(max=self.position_limit - 1)
-        out = self.wrapper(ids, self.mask, position_ids=positions, use_cache=True, **{self.cache_argument: cache})
+        out = self.wrapper(ids, self.mask, position_ids=positions, use_cache=True, **{self.cache_argument: cache},
+                           **self.last_logits_only)
         self.cache = out[self.cache_argument]
         return out.logits[:, -1]
 
@@ -217,6 +222,11 @@ class ChatTemplate:
                 "the chat template renders the conversation without its last reply differently from the start of the "
                 "whole conversation, so the reply's tokens cannot be told apart; this template cannot be used for SFT"
             )
+        # the example ends with the reply's end-of-turn token: what a template writes after it (e.g. ChatML's "\n")
+        # is never generated (sampling stops at the end of turn), so it does not train
+        end = getattr(self, "end_of_turn_id", None)  # None while `_end_of_turn_id` finds it
+        if end is not None and end in full[len(prompt):]:
+            full = full[: full.index(end, len(prompt)) + 1]
         return torch.tensor(full, dtype=torch.long), len(prompt)
 
     def _end_of_turn_id(self) -> int | None:

@@ -76,6 +76,8 @@ def test_greedy_judgements_with_the_paper_prompt_are_the_same_with_and_without_s
     shared = SelfJudge(model, config, **kwargs)(candidates)
     assert shared.raw_outputs == unshared.raw_outputs
     assert torch.equal(shared.scores.isnan(), unshared.scores.isnan())
-    prefix_len = len(config.prompt_template.split("{{ prompt }}")[0])
-    assert shapes[0] == (1, prefix_len)  # each sampler call starts with the prefix, alone
+    # each sampler call starts with the prompts' common prefix, alone: the template's text before {{ prompt }} and
+    # the "sort " that every candidate's prompt begins with (a character tokenizer: one token per character)
+    prefix_len = len(config.prompt_template.split("{{ prompt }}")[0]) + len("sort ")
+    assert shapes[0] == (1, prefix_len)
     assert prefix_len > 1000
