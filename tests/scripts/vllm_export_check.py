@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from self_rewarding_lm_pytorch import sample  # noqa: E402
 from self_rewarding_lm_pytorch.generation.vllm_backend import VLLMSampler  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
+sys.path[:0] = [str(Path(__file__).parents[1]), str(Path(__file__).parents[1] / "integration")]  # tests/: helpers
 from test_vllm import ENGINE, random_prompts, tiny_llama  # noqa: E402
 
 if __name__ == "__main__":
