@@ -68,6 +68,7 @@ def gpu_model(seed=1, **kwargs):
 
 @pytest.mark.parametrize("decoder_kwargs", [dict(), dict(rotary_pos_emb=True)], ids=["absolute", "rotary"])
 def test_cached_equals_recomputed_and_batch_equals_alone_on_the_gpu(decoder_kwargs):
+    """Not timed: it needs a CUDA GPU, which this project's machines lend only sometimes."""
     net = gpu_model(max_seq_len=40, depth=2, **decoder_kwargs)
     prompts = random_prompts((3, 9, 5, 12))  # host tensors: sample moves them to the model's device
 
@@ -80,6 +81,7 @@ def test_cached_equals_recomputed_and_batch_equals_alone_on_the_gpu(decoder_kwar
 
 
 def test_seeded_sampling_on_the_gpu_is_reproducible_with_and_without_the_cache():
+    """Not timed: it needs a CUDA GPU, which this project's machines lend only sometimes."""
     net = gpu_model(seed=11, depth=2, rotary_pos_emb=True)
     prompts = random_prompts((3, 9, 5))
     kwargs = dict(seq_len=30, filter_fn=top_p, filter_kwargs=dict(thres=0.95), num_samples=3)
@@ -90,6 +92,7 @@ def test_seeded_sampling_on_the_gpu_is_reproducible_with_and_without_the_cache()
 
 
 def test_log_probs_on_the_gpu_equal_the_cpu_ones():
+    """Not timed: it needs a CUDA GPU, which this project's machines lend only sometimes."""
     net = gpu_model(seed=3, depth=2)
     seqs = random_prompts((7, 12, 4), seed=1)
     ids, is_padding = pad_right(seqs, -1)
@@ -139,6 +142,7 @@ def run_plan(folder, mixed_precision="no", evaluate=None):
 
 @pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
 def test_a_four_stage_plan_trains_on_one_gpu(tmp_path, mixed_precision):
+    """Not timed: it needs a CUDA GPU, which this project's machines lend only sometimes."""
     trainer, summaries, model, snapshots = run_plan(tmp_path, mixed_precision)
 
     assert trainer.accelerator.device.type == "cuda" and next(model.parameters()).device.type == "cuda"
@@ -182,7 +186,7 @@ class DeviceRecordingSampler(LibrarySampler):
 
 def test_a_plan_that_generates_before_it_trains_generates_on_the_gpu(tmp_path):
     """Accelerate moves the model when a stage first trains; a first stage that makes pairs (or SPIN answers) must
-    not generate on the host before that."""
+    not generate on the host before that. Not timed: it needs a CUDA GPU, which this project's machines lend only sometimes."""
     task = SortDigitsTask(length=3, seed=1)
     sampler = DeviceRecordingSampler()
     model = tiny_transformer(num_tokens=TOKENIZER.num_tokens, max_seq_len=48)
@@ -194,6 +198,7 @@ def test_a_plan_that_generates_before_it_trains_generates_on_the_gpu(tmp_path):
 
 
 def test_an_interrupted_gpu_run_resumes_to_the_same_weights(tmp_path):
+    """Not timed: it needs a CUDA GPU, which this project's machines lend only sometimes."""
     torch.use_deterministic_algorithms(True)
     try:
         _, _, _, whole = run_plan(tmp_path / "whole")
@@ -212,7 +217,7 @@ def test_an_interrupted_gpu_run_resumes_to_the_same_weights(tmp_path):
 def test_the_experiment_runner_trains_and_measures_on_the_gpu(tmp_path, monkeypatch):
     """`ExperimentRunner(accelerate_kwargs={})` (examples/self_improvement.py --gpu): the seed model and each arm's
     iteration train on the GPU, and measurement runs on the model where it is (no CPU/GPU mix-up in sampling, judging
-    or the judge-training data)."""
+    or the judge-training data). Not timed: it needs a CUDA GPU, which this project's machines lend only sometimes."""
     from dataclasses import replace
 
     import self_rewarding_lm_pytorch.experiment.runner as experiment

@@ -12,7 +12,7 @@ from self_rewarding_lm_pytorch.experiment import tasks
 @pytest.mark.slow
 def test_self_consistency_beats_random_pairs_on_one_seed(tmp_path):
     """One seed of the recorded experiment, two arms: ScPO pairs from the model alone must gain over the seed model
-    and end above random pairs of the same candidates."""
+    and end above random pairs of the same candidates. Not timed idle; a slow test (several minutes)."""
     from self_rewarding_lm_pytorch.experiment.arms import DEFAULT_ARMS
     from self_rewarding_lm_pytorch.experiment.runner import ExperimentRunner
     from self_rewarding_lm_pytorch.experiment.settings import ExperimentSettings

@@ -60,6 +60,7 @@ def refusal(run, reward) -> str:
 
 
 def test_a_reward_whose_global_constant_changed_is_refused_with_its_name_and_a_changed_probe(tmp_path, load):
+    """Under 1 s idle."""
     run = tmp_path / "run"
     plan_trainer(run, load(sign=1))()
     # the probe outputs are stored with the fingerprint: the first probe prompt with each probe response
@@ -75,6 +76,7 @@ def test_a_reward_whose_global_constant_changed_is_refused_with_its_name_and_a_c
 
 
 def test_a_callee_edited_in_its_own_module_is_refused(tmp_path, load):
+    """Under 1 s idle."""
     run = tmp_path / "run"
     plan_trainer(run, load())()
     message = refusal(run, load(edit="* 2"))  # fp_run_rewards is the same file; graded_score doubles its score
@@ -83,6 +85,7 @@ def test_a_callee_edited_in_its_own_module_is_refused(tmp_path, load):
 
 
 def test_half_made_pairs_of_another_reward_are_refused_too(tmp_path, load):
+    """Under 1 s idle."""
     run = tmp_path / "run"
     plan_trainer(run, load())()
     (run / f"{STAGE_1}.pt").unlink()  # as if killed after its pairs were made, before the stage was saved
@@ -96,7 +99,7 @@ def test_half_made_pairs_of_another_reward_are_refused_too(tmp_path, load):
 
 
 def test_a_respelled_reward_resumes(tmp_path, load):
-    """Renaming a local variable keeps the bytecode and the probes: the same plan, so the run resumes."""
+    """Renaming a local variable keeps the bytecode and the probes: the same plan, so the run resumes. Under 1 s idle."""
     run = tmp_path / "run"
     plan_trainer(run, load(local="digits"))()
     summaries = plan_trainer(run, load(local="n_digits"))()
@@ -116,7 +119,7 @@ def salted_trainer(folder, salt):
 
 
 def test_a_bumped_fingerprint_salt_is_refused(tmp_path):
-    """The way to mark a change the fingerprint cannot see (a reward served over the network)."""
+    """The way to mark a change the fingerprint cannot see (a reward served over the network). Under 1 s idle."""
     salted_trainer(tmp_path, "grader-v1")()
     with pytest.raises(ValueError, match=r"stage 0 changed \(fingerprint_salt\)"):
         salted_trainer(tmp_path, "grader-v2")()
@@ -135,7 +138,7 @@ def sft_trainer(folder, seed):
 
 
 def test_step_saves_of_an_unfinished_stage_made_from_other_weights_are_refused(tmp_path):
-    """An SFT stage's step saves record its own settings only: from other initial weights they were resumed."""
+    """An SFT stage's step saves record its own settings only: from other initial weights they were resumed. Under 1 s idle."""
     sft_trainer(tmp_path, seed=0)()
     (tmp_path / "stage-00-sft.pt").unlink()  # as if killed after its last step save, before the stage was saved
     assert (tmp_path / "stage-00-sft.steps" / "sft-step-2.pt").is_file()

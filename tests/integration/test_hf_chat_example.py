@@ -16,6 +16,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hf_chat_model.py"
 
 @pytest.mark.slow
 def test_the_chat_model_example_runs_the_paper_plan_and_exports_a_merged_model(tmp_path):
+    """Slow; not timed idle."""
     env = dict(os.environ, PYTHONPATH=str(EXAMPLE.parents[1]))
     done = run_watched([sys.executable, str(EXAMPLE)], cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -75,6 +75,7 @@ def test_readme_block_runs_as_written(block, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("block", BLOCKS, ids=[block_id(b) for b in BLOCKS])
 def test_readme_block_runs_at_full_size(block, tmp_path):
+    """Slow: the paper's-plan block took 50 min on 2 shared cores (README), the others a few minutes."""
     run_block(block, tmp_path, small=False)
 
 
@@ -116,7 +117,7 @@ def test_the_venv_and_cpu_torch_steps_come_before_the_commands_a_newcomer_copies
 
 def test_every_install_line_installs_from_the_checkout():
     """The package index's project of this name is another, older package: an extra installed by the package name
-    (`pip install "self-rewarding-lm-pytorch[hf]"`) installs it instead of this checkout."""
+    (`pip install "self-rewarding-lm-pytorch[hf]"`) installs it instead of this checkout. Under 1 s idle."""
     by_name = re.compile(r"pip install\s+[\"']?self-rewarding-lm-pytorch")
     files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "examples").glob("*.py"),
              *(ROOT / "self_rewarding_lm_pytorch").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
