@@ -186,7 +186,8 @@ class DeviceRecordingSampler(LibrarySampler):
 
 def test_a_plan_that_generates_before_it_trains_generates_on_the_gpu(tmp_path):
     """Accelerate moves the model when a stage first trains; a first stage that makes pairs (or SPIN answers) must
-    not generate on the host before that. Not timed: it needs a CUDA GPU, which this project's machines lend only sometimes."""
+    not generate on the host before that.
+    Not timed: it needs a CUDA GPU, which this project's machines lend only sometimes."""
     task = SortDigitsTask(length=3, seed=1)
     sampler = DeviceRecordingSampler()
     model = tiny_transformer(num_tokens=TOKENIZER.num_tokens, max_seq_len=48)

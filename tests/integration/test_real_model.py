@@ -65,6 +65,7 @@ def hf_greedy(model, ids, max_new_tokens, eos_id):
 
 
 def test_batched_left_padded_greedy_on_chat_prompts_equals_hf_generate(smollm):
+    """Under 46 s idle (the module's 9 tests took 46 s in all on 2 idle cores, model cached)."""
     model, tokenizer, (encode, decode, eos_id) = smollm
     assert eos_id == tokenizer.convert_tokens_to_ids("<|im_end|>") == 2
     prompts = [encode(p) for p in PROMPTS]
@@ -78,6 +79,7 @@ def test_batched_left_padded_greedy_on_chat_prompts_equals_hf_generate(smollm):
 
 
 def test_seeded_sampling_is_reproducible(smollm):
+    """Under 46 s idle (the module's 9 tests took 46 s in all on 2 idle cores, model cached)."""
     model, _, (encode, _, eos_id) = smollm
     prompts = [encode(p) for p in PROMPTS[:3]]
 
@@ -91,6 +93,7 @@ def test_seeded_sampling_is_reproducible(smollm):
 
 
 def test_sequence_logprobs_equal_hf_forward(smollm):
+    """Under 46 s idle (the module's 9 tests took 46 s in all on 2 idle cores, model cached)."""
     model, tokenizer, (encode, _, eos_id) = smollm
     prompts = [encode(p) for p in PROMPTS]
     replies = [tokenizer.encode(r, add_special_tokens=False) + [eos_id]
@@ -105,6 +108,7 @@ def test_sequence_logprobs_equal_hf_forward(smollm):
 
 
 def test_sft_on_a_chat_example_trains_exactly_the_reply_and_its_end_of_turn(smollm):
+    """Under 46 s idle (the module's 9 tests took 46 s in all on 2 idle cores, model cached)."""
     model, tokenizer, _ = smollm
     chat = ChatTemplate(tokenizer)
     examples = [chat.encode_example([{"role": "user", "content": q}, {"role": "assistant", "content": a}])
@@ -124,6 +128,7 @@ def test_sft_on_a_chat_example_trains_exactly_the_reply_and_its_end_of_turn(smol
 
 
 def test_the_judge_shares_the_prompts_common_prefix_through_the_chat_template(smollm):
+    """Under 46 s idle (the module's 9 tests took 46 s in all on 2 idle cores, model cached)."""
     model, _, (encode, decode, eos_id) = smollm
     config = RewardConfig()  # the paper's judge prompt
     candidates = Candidates(prompts=["What is 12 plus 30?", "Name a red fruit.", "What is 12 plus 31?"],
@@ -177,6 +182,7 @@ def direct_dpo_loss(model, pairs, beta=0.1):
 
 
 def test_lora_dpo_steps_change_only_the_adapters_and_the_loss_is_the_direct_computation(smollm):
+    """Under 46 s idle (the module's 9 tests took 46 s in all on 2 idle cores, model cached)."""
     base, tokenizer, (encode, _, _) = smollm
     model = lora(base)
     pairs = chat_pairs(tokenizer, encode)
@@ -192,6 +198,7 @@ def test_lora_dpo_steps_change_only_the_adapters_and_the_loss_is_the_direct_comp
 
 
 def test_save_merged_reloads_to_the_same_logits(smollm, tmp_path):
+    """Under 46 s idle (the module's 9 tests took 46 s in all on 2 idle cores, model cached)."""
     base, _, (encode, _, _) = smollm
     model = lora(base, seed=1)
     ids = encode(PROMPTS[3])[None]
@@ -206,6 +213,7 @@ def test_save_merged_reloads_to_the_same_logits(smollm, tmp_path):
 
 
 def test_a_killed_lora_dpo_run_resumes_to_the_uninterrupted_adapters(smollm, tmp_path):
+    """Under 46 s idle (the module's 9 tests took 46 s in all on 2 idle cores, model cached)."""
     base, tokenizer, (encode, _, _) = smollm
     pairs = chat_pairs(tokenizer, encode, n=4)  # 2 batches of 2: the resumed step sees the second
 
@@ -231,7 +239,8 @@ def test_a_killed_lora_dpo_run_resumes_to_the_uninterrupted_adapters(smollm, tmp
 
 def test_a_prefill_computes_the_last_positions_logits_only(smollm):
     """The sampler reads one position's logits per row: a judge batch's prefill must not build (rows, prompt length,
-    49,152) float32 logits (48 rows of the paper's 410-token judge prompt: 3.9 GB)."""
+    49,152) float32 logits (48 rows of the paper's 410-token judge prompt: 3.9 GB).
+    Under 46 s idle (the module's 9 tests took 46 s in all on 2 idle cores, model cached)."""
     model, _, (encode, _, eos_id) = smollm
     shapes = []
     hook = model.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))

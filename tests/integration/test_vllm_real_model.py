@@ -48,6 +48,7 @@ def sampler():
 
 
 def test_vllm_greedy_equals_the_library_on_chat_prompts(smollm, sampler):
+    """Under 45 s idle (the vLLM step's 17 tests took 43 s in all on 2 idle cores)."""
     model, _, (encode, _, eos_id) = smollm
     net = HFCausalLM(model)
     prompts = [encode(p) for p in PROMPTS]
@@ -57,6 +58,7 @@ def test_vllm_greedy_equals_the_library_on_chat_prompts(smollm, sampler):
 
 
 def test_after_a_lora_dpo_step_the_engine_generates_from_the_new_weights(smollm, sampler):
+    """Under 45 s idle (the vLLM step's 17 tests took 43 s in all on 2 idle cores)."""
     model, tokenizer, (encode, _, eos_id) = smollm
     torch.manual_seed(0)
     config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
